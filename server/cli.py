@@ -1,0 +1,80 @@
+"""The ``snslab`` command: in-silico probes, the demo, and each part of the closed loop on its own machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from .config import describe_fields
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="snslab: closed-loop Stretch-and-Squeeze probes of visual neurons (invariance and adversarial).",
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+_FIELDS = "\n\n".join(f"{name} = {default}: {desc}" for name, default, desc in describe_fields())
+
+INSILICO_HELP = f"""Run a probe on a model unit (no rig needed) from a TOML config.
+
+Writes summary.json, front.png (first fronts over generations), grid.png (final front beside the
+reference), selected.png and reference.png to the config's output folder. See examples/*.toml.
+
+Every config field (dotted names are TOML tables; generator/subject/optimizer/stage tables also take
+their component's own parameters, e.g. generator.code_size):
+
+{_FIELDS}
+"""
+
+
+@app.command(help=INSILICO_HELP)
+def insilico(
+    config: Path = typer.Argument(..., help="TOML config file"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="override the config's output folder"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    store: bool = typer.Option(False, "--store", help="also store the run in the database (DATABASE_URL or embedded)"),
+) -> None:
+    from .engine.base import ConfigError
+    from .config import load_config
+    from .insilico import run_probe, write_outputs
+
+    try:
+        cfg = load_config(config)
+        if output is not None:
+            cfg = cfg.model_copy(update={"output": output})
+        recorder = None
+        if store:
+            from .db.insilico_store import open_recorder
+
+            recorder = open_recorder(cfg)
+        result = run_probe(cfg, progress=not quiet, recorder=recorder)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+        return
+    paths = write_outputs(result)
+    ev = result.evaluation
+    typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")
+    if "retention" in ev:
+        typer.echo(
+            f"selected image: retention {ev['retention']:.1%}, stretch {ev['stretch']:.3f} of max pixel distance "
+            f"(best affine control keeping >= 90%: {ev['best_affine_stretch_at_90']:.3f})"
+        )
+    else:
+        typer.echo(f"most exciting image: {ev['selected_rate_hz']:.1f} Hz")
+    typer.echo(f"outputs in {paths['summary.json'].parent}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Probe configuration: one pydantic model shared by ``snslab insilico``, the API and stored sessions.
+
+Every field has a description; ``snslab insilico --help`` prints them. Bad values raise ``ConfigError``
+with one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .engine.base import ConfigError
+from .engine.probes import MODES
+
+
+class _Named(BaseModel):
+    """A registry name plus that component's own parameters (passed through to its constructor)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GeneratorConfig(_Named):
+    name: str = Field("dct", description="image generator: dct | deepsim-fc6 | deepsim-fc7 | pixel")
+
+
+class StageConfig(_Named):
+    name: str = Field(description="representation stage: pixel | gabor-energy | cnn")
+    label: str | None = Field(None, description="name used in outputs (default: the stage name)")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+class SubjectConfig(_Named):
+    name: str = Field(
+        "complex-cell", description="model unit: complex-cell | simple-cell | pooled-unit | mixed-unit | cnn-unit"
+    )
+
+
+class OptimizerConfig(_Named):
+    name: str = Field("sepcma", description="optimizer: sepcma (default) | cma | genetic")
+    sigma0: float = Field(1.0, gt=0, description="initial step size in code units")
+
+
+class NoiseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["poisson", "none"] = Field("poisson", description="spike-count noise of the in-silico subject")
+    window_ms: float = Field(150.0, gt=0, description="response window length in ms (counts -> rates)")
+
+
+class ReferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["maximize", "image", "code"] = Field(
+        "maximize", description="maximize: find the unit's most exciting image first | image: a file | code: a .npy"
+    )
+    path: Path | None = Field(None, description="image file (any format Pillow reads) or .npy code file")
+    generations: int = Field(40, ge=1, description="generations of the maximize run that finds the reference")
+
+
+class EarlyStopConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="stop against the unit's responses to natural images")
+    natural_images: int = Field(100, ge=5, description="number of synthetic 1/f natural-like images")
+    min_generation: int = Field(5, ge=0, description="never stop before this generation")
+
+
+class ProbeConfig(BaseModel):
+    """A complete in-silico probe run."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: str = Field("invariance", description="maximize | invariance | adversarial")
+    seed: int = Field(0, ge=0, description="session seed; every random choice derives from it")
+    population: int = Field(40, ge=4, le=1000, description="candidates per generation")
+    generations: int = Field(40, ge=1, description="budget of generations for the probe")
+    reference_repeats: int = Field(4, ge=1, description="reference presentations per generation")
+    ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
+    bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
+    output: Path = Field(Path("runs/insilico"), description="folder for summary.json and the plots")
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [StageConfig(name="pixel")], description="upstream stages to stretch or squeeze"
+    )
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    subject: SubjectConfig = Field(default_factory=SubjectConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in MODES:
+            raise ValueError(f"unknown mode {v!r} (allowed: {', '.join(MODES)})")
+        return v
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, v):
+        return [{"name": s} if isinstance(s, str) else s for s in v]
+
+
+def _one_line(err: ValidationError) -> ConfigError:
+    e = err.errors()[0]
+    field = ".".join(str(p) for p in e["loc"]) or "config"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field"
+    allowed = None
+    if e["type"] == "literal_error":
+        allowed = e.get("ctx", {}).get("expected")
+        msg = f"got {e.get('input')!r}"
+    return ConfigError(field, msg, allowed)
+
+
+def parse_config(data: dict[str, Any]) -> ProbeConfig:
+    try:
+        return ProbeConfig.model_validate(data)
+    except ValidationError as err:
+        raise _one_line(err) from None
+
+
+def load_config(path: str | Path) -> ProbeConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
+    return parse_config(data)
+
+
+def describe_fields(model: type[BaseModel] = ProbeConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, default, description) for every config field, for --help."""
+    rows = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and name not in ("stages",):
+            rows.extend(describe_fields(ann, f"{prefix}{name}."))
+            continue
+        default = f.get_default(call_default_factory=True)
+        if name == "stages":
+            default = ["pixel"]
+        rows.append((prefix + name, repr(default) if default is not None else "-", f.description or ""))
+    return rows

