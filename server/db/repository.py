@@ -411,7 +411,7 @@ def _counts(values: Sequence[int] | np.ndarray | None) -> list[int] | None:
             raise ValueError("spike counts must be integers")
     out = arr.astype(np.int64)
     if out.size and (out.min() < 0 or out.max() > 2**31 - 1):
-        raise ValueError("spike counts must be between 0 and 2**31 - 1")
+        raise ValueError("spike counts must be integers in [0, 2**31)")
     return out.tolist()
 
 
@@ -669,6 +669,7 @@ class Repository:
                 written = [r[0] for r in cur.fetchall()]
                 inserted = len(written)
                 duplicates, conflicts, rejected = dupes_in_batch, list(conflicts_in_batch), []
+                bad: list[tuple[int, str]] = []
                 if inserted != len(rows):
                     cur.execute(
                         "SELECT t.id, p.id IS NULL,"
@@ -682,11 +683,12 @@ class Repository:
                     for pid, unknown, same in cur.fetchall():
                         if unknown:
                             rejected.append(pid)
+                            bad.append((pid, f"no presentation {pid} in this session"))
                         elif same:
                             duplicates += 1
                         else:
                             conflicts.append(pid)
-            self._log_write_problems(conn, session_id, "timing", conflicts, rejected)
+            self._log_write_problems(conn, session_id, "timing", conflicts, rejected, bad)
         return WriteResult(inserted, duplicates, tuple(conflicts), tuple(rejected))
 
     def record_presentation_timing(self, session_id: uuid.UUID, timing: PresentationTiming) -> WriteResult:
@@ -759,7 +761,7 @@ class Repository:
                     inserted = len(written)
                     if inserted != len(rows):
                         cur.execute(
-                            "SELECT t.presentation_id, p.id IS NULL OR cardinality(t.counts) <> s.n_units,"
+                            "SELECT t.presentation_id, p.id IS NULL, cardinality(t.counts), s.n_units,"
                             " (r.counts, r.baseline_counts, r.window_start_ms, r.window_end_ms,"
                             "  r.baseline_start_ms, r.baseline_end_ms) IS NOT DISTINCT FROM"
                             " (t.counts, t.baseline_counts, t.window_start_ms, t.window_end_ms,"
@@ -771,9 +773,13 @@ class Repository:
                             " WHERE NOT t.presentation_id = ANY(%(written)s)",
                             {"sid": session_id, "written": written},
                         )
-                        for pid, wrong, same in cur.fetchall():
-                            if wrong:
+                        for pid, unknown, n_counts, n_units, same in cur.fetchall():
+                            if unknown:
                                 rejected.append(pid)
+                                bad.append((pid, f"no presentation {pid} in this session"))
+                            elif n_counts != n_units:
+                                rejected.append(pid)
+                                bad.append((pid, f"{n_counts} counts for {n_units} units"))
                             elif same:
                                 duplicates += 1
                             else:
@@ -1408,8 +1414,8 @@ class Repository:
             self._log(conn, session_id, f"{what}_conflict", msg, {"presentation_ids": list(conflicts)}, "error")
             log.error("session %s: %s: %s", session_id, msg, list(conflicts)[:10])
         if rejected:
-            why = {str(pid): reason for pid, reason in reasons}
-            msg = f"{len(rejected)} {what}s rejected (unknown presentation, other session or wrong unit count)"
+            why = [[pid, reason] for pid, reason in reasons]
+            msg = f"{len(rejected)} {what}s rejected: " + "; ".join(sorted({r for _, r in reasons}))[:500]
             self._log(
                 conn, session_id, f"{what}_rejected", msg, {"presentation_ids": list(rejected), "reasons": why}, "error"
             )

@@ -1,0 +1,19 @@
+"""Recording bridge: spike counts per presentation from a simulated neuron, LSL or Open Ephys.
+
+Data flows one way: a source (``adapters``) yields spikes, onsets and a watermark on the rig clock;
+``WindowCounter`` counts each presentation's half-open response and baseline windows once the watermark
+has passed them; ``Outbox`` numbers the batches and resends them until the server acknowledges.
+"""
+
+from .adapters import ADAPTERS, make_adapter
+from .alignment import ClockFit, Edge, OnsetAligner, match_photodiode, ttl_code
+from .base import ONSET_SOURCES, Marker, Onset, SpikeEvent, SpikeSource
+from .outbox import Batch, Outbox
+from .pipeline import CountingPipeline
+from .windows import PresentationCounts, WindowCounter
+
+__all__ = [
+    "ADAPTERS", "make_adapter", "ClockFit", "Edge", "OnsetAligner", "match_photodiode", "ttl_code",
+    "ONSET_SOURCES", "Marker", "Onset", "SpikeEvent", "SpikeSource", "Batch", "Outbox", "CountingPipeline",
+    "PresentationCounts", "WindowCounter",
+]

@@ -1,0 +1,131 @@
+"""What every recording source provides, and the plain records that flow out of it.
+
+A source (simulated neuron, LSL, Open Ephys, ...) turns rig data into three things:
+
+- ``SpikeEvent``: one spike of one unit at a rig time;
+- ``Onset``: when a presentation's image appeared, on the rig clock, and how we know (photodiode edge,
+  TTL word, or, flagged, the display's flip time);
+- a *watermark*: the rig time up to which all data has arrived. Counts are emitted only once the
+  watermark has passed a window's end, never on wall-clock time.
+
+Times are seconds on the rig clock (``rig_s``). Unit keys are opaque strings, ``"<channel>:<unit>"`` for
+rigs (``"Electrode 1:2"``, ``"17:1"``) and ``"sim:<index>"`` for the simulated neuron.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+
+ONSET_SOURCES = ("photodiode", "ttl", "flip", "none")
+"""Where an onset came from; "none" means no onset could be determined (the presentation is invalid)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpikeEvent:
+    """One spike: unit key and rig time in seconds."""
+
+    unit: str
+    rig_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """The display's report that a presentation's first frame was flipped.
+
+    ``flip_s`` is on the display clock (for LSL: already mapped to this machine's clock). ``code`` is the
+    TTL word the display sent with this flip (see ``alignment.ttl_code``), if any.
+    """
+
+    presentation_id: str
+    flip_s: float
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Onset:
+    """When a presentation started on the rig clock. ``rig_s`` is None only for an invalid onset."""
+
+    presentation_id: str
+    rig_s: float | None
+    source: str
+    valid: bool = True
+    qc_reasons: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.source not in ONSET_SOURCES:
+            raise ValueError(f"onset source {self.source!r} is not one of {', '.join(ONSET_SOURCES)}")
+        if self.rig_s is None or not math.isfinite(self.rig_s):
+            if self.valid:
+                raise ValueError(f"presentation {self.presentation_id}: a valid onset needs a finite rig time")
+
+
+class Rejections:
+    """Counts rejected input per kind and logs each on one line, rate-limited so a flood cannot drown the log.
+
+    The first ``first`` rejections of a kind are logged, then every ``every``-th with the running count.
+    """
+
+    def __init__(self, logger: logging.Logger, prefix: str, first: int = 20, every: int = 1000):
+        self.logger, self.prefix, self.first, self.every = logger, prefix, first, every
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, reason: str, kind: str = "input") -> None:
+        self.counts[kind] += 1
+        n = self.counts[kind]
+        if n <= self.first:
+            self.logger.warning("%s: rejected %s: %s", self.prefix, kind, reason)
+        elif n % self.every == 0:
+            self.logger.warning("%s: rejected %s: %s (%d so far)", self.prefix, kind, reason, n)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class SpikeSource(ABC):
+    """A recording source: spikes, presentation onsets and a watermark, all on the rig clock.
+
+    Typical loop (see ``pipeline.CountingPipeline``)::
+
+        src = make_adapter("openephys", endpoint="tcp://127.0.0.1:5557", sample_rate=30000.0)
+        src.add_marker(Marker("p1", flip_s=12.345, code=1))   # from the display, via the wire
+        spikes = src.poll(timeout_s=0.05)                     # rig data that arrived
+        onsets = src.poll_onsets()                            # onsets resolved so far
+        wm = src.watermark()                                  # all rig data up to wm has arrived
+    """
+
+    name: str = "?"
+
+    @abstractmethod
+    def poll(self, timeout_s: float = 0.0) -> list[SpikeEvent]:
+        """Read what the rig has sent (waiting at most ``timeout_s``); return the spikes in it."""
+
+    @abstractmethod
+    def poll_onsets(self) -> list[Onset]:
+        """Onsets resolved since the last call (each presentation at most once)."""
+
+    @abstractmethod
+    def watermark(self) -> float:
+        """Rig time up to which all spikes and onset edges have arrived; -inf before any data."""
+
+    def add_marker(self, marker: Marker) -> None:
+        """Accept the display's flip report for a presentation (sources with their own marker stream
+        also read it themselves)."""
+        raise NotImplementedError(f"source {self.name!r} does not take display markers")
+
+    def units(self) -> list[str]:
+        """Unit keys known so far (configured or seen), sorted."""
+        return []
+
+    def close(self) -> None:
+        """Release sockets and streams. Safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

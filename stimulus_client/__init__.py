@@ -1,0 +1,1 @@
+"""snslab display client: shows stimulus batches with PsychoPy and reports every presentation."""

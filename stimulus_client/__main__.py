@@ -1,0 +1,3 @@
+from stimulus_client.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The PsychoPy side: one window, frame-counted presentations, flip-locked markers, timing bookkeeping.
+
+Only this module imports PsychoPy (and only when a :class:`Display` is made), so the scheduling logic
+and the protocol stay testable without a screen. Times: ``win.flip()`` returns the flip time on
+PsychoPy's clock; ``win.callOnFlip`` runs the marker/TTL push right after that flip, where the LSL
+timestamp is taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from stimulus_client.markers import TTL, MarkerOutlet, marker_text
+from stimulus_client.schedule import QueuedBatch, Schedule, presentation_frames, timing_qc, ttl_word
+from wire.messages import Presentation
+
+log = logging.getLogger("snslab.display")
+
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+@dataclass
+class DisplayOptions:
+    fullscreen: bool = False
+    screen: int = 0
+    size: tuple[int, int] = (800, 600)
+    background: float = 0.0  # PsychoPy rgb, -1 (black) .. 1 (white); 0 = mid grey
+    refresh_hz: float | None = None  # None: measure
+    frames_on: int | None = None  # operator override of every presentation
+    frames_off: int | None = None
+    image_size: int | None = None  # width in pixels (aspect kept); None: native
+    fixation: bool = False
+    fixation_size: int = 8
+    photodiode: str | None = None  # a corner, or None
+    photodiode_size: int = 40
+
+
+def quiet_psychopy() -> None:
+    """Before importing PsychoPy: no user site-packages on sys.path, no update checks or usage stats, and
+    only errors on the console (dropped frames are counted and reported, not printed)."""
+    os.environ.setdefault("PSYCHOPYNOPACKAGES", "1")
+    from psychopy import logging as plog
+    from psychopy import prefs
+
+    prefs.connections["allowUsageStats"] = False
+    prefs.connections["checkForUpdates"] = False
+    prefs.connections["autoProxy"] = False
+    plog.console.setLevel(plog.ERROR)
+
+
+def corner_pos(corner: str, win_size: tuple[int, int], patch: int) -> tuple[float, float]:
+    """Centre of a square patch of side ``patch`` px flush with a window corner (pix units, origin centre)."""
+    if corner not in CORNERS:
+        raise ValueError(f"photodiode corner: {corner!r} (allowed: {', '.join(CORNERS)})")
+    w, h = win_size
+    x = (w - patch) / 2 * (1 if corner.endswith("right") else -1)
+    y = (h - patch) / 2 * (1 if corner.startswith("top") else -1)
+    return x, y
+
+
+class Display:
+    """Opens the window, measures the refresh rate and presents batches."""
+
+    def __init__(self, opts: DisplayOptions, *, outlet: MarkerOutlet | None = None, ttl: TTL | None = None):
+        quiet_psychopy()
+        from psychopy import core, event, visual
+
+        self.opts = opts
+        self.outlet = outlet
+        self.ttl = ttl
+        self._visual, self._event, self._core = visual, event, core
+        self.win = visual.Window(
+            size=list(opts.size), fullscr=opts.fullscreen, screen=opts.screen, units="pix",
+            color=[opts.background] * 3, colorSpace="rgb", allowGUI=not opts.fullscreen, winType="pyglet",
+            checkTiming=False, waitBlanking=True,
+        )  # fmt: skip
+        self.win.mouseVisible = not opts.fullscreen
+        self.refresh_hz, self.refresh_measured = self._refresh_rate(opts.refresh_hz)
+        self.win.refreshThreshold = 1.5 / self.refresh_hz  # an interval over 1.5 frames = a dropped frame
+        self.win.recordFrameIntervals = False
+        self.fixation = None
+        if opts.fixation:
+            self.fixation = visual.Circle(
+                self.win, radius=opts.fixation_size / 2, fillColor="red", lineColor=None, units="pix"
+            )
+        self.patch = None
+        if opts.photodiode:
+            pos = corner_pos(opts.photodiode, tuple(self.win.size), opts.photodiode_size)
+            self.patch = visual.Rect(
+                self.win, width=opts.photodiode_size, height=opts.photodiode_size, pos=pos,
+                fillColor="black", lineColor=None, units="pix",
+            )  # fmt: skip
+        self.last_flip: float | None = None
+        self.total_dropped = 0
+
+    def _refresh_rate(self, fixed: float | None) -> tuple[float, bool]:
+        if fixed:
+            return float(fixed), False
+        rate = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10, threshold=1)
+        if rate is None or not (20 <= rate <= 1000):
+            log.warning("could not measure a stable refresh rate (%s); assuming 60 Hz (set --refresh-hz)", rate)
+            return 60.0, False
+        log.info("measured refresh rate %.2f Hz", rate)
+        return float(rate), True
+
+    # ---- frames
+    def _draw_overlay(self, on: bool) -> None:
+        if self.fixation is not None:
+            self.fixation.draw()
+        if self.patch is not None:
+            self.patch.fillColor = "white" if on else "black"
+            self.patch.draw()
+
+    def flip(self) -> float:
+        self.last_flip = self.win.flip()
+        return self.last_flip
+
+    def idle(self) -> None:
+        """One background frame (keeps the window responsive while waiting for a batch)."""
+        self._draw_overlay(False)
+        self.flip()
+
+    def escape_pressed(self) -> bool:
+        return bool(self._event.getKeys(keyList=["escape"]))
+
+    # ---- batches
+    def preload(self, qb: QueuedBatch) -> list:
+        """Textures for every image of the batch, made before its first flip."""
+        from PIL import Image
+
+        stims = []
+        for img in qb.images:
+            h, w = img.shape[:2]
+            size = None
+            if self.opts.image_size:
+                size = (self.opts.image_size, self.opts.image_size * h / w)
+            stims.append(
+                self._visual.ImageStim(self.win, image=Image.fromarray(np.ascontiguousarray(img)), size=size, units="pix")
+            )
+        return stims
+
+    def run_batch(
+        self, qb: QueuedBatch, schedule: Schedule, report: Callable[[QueuedBatch, dict], None]
+    ) -> int:
+        """Show a batch in order, reporting each presentation right after its offset flip. Stops early on
+        stop/clear. Returns how many were shown."""
+        stims = self.preload(qb)
+        self.win.frameIntervals = []
+        self.win.recordFrameIntervals = True
+        self.idle()  # sync to the retrace before the first onset
+        shown = 0
+        try:
+            for p in qb.presentations:
+                while schedule.paused and schedule.still_wanted(qb):
+                    self.win.recordFrameIntervals = False
+                    self.idle()
+                    schedule.wait(0.05)
+                self.win.recordFrameIntervals = True
+                if not schedule.still_wanted(qb):
+                    break
+                if self.escape_pressed():
+                    schedule.control("stop")
+                    break
+                word = ttl_word(schedule.presented) if self.ttl is not None else None
+
+                def after_offset(fields: dict, pid: str = p.presentation_id) -> None:
+                    schedule.mark_shown(pid)
+                    report(qb, fields)
+
+                self.present(p, stims[p.image], word, after_offset)
+                shown += 1
+        finally:
+            self.win.recordFrameIntervals = False
+        return shown
+
+    def present(self, p: Presentation, stim, word: int | None, after_offset: Callable[[dict], None]) -> dict:
+        """Frames on, then frames off. ``after_offset(fields)`` runs right after the offset flip (the report
+        goes out during the blank period); returns the report fields (all but the batch context)."""
+        n_on, n_off = presentation_frames(p, self.refresh_hz, self.opts.frames_on, self.opts.frames_off)
+        marks: dict = {"marker_sent": False}
+
+        def onset() -> None:
+            if self.outlet is not None:
+                t = self.outlet.clock()
+                marks["onset_lsl"] = t
+                marks["marker_sent"] = self.outlet.push(marker_text(p.presentation_id), t)
+            if self.ttl is not None:
+                self.ttl.set(word)
+
+        def offset() -> None:
+            if self.outlet is not None:
+                marks["offset_lsl"] = self.outlet.clock()
+            if self.ttl is not None:
+                self.ttl.set(0)
+
+        prev = self.last_flip
+        dropped0 = self.win.nDroppedFrames
+        onset_t = offset_t = None
+        for f in range(n_on):
+            stim.draw()
+            self._draw_overlay(True)
+            if f == 0:
+                self.win.callOnFlip(onset)
+            t = self.flip()
+            if f == 0:
+                onset_t = t
+        self._draw_overlay(False)
+        self.win.callOnFlip(offset)
+        offset_t = self.flip()
+        dropped = self.win.nDroppedFrames - dropped0
+        self.total_dropped += dropped
+        fields = dict(
+            presentation_id=p.presentation_id, stimulus_id=p.stimulus_id, order=p.order, attempt=p.attempt,
+            flip_time=onset_t, flip_time_lsl=marks.get("onset_lsl"), offset_time=offset_t,
+            offset_time_lsl=marks.get("offset_lsl"), frames_on=n_on, frames_off=n_off, refresh_hz=self.refresh_hz,
+            on_duration_s=max(0.0, offset_t - onset_t), dropped_frames=dropped, marker_sent=marks["marker_sent"],
+            ttl_word=word, photodiode_patch=self.patch is not None,
+            qc=timing_qc(refresh_hz=self.refresh_hz, frames_on=n_on, prev_flip=prev, onset=onset_t,
+                         offset=offset_t, dropped=dropped),
+        )  # fmt: skip
+        after_offset(fields)
+        for _ in range(n_off - 1):
+            self._draw_overlay(False)
+            self.flip()
+        return fields
+
+    def close(self) -> None:
+        try:
+            self.win.close()
+        except Exception:  # closing a dead GL context must not hide the real exit reason
+            log.debug("window close failed", exc_info=True)
