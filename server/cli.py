@@ -57,13 +57,22 @@ def insilico(
             cfg = cfg.model_copy(update={"output": output})
         recorder = None
         if store:
-            from .db.insilico_store import open_recorder
+            from .db import connect
+            from .insilico import DatabaseRecorder
 
-            recorder = open_recorder(cfg)
+            recorder = DatabaseRecorder(connect().repository())
         result = run_probe(cfg, progress=not quiet, recorder=recorder)
+        if recorder is not None:
+            recorder.finish()
+            typer.echo("stored sessions: " + ", ".join(f"{p}={sid}" for p, sid in recorder.sessions))
     except (ConfigError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
         return
+    except Exception as err:  # DatabaseUnavailable and friends: one clear line, no traceback
+        if type(err).__name__ in ("DatabaseUnavailable", "StorageError", "SessionNotFound"):
+            _fail(str(err))
+            return
+        raise
     paths = write_outputs(result)
     ev = result.evaluation
     typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")

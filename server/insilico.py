@@ -26,17 +26,50 @@ from .engine.evaluation import (
 from .engine.generators import make_generator
 from .engine.optimizers import make_optimizer
 from .engine.probes import UNIT, Bound, EarlyStop, Probe
-from .engine.search import GenerationReport, Proposal, Selection, SnSSearch
+from .engine.search import GenerationReport, Selection, SnSSearch
+from .session_runner import Batch, Counts, SessionRunner
 from .engine.stages import make_stage
 from .engine.subjects import make_subject
 
 
 class RunRecorder(Protocol):
-    """Receives every generation of a run (the database layer implements it)."""
+    """Makes the runner of each phase of a run (``DatabaseRecorder`` stores them)."""
 
-    def generation(
-        self, phase: str, proposal: Proposal, report: GenerationReport, reference_responses: np.ndarray, state: bytes
-    ) -> None: ...
+    def runner_for(self, phase: str, search: SnSSearch, reference_image, config: ProbeConfig) -> SessionRunner:
+        """A runner that persists this phase (one stored session per phase)."""
+
+
+class DatabaseRecorder:
+    """Stores each phase of an in-silico run as a session (rig "insilico"), exactly like a rig session."""
+
+    def __init__(self, repository, operator: str = "insilico"):
+        self.repo = repository
+        self.operator = operator
+        self.sessions: list[tuple[str, Any]] = []
+
+    def runner_for(self, phase: str, search: SnSSearch, reference_image, config: ProbeConfig) -> SessionRunner:
+        if config.noise.kind != "poisson":
+            raise ConfigError("noise.kind", "stored runs need spike counts", "poisson")
+        stored = json.loads(config.model_dump_json()) | {"phase": phase}
+        if self.sessions:
+            stored["reference_session"] = str(self.sessions[-1][1])
+        sid = self.repo.create_session(
+            config=stored, seed=config.seed, mode="insilico", operator=self.operator,
+            subject_id=config.subject.name, rig="insilico",
+        )
+        self.repo.add_units(sid, [(0, u, f"{config.subject.name}#{u}") for u in range(search_units(config))])
+        self.sessions.append((phase, sid))
+        return SessionRunner(search, seed=config.seed, reference_image=reference_image,
+                             reference_repeats=config.reference_repeats, window_s=config.noise.window_ms / 1000.0,
+                             repository=self.repo, session_id=sid)
+
+    def finish(self, status: str = "completed") -> None:
+        for _, sid in self.sessions:
+            self.repo.set_session_status(sid, status)
+
+
+def search_units(config: ProbeConfig) -> int:
+    return int(config.subject.params.get("n_units", 1))
 
 
 @dataclass
@@ -98,39 +131,35 @@ def build_stages(config: ProbeConfig) -> dict:
     return {s.key: make_stage(s.name, **s.params) for s in config.stages}
 
 
-class _Measure:
-    """The in-silico rig: rates, or Poisson counts in the response window converted to rates."""
+class InSilicoRig:
+    """The in-silico rig: shows a batch to a model subject and counts spikes in the response window.
+
+    Poisson counts by default; with ``noise.kind = "none"`` the expected count rate * window (a float).
+    """
 
     def __init__(self, subject: Subject, config: ProbeConfig, rng: np.random.Generator):
         self.subject, self.rng = subject, rng
         self.noisy = config.noise.kind == "poisson"
         self.window_s = config.noise.window_ms / 1000.0
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        if not self.noisy:
-            return self.subject.rate(images)
-        return self.subject.counts(images, self.window_s, self.rng) / self.window_s
+    def present(self, batch: Batch) -> list[Counts]:
+        images = np.stack([p.image for p in batch.presentations])
+        if self.noisy:
+            counts = self.subject.counts(images, self.window_s, self.rng)
+        else:
+            counts = self.subject.rate(images) * self.window_s
+        return [Counts(p.presentation_id, c) for p, c in zip(batch.presentations, counts)]
 
 
-def _run_phase(phase: Phase, measure: _Measure, reference_image, repeats, recorder, progress, task) -> None:
-    search = phase.search
-    while not search.done:
-        proposal = search.ask()
-        responses = measure(proposal.images)
-        ref_responses = None
-        if reference_image is not None:
-            ref_responses = measure(np.repeat(reference_image[None], repeats, axis=0))
-        report = search.tell(responses, ref_responses, images=proposal.images)
+def _run_phase(phase: Phase, runner: SessionRunner, rig: InSilicoRig, progress, task) -> None:
+    while not runner.done:
+        batch = runner.next_batch()
+        report = runner.add_counts(rig.present(batch))
         phase.reports.append(report)
-        if recorder is not None:
-            recorder.generation(
-                phase.name, proposal, report,
-                ref_responses if ref_responses is not None else np.zeros((0, responses.shape[1])), search.state(),
-            )
         if progress is not None:
             best = report.responses.mean(1).max()
             progress.update(task, advance=1, description=f"{phase.name:<11} g{report.generation:>3} best {best:6.1f} Hz")
-    phase.selection = search.result()
+    phase.selection = runner.search.result()
 
 
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
@@ -138,7 +167,13 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     generator = build_generator(config)
     subject = build_subject(config, generator)
     stages = build_stages(config) if config.mode != "maximize" else {}
-    measure = _Measure(subject, config, streams.rng("noise"))
+    rig = InSilicoRig(subject, config, streams.rng("noise"))
+
+    def runner(name, search, ref):
+        if recorder is not None:
+            return recorder.runner_for(name, search, ref, config)
+        return SessionRunner(search, seed=config.seed, reference_image=ref,
+                             reference_repeats=config.reference_repeats, window_s=rig.window_s)
     n = generator.code_size
     phases: list[Phase] = []
 
@@ -161,7 +196,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
                                max_generations=gens)
             phase = Phase("maximize", search)
             task = bar.add_task("maximize", total=gens) if bar else None
-            _run_phase(phase, measure, None, config.reference_repeats, recorder, bar, task)
+            _run_phase(phase, runner("maximize", search, None), rig, bar, task)
             phases.append(phase)
             reference_code = phase.selection.code
             reference_image = generator.render(reference_code[None])[0]
@@ -188,7 +223,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
                                early_stop=early)
             phase = Phase(config.mode, search)
             task = bar.add_task(config.mode, total=config.generations) if bar else None
-            _run_phase(phase, measure, reference_image, config.reference_repeats, recorder, bar, task)
+            _run_phase(phase, runner(config.mode, search, reference_image), rig, bar, task)
             phases.append(phase)
     finally:
         if bar is not None:

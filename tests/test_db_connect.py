@@ -122,5 +122,3 @@ def test_embedded_server_starts_in_the_data_folder_keeps_data_and_stops_after_ex
     pgdata = tmp_path / "lab" / "pgdata"
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
     assert not (pgdata / "postmaster.pid").exists()  # stopped with the last process
-    r = _cli(env, "check")
-    assert r.returncode == 0 and r.stdout.startswith("ok: ") and "(embedded) schema revision 0001" in r.stdout

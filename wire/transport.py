@@ -167,6 +167,8 @@ class _Endpoint:
         self.stats: Counter[str] = Counter()
         self._handlers: dict[str, Handler] = {}
         self._outbox: deque[Callable[[], None]] = deque()
+        self._queued_reliable = 0  # reliable messages handed to send() but not yet in a pending set
+        self._queued_lock = threading.Lock()
         self._waker_r, self._waker_w = socket.socketpair()
         self._waker_r.setblocking(False)
         self._waker_w.setblocking(False)
@@ -250,7 +252,10 @@ class _Endpoint:
         return self.pending_count() == 0
 
     def pending_count(self) -> int:
-        return sum(len(link.pending) for link in self._links())
+        """Reliable messages not yet acknowledged (including those still on their way to the loop)."""
+        with self._queued_lock:
+            queued = self._queued_reliable
+        return queued + sum(len(link.pending) for link in self._links())
 
     # ---- for subclasses
     def _links(self) -> list[_Link]:
@@ -287,6 +292,22 @@ class _Endpoint:
     def _post(self, fn: Callable[[], None]) -> None:
         self._outbox.append(fn)
         self._wake()
+
+    def _post_message(self, env: Envelope, fn: Callable[[], None]) -> None:
+        if env.reliable:
+            with self._queued_lock:
+                self._queued_reliable += 1
+
+            def run() -> None:
+                try:
+                    fn()
+                finally:
+                    with self._queued_lock:
+                        self._queued_reliable -= 1
+
+            self._post(run)
+        else:
+            self._post(fn)
 
     def _envelope(self, type: str, payload: Payload | dict, session: str, n_blobs: int, reliable: bool | None):
         return Envelope.make(type, payload, session=session, sender=self.name, n_blobs=n_blobs, reliable=reliable)
@@ -463,7 +484,7 @@ class Peer(_Endpoint):
             raise ProtocolError("session", "not known yet: wait for the server's welcome (wait_connected)")
         env = self._envelope(type, payload, sess, len(blobs), reliable)
         frames = encode(env, blobs, self.limits)
-        self._post(lambda: self._enqueue(env, frames))
+        self._post_message(env, lambda: self._enqueue(env, frames))
         return env.id
 
     # ---- internals
@@ -676,7 +697,7 @@ class ServerEndpoint(_Endpoint):
         is not connected wait until it says hello with the same instance."""
         env = self._envelope(type, payload, self.session, len(blobs), reliable)
         frames = encode(env, blobs, self.limits)
-        self._post(lambda: self._enqueue(client_id, env, frames))
+        self._post_message(env, lambda: self._enqueue(client_id, env, frames))
         return env.id
 
     def set_session(self, session: str) -> None:

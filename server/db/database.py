@@ -215,13 +215,14 @@ def alembic_config(url: str | URL | None = None, connection: Connection | None =
     return cfg
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Upgrade (or, for a revision like 'base', downgrade) the schema, one process at a time."""
+def migrate(engine: Engine, revision: str = "head", *, shown_url: str | URL | None = None) -> None:
+    """Upgrade (or, for a revision like 'base', downgrade) the schema, one process at a time.
+    ``shown_url`` is the URL to name in errors (default: the engine's)."""
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
-    url = engine.url
+    url = shown_url or engine.url
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -313,16 +314,17 @@ def connect(settings: Settings | None = None, *, migrate_schema: bool = True) ->
     """
     settings = settings or Settings()
     url, embedded = resolve_url(settings)
+    shown = settings.database_url or url  # name the URL as the operator wrote it
     engine = make_engine(url, echo=settings.db_echo)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as exc:
         engine.dispose()
-        raise DatabaseUnavailable(url, f"cannot connect: {_first_line(exc)}") from None
+        raise DatabaseUnavailable(shown, f"cannot connect: {_first_line(exc)}") from None
     if migrate_schema:
         try:
-            migrate(engine)
+            migrate(engine, shown_url=shown)
         except DatabaseUnavailable:
             engine.dispose()
             raise

@@ -2,9 +2,9 @@
 
 The reference (snslib metaexperiment.canonical) transforms a PIL image with torchvision's defaults: nearest
 neighbour, rotation/scaling about (W/2, H/2), black fill, output the same size. This module reproduces that
-geometry on float images (no 8-bit rounding) with numpy, following Pillow's conventions: each output pixel
-centre (x + 0.5, y + 0.5) is mapped through the inverse transform (accumulated row by row and pixel by pixel,
-as Pillow does) and truncated to a source pixel; anything outside the image gets ``fill``.
+geometry on float images (no 8-bit rounding) with numpy, following Pillow's arithmetic: each output pixel
+centre (x + 0.5, y + 0.5) is mapped through the inverse transform and rounded down to a source pixel; anything
+outside the image gets ``fill``. The controls match torchvision-on-PIL pixel for pixel (tested).
 
 Controls, in order (labels in brackets):
 - rotations 0, 45, 90, 135, 180 degrees counter-clockwise ["rotation:45"];
@@ -26,17 +26,30 @@ _DIRECTIONS = (("right", 1, 0), ("left", -1, 0), ("down", 0, 1), ("up", 0, -1))
 
 
 def _inverse_affine(image: np.ndarray, matrix: tuple[float, ...], fill: float) -> np.ndarray:
-    """Pillow's nearest-neighbour Image.transform(AFFINE, matrix): out[y, x] = in[floor(src)] or fill."""
+    """Pillow's nearest-neighbour Image.transform(AFFINE, matrix): out[y, x] = in[src(x, y)] or fill.
+
+    Pillow has two code paths and both are reproduced exactly: pure scale/translation matrices
+    (ImagingScaleAffine: float positions accumulated pixel by pixel from the first pixel centre, truncated),
+    and everything else (affine_fixed: 16.16 fixed-point positions, floored).
+    """
     h, w = image.shape[:2]
     a0, a1, a2, a3, a4, a5 = matrix
-    # Pillow starts at the first pixel centre and adds a0/a3 per pixel and a1/a4 per row (sequential sums;
-    # numpy's cumsum is sequential too, so rounding matches at exact pixel boundaries)
-    row_x = np.cumsum(np.r_[a2 + a1 * 0.5 + a0 * 0.5, np.full(h - 1, a1)])
-    row_y = np.cumsum(np.r_[a5 + a4 * 0.5 + a3 * 0.5, np.full(h - 1, a4)])
-    xs = np.cumsum(np.concatenate([row_x[:, None], np.full((h, w - 1), a0)], axis=1), axis=1)
-    ys = np.cumsum(np.concatenate([row_y[:, None], np.full((h, w - 1), a3)], axis=1), axis=1)
-    xi = np.where(xs < 0.0, -1, xs.astype(np.int64))  # Pillow's COORD(): negative -> -1, else truncate
-    yi = np.where(ys < 0.0, -1, ys.astype(np.int64))
+    if a1 == 0 and a3 == 0:
+        # sequential sums, as in C (numpy's cumsum is sequential too, so boundary rounding matches)
+        xs = np.cumsum(np.r_[a2 + a0 * 0.5, np.full(w - 1, a0)])
+        ys = np.cumsum(np.r_[a5 + a4 * 0.5, np.full(h - 1, a4)])
+        xi = np.where(xs < 0.0, -1, xs.astype(np.int64))  # Pillow's COORD(): negative -> -1, else truncate
+        yi = np.where(ys < 0.0, -1, ys.astype(np.int64))
+        xi, yi = np.broadcast_to(xi[None, :], (h, w)), np.broadcast_to(yi[:, None], (h, w))
+    else:
+        def fix(v: float) -> int:
+            return math.floor(v * 65536.0 + 0.5)
+
+        f0, f1, f3, f4 = fix(a0), fix(a1), fix(a3), fix(a4)
+        f2, f5 = fix(a2 + a0 * 0.5 + a1 * 0.5), fix(a5 + a3 * 0.5 + a4 * 0.5)
+        rows, cols = np.arange(h, dtype=np.int64)[:, None], np.arange(w, dtype=np.int64)[None, :]
+        xi = (f2 + rows * f1 + cols * f0) >> 16
+        yi = (f5 + rows * f4 + cols * f3) >> 16
     inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
     out = np.full_like(image, fill)
     out[inside] = image[yi[inside], xi[inside]]

@@ -79,6 +79,7 @@ class GaborEnergyStage(Stage):
 
         half = max(int(np.ceil(3.0 * self.sigma_ratio * w)) for w in self.wavelengths)
         k = 2 * half + 1
+        self._half = half
         s = self.stride
         # FFT size: a multiple of the stride (for spectrum folding below) with room for zero padding
         self._q = sfft.next_fast_len(-(-(self.size + k - 1) // s))

@@ -197,7 +197,7 @@ class PooledUnit(ModelNeuron):
 
     name = "pooled-unit"
 
-    def __init__(self, *args: Any, grid: int = 3, spacing: float | None = None, temperature: float = 0.1,
+    def __init__(self, *args: Any, grid: int = 3, spacing: float | None = None, temperature: float = 0.05,
                  **kwargs: Any):
         if grid not in (2, 3) or isinstance(grid, bool):
             raise ConfigError("subject.grid", f"bad value {grid!r}", [2, 3])

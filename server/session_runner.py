@@ -1,0 +1,250 @@
+"""One session's generations, in the order that loses nothing:
+
+    ask -> render -> plan the batch -> persist -> (caller dispatches) -> present -> count
+        -> persist responses -> score -> tell -> persist the state after tell -> next generation
+
+The runner owns the search and the write order; the caller moves data between it and a rig (an in-silico
+subject, or the display client and recording bridge over ZeroMQ). Without a repository it runs the same
+steps in memory (quick in-silico runs and tests). With one, a run killed at any moment resumes from its
+last completed generation with the identical optimizer state (see ``SessionRunner.resume``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine.search import GenerationReport, SnSSearch
+
+
+@dataclass
+class PlannedPresentation:
+    presentation_id: int
+    order: int
+    kind: str  # "candidate" | "reference"
+    code_index: int | None  # row in the generation's code matrix (candidates)
+    image: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    attempt: int = 0
+
+
+@dataclass
+class Batch:
+    generation: int
+    presentations: list[PlannedPresentation]
+
+    @property
+    def ids(self) -> list[int]:
+        return [p.presentation_id for p in self.presentations]
+
+
+@dataclass
+class Counts:
+    """A presentation's spike counts (one per unit) in the response window, and in the baseline window."""
+
+    presentation_id: int
+    counts: np.ndarray
+    baseline: np.ndarray | None = None
+    valid: bool = True
+    qc_reasons: tuple[str, ...] = ()
+
+
+@dataclass
+class _Open:
+    batch: Batch
+    codes: np.ndarray
+    images: np.ndarray
+    answered: dict[int, np.ndarray] = field(default_factory=dict)
+    t_proposed: float = 0.0
+
+
+class SessionRunner:
+    """Drives one search through its generations, persisting each step before the next depends on it."""
+
+    def __init__(
+        self,
+        search: SnSSearch,
+        *,
+        seed: int,
+        reference_image: np.ndarray | None,
+        reference_repeats: int = 4,
+        window_s: float = 0.15,
+        repository=None,
+        session_id: uuid.UUID | None = None,
+    ):
+        self.search = search
+        self.seed = seed
+        self.reference_image = None if reference_image is None else np.asarray(reference_image, np.float32)
+        self.reference_repeats = reference_repeats if reference_image is not None else 0
+        self.window_s = window_s
+        self.repo = repository
+        self.session_id = session_id
+        self.open: _Open | None = None
+        self.reports: list[GenerationReport] = []
+        self._next_local_id = 1
+        self.on_generation = None  # optional callback(report, batch, counts matrix) for progress and plots
+
+    @property
+    def done(self) -> bool:
+        return self.search.done
+
+    # -- propose -----------------------------------------------------------------------------------
+    def _plan(self, generation: int, n_candidates: int) -> list[tuple[str, int | None]]:
+        """Candidates and reference repeats, shuffled by a generator derived from (seed, generation)."""
+        slots = [("candidate", i) for i in range(n_candidates)] + [("reference", None)] * self.reference_repeats
+        order = np.random.default_rng([self.seed, 0x5EED, generation]).permutation(len(slots))
+        return [slots[i] for i in order]
+
+    def next_batch(self) -> Batch:
+        """Ask for the next generation and commit it before anyone shows it. Idempotent while open."""
+        if self.open is not None:
+            return self.open.batch
+        if self.done:
+            raise RuntimeError("the search is done; no more generations")
+        t0 = time.perf_counter()
+        state_before = self._state()
+        proposal = self.search.ask()
+        plan = self._plan(proposal.generation, len(proposal.codes))
+        images = [proposal.images[i] if kind == "candidate" else self.reference_image for kind, i in plan]
+        if self.repo is not None:
+            from .db import Proposal
+
+            ids = self.repo.begin_generation(
+                self.session_id,
+                proposal.generation,
+                [
+                    Proposal(image=img, kind=kind, order_in_batch=k,
+                             code=proposal.codes[i] if kind == "candidate" else None, code_index=i)
+                    for k, ((kind, i), img) in enumerate(zip(plan, images))
+                ],
+                optimizer_state=state_before,
+                timings={"ask_s": time.perf_counter() - t0},
+            )
+        else:
+            ids = list(range(self._next_local_id, self._next_local_id + len(plan)))
+            self._next_local_id += len(plan)
+        batch = Batch(
+            proposal.generation,
+            [PlannedPresentation(pid, k, kind, i, img) for k, (pid, (kind, i), img) in enumerate(zip(ids, plan, images))],
+        )
+        self.open = _Open(batch, proposal.codes, proposal.images, t_proposed=t0)
+        return batch
+
+    # -- collect -----------------------------------------------------------------------------------
+    def add_counts(self, items: list[Counts]) -> GenerationReport | None:
+        """Take counts for the open generation (repeats are ignored, never counted twice); once every
+        presentation is answered, score and tell. Returns the generation's report when it completed."""
+        if self.open is None:
+            raise RuntimeError("no generation is open")
+        known = set(self.open.batch.ids)
+        fresh = []
+        for c in items:
+            counts = np.asarray(c.counts)
+            if c.presentation_id not in known:
+                raise ValueError(f"presentation_id: {c.presentation_id} is not in the open generation")
+            if counts.ndim != 1 or not np.all(np.isfinite(counts)) or (counts < 0).any():
+                raise ValueError(f"counts: presentation {c.presentation_id} has {counts!r} (allowed: finite, >= 0)")
+            if c.presentation_id in self.open.answered or not c.valid:
+                continue
+            fresh.append(c)
+        if self.repo is not None and fresh:
+            from .db import ResponseRecord
+
+            w0, w1 = 0.0, self.window_s * 1000.0
+            self.repo.record_responses(
+                self.session_id,
+                [ResponseRecord(c.presentation_id, np.asarray(c.counts, dtype=np.int64), w0, w1,
+                                None if c.baseline is None else np.asarray(c.baseline, dtype=np.int64))
+                 for c in fresh],
+            )
+        for c in fresh:
+            self.open.answered[c.presentation_id] = np.asarray(c.counts, dtype=np.float64)
+        if len(self.open.answered) < len(known):
+            return None
+        return self._score()
+
+    def unanswered(self) -> list[PlannedPresentation]:
+        if self.open is None:
+            return []
+        return [p for p in self.open.batch.presentations if p.presentation_id not in self.open.answered]
+
+    def _score(self) -> GenerationReport:
+        op = self.open
+        cands = sorted((p for p in op.batch.presentations if p.kind == "candidate"), key=lambda p: p.code_index)
+        refs = [p for p in op.batch.presentations if p.kind == "reference"]
+        rates = np.stack([op.answered[p.presentation_id] for p in cands]) / self.window_s
+        ref_rates = np.stack([op.answered[p.presentation_id] for p in refs]) / self.window_s if refs else None
+        t0 = time.perf_counter()
+        report = self.search.tell(rates, ref_rates, images=op.images)
+        t_tell = time.perf_counter() - t0
+        if self.repo is not None:
+            from .db import ScoreRecord
+
+            sel = report.fronts == 0
+            scores = [
+                ScoreRecord(
+                    p.presentation_id,
+                    {k: float(v[p.code_index]) for k, v in report.distances.items() if np.isfinite(v[p.code_index])},
+                    int(report.fronts[p.code_index]),
+                    float(report.fitness[p.code_index]),
+                    bool(sel[p.code_index]),
+                )
+                for p in cands
+            ]
+            self.repo.complete_generation(
+                self.session_id, op.batch.generation, scores, optimizer_state=self._state(),
+                timings={"tell_s": t_tell, "generation_s": time.perf_counter() - op.t_proposed},
+            )
+        self.reports.append(report)
+        self.open = None
+        if self.on_generation is not None:
+            self.on_generation(report)
+        return report
+
+    def reshow(self, presentation_ids: list[int]) -> list[PlannedPresentation]:
+        """Replace unanswered (or invalid) presentations by new attempts of the same slot, to be shown again."""
+        if self.open is None:
+            raise RuntimeError("no generation is open")
+        ids = [i for i in presentation_ids if i not in self.open.answered]
+        if self.repo is not None:
+            mapping = self.repo.reshow_presentations(self.session_id, ids)
+        else:
+            mapping = {i: self._next_local_id + k for k, i in enumerate(ids)}
+            self._next_local_id += len(ids)
+        out = []
+        for k, p in enumerate(self.open.batch.presentations):
+            if p.presentation_id in mapping:
+                p = PlannedPresentation(mapping[p.presentation_id], p.order, p.kind, p.code_index, p.image, p.attempt + 1)
+                self.open.batch.presentations[k] = p
+                out.append(p)
+        return out
+
+    def _state(self) -> bytes:
+        return self.search.state()
+
+    # -- resume ------------------------------------------------------------------------------------
+    def resume(self) -> Batch | None:
+        """After a crash: restore the state saved after the last completed generation, re-open the
+        in-flight generation with the answers already committed, and return what must still be shown."""
+        point = self.repo.load_resume_point(self.session_id)
+        if point.last_completed is not None:
+            self.search.load_state(point.optimizer_state)
+        if point.in_flight is None:
+            return None if self.done else self.next_batch()
+        flight = point.in_flight
+        proposal = self.search.ask()
+        stored = flight.data.candidate_codes()
+        if not np.array_equal(stored, proposal.codes):
+            raise RuntimeError(f"generation {flight.index}: the restored optimizer proposes different codes")
+        presentations = []
+        answered = {}
+        for p in flight.data.presentations:
+            img = proposal.images[p.code_index] if p.kind == "candidate" else self.reference_image
+            presentations.append(PlannedPresentation(p.id, p.order_in_batch, p.kind, p.code_index, img, p.attempt))
+            if p.counts is not None:
+                answered[p.id] = np.asarray(p.counts, dtype=np.float64)
+        self.open = _Open(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
+                          time.perf_counter())
+        return self.open.batch

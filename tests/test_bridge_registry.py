@@ -1,0 +1,84 @@
+"""Adapter registry, one-line config errors, and the sim -> counts -> outbox path end to end."""
+
+import numpy as np
+import pytest
+
+from recording_bridge import ADAPTERS, CountingPipeline, Outbox, WindowCounter, make_adapter
+from recording_bridge.adapters.openephys import OpenEphysSource
+from recording_bridge.adapters.sim import SimSource
+from recording_bridge.base import SpikeSource
+from server.engine.base import ConfigError
+
+
+class Flat:
+    n_units = 1
+
+    def rate(self, images):
+        return np.full((len(images), 1), 30.0)
+
+
+def test_registry_names_and_interface():
+    assert set(ADAPTERS) == {"sim", "lsl", "openephys"}
+    assert all(issubclass(cls, SpikeSource) for cls in ADAPTERS.values())
+    assert {cls.name for cls in ADAPTERS.values()} == set(ADAPTERS)
+
+
+def test_make_adapter_errors_are_one_line():
+    with pytest.raises(ConfigError) as e:
+        make_adapter("blackrock")
+    assert str(e.value) == "adapter: unknown recording source 'blackrock' (allowed: lsl, openephys, sim)"
+    with pytest.raises(ConfigError, match=r"adapter\.openephys: unknown parameter\(s\) port .*allowed: .*endpoint"):
+        make_adapter("openephys", port=5557)
+    with pytest.raises(ConfigError, match=r"adapter\.sim: .*subject"):
+        make_adapter("sim", rng=0)
+    with pytest.raises(ConfigError, match="word_lines"):
+        make_adapter("openephys", word_lines=[])
+
+
+def test_make_adapter_builds_sources():
+    src = make_adapter("openephys", endpoint="tcp://127.0.0.1:1", sample_rate=30000.0)
+    assert isinstance(src, OpenEphysSource) and src.watermark() == -np.inf and src.poll(0.0) == []
+    src.close()
+    src.close()  # twice is fine
+    sim = make_adapter("sim", subject=Flat(), rng=np.random.default_rng(0), clock=lambda: 0.0, start_s=0.0)
+    assert isinstance(sim, SimSource) and sim.units() == ["sim:0"]
+
+
+def test_sim_to_outbox_end_to_end():
+    t = [0.0]
+    sim = make_adapter("sim", subject=Flat(), rng=np.random.default_rng(5), clock=lambda: t[0], start_s=0.0)
+    pipe = CountingPipeline(sim, WindowCounter(units=sim.units(), session_id="sess"))
+    box = Outbox(clock=lambda: t[0], resend_after_s=0.5)
+    img = np.full((4, 4, 3), 0.5, np.float32)
+    for k in range(10):
+        pipe.expect([f"p{k}"])
+        sim.present(f"p{k}", img, 0.2 + 0.25 * k)
+    sent = []
+    while t[0] < 4.0:
+        t[0] += 0.05
+        box.put(pipe.step())
+        for b in box.due():
+            sent.append(b.seq)
+            if b.seq != 2:  # the server's ack for batch 2 is lost
+                box.ack(b.seq)
+    first = list(dict.fromkeys(sent))
+    assert first == list(range(1, len(first) + 1))
+    assert sent.count(2) > 1 and all(sent.count(q) == 1 for q in first if q != 2)
+    assert [b.seq for b in box.unacked] == [2]
+    assert box.ack(2) and box.unacked == []
+
+
+def test_sim_counts_come_in_presentation_order_with_session_id():
+    t = [0.0]
+    sim = make_adapter("sim", subject=Flat(), rng=np.random.default_rng(5), clock=lambda: t[0], start_s=0.0)
+    pipe = CountingPipeline(sim, WindowCounter(units=sim.units(), session_id="sess"))
+    img = np.full((4, 4, 3), 0.5, np.float32)
+    for k in range(10):
+        pipe.expect([f"p{k}"])
+        sim.present(f"p{k}", img, 0.2 + 0.25 * k)
+    out = []
+    while t[0] < 4.0:
+        t[0] += 0.05
+        out += pipe.step()
+    assert [pc.presentation_id for pc in out] == [f"p{k}" for k in range(10)]
+    assert all(pc.session_id == "sess" and pc.valid for pc in out)
