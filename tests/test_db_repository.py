@@ -159,7 +159,7 @@ def test_repeated_response_is_recognised_and_never_counted_twice(repo, db_engine
     assert (first.inserted, first.duplicates, first.conflicts, first.rejected) == (3, 0, (), ())
     again = _answer(repo, sid, ids[:3])  # the bridge re-sends after a reconnect
     assert (again.inserted, again.duplicates, again.conflicts) == (0, 3, ())
-    mixed = _answer(repo, sid, ids[2:5])  # one old, two new
+    mixed = _answer(repo, sid, ids[2:5], value=5)  # one old (same counts), two new
     assert (mixed.inserted, mixed.duplicates) == (2, 1)
     in_batch = _answer(repo, sid, [ids[0], ids[0]])
     assert (in_batch.inserted, in_batch.duplicates) == (0, 2)
@@ -252,10 +252,13 @@ def test_reshown_presentation_supersedes_the_old_one_and_a_late_answer_is_kept_b
         ("UPDATE presentations SET code = '\\x00'::bytea WHERE kind = 'candidate'", "ck_presentations_code_float64"),
         ("UPDATE presentations SET onset_source = 'photodiode', valid = false, dropped_frames = 0, shown_at = now(),"
          " rig_onset = 1", "ck_presentations_invalid_has_reason"),
-        ("UPDATE presentations SET onset_source = 'ttl'", "ck_presentations_timing_complete"),
+        ("UPDATE presentations SET onset_source = 'flip'", "ck_presentations_timing_complete"),
+        ("UPDATE presentations SET onset_source = 'ttl', valid = true, dropped_frames = 0, shown_at = now()",
+         "ck_presentations_rig_onset"),
         ("UPDATE presentations SET superseded = false, attempt = 0", None),
         ("INSERT INTO presentations (session_id, generation_id, stimulus_id, kind, order_in_batch)"
-         " SELECT session_id, generation_id, stimulus_id, kind, order_in_batch FROM presentations LIMIT 1",
+         " SELECT session_id, generation_id, stimulus_id, kind, order_in_batch FROM presentations"
+         " WHERE kind = 'reference' LIMIT 1",
          "uq_presentations_generation_id_order_in_batch_attempt"),
         ("INSERT INTO generations (session_id, index, optimizer_state_before) SELECT session_id, 1, '' FROM generations",
          "uq_generations_in_flight"),

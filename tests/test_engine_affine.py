@@ -69,7 +69,7 @@ def test_controls_match_torchvision_on_pil_images_pixel_for_pixel(shape):
 
     h, w = shape
     img = np.random.default_rng(1).random((h, w, 3)).astype(np.float32)
-    pils = [Image.fromarray(img[..., c], mode="F") for c in range(3)]
+    pils = [Image.fromarray(np.ascontiguousarray(img[..., c])) for c in range(3)]
 
     def ref(fn):
         return np.stack([np.asarray(fn(p), dtype=np.float32) for p in pils], axis=-1)

@@ -271,3 +271,13 @@ def test_deepsim_key_layouts_are_recognised():
     with pytest.raises(ConfigError) as err:
         check_state_dict(deepsim_state_dict_shapes("upconv"), partial, "generator.weights")
     assert "missing key 'conv4_1.weight'" in str(err.value) and "(256, 256, 3, 3)" in str(err.value)
+
+
+@pytest.mark.parametrize("module", ["generators", "stages", "subjects", "affine"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"server.engine.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

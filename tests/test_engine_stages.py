@@ -145,9 +145,19 @@ def test_cnn_stage_hook_equals_manual_forward_and_stops_early(resnet_weights):
     np.testing.assert_allclose(st.features(imgs), feats, rtol=1e-4, atol=1e-5)
 
 
+def test_cnn_weights_without_batchnorm_counters_load(resnet_weights, tmp_path):
+    path, model = resnet_weights
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    slim = tmp_path / "slim.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, slim)  # a DataParallel checkpoint
+    st = make_stage("cnn", architecture="resnet18", layer="bn1", weights=str(slim), input_size=32, device="cpu")
+    assert torch.equal(st.model.bn1.running_var, model.bn1.running_var)
+
+
 def test_cnn_stage_with_a_user_module():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 5))
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 5))
     st = make_stage("cnn", module=net, layer="1", input_size=16, normalize=None, device="cpu")
     imgs = np.random.default_rng(4).random((2, 16, 16, 3)).astype(np.float32)
     with torch.no_grad():

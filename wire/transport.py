@@ -219,7 +219,7 @@ class _Endpoint:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                self._receive(frames)
+                self._receive([f.buffer for f in frames])  # memoryviews: blobs without a copy
         while self._outbox:
             self._outbox.popleft()()
         self._tick(time.monotonic())
@@ -762,7 +762,7 @@ class ServerEndpoint(_Endpoint):
     def _receive(self, frames: list) -> None:
         ident_frame, frames = frames[0], frames[1:]
         try:
-            client_id = bytes(ident_frame.buffer if hasattr(ident_frame, "buffer") else ident_frame).decode()
+            client_id = bytes(ident_frame).decode()
         except UnicodeDecodeError:
             client_id = ""
         header = frames[0] if frames else None

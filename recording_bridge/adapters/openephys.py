@@ -22,8 +22,10 @@ Onsets (the convention the display must follow):
 - Photodiode: if the photodiode is thresholded onto a TTL line (``photodiode_line``, e.g. via the Crossing
   Detector), its rising edges give the onset, matched in ``[flip - 1 frame, flip + 3 frames]``.
 
-ZMQ PUB/SUB drops silently when a queue fills: the receive queue here is unbounded, sample numbers that
-go backwards are rejected and gaps longer than ``gap_warn_s`` between consecutive events are logged.
+ZMQ PUB/SUB drops silently when a queue fills (the GUI's send queue under a burst): the receive queue here
+is unbounded, a TTL line reported in the same state twice is logged as a lost event (``lost_ttl``), sample
+numbers that go backwards are rejected and gaps longer than ``gap_warn_s`` between events are logged. A
+dropped *spike* cannot be seen in Event Broadcaster messages (they carry no message number).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class OpenEphysSource(SpikeSource):
         self._latest = -math.inf  # latest rig time seen
         self._streams: set[str] = set()
         self.gaps = 0
+        self.lost_ttl = 0
         self.rejected = Rejections(log, "openephys")
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
@@ -205,7 +208,11 @@ class OpenEphysSource(SpikeSource):
         return sum(1 << i for i, line in enumerate(self.word_lines) if self._lines.get(line, False))
 
     def _on_ttl(self, line: int, state: bool, t: float) -> None:
-        before = self._lines.get(line, False)
+        before = self._lines.get(line)
+        if before is not None and before == state:
+            self.lost_ttl += 1  # a line cannot go high twice: the event in between never arrived
+            log.warning("openephys: TTL line %d went %s twice (at %.6f s): a TTL event was lost", line, int(state), t)
+        before = bool(before)
         self._lines[line] = state
         if line == self.photodiode_line:
             if state and not before:

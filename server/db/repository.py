@@ -377,7 +377,7 @@ def encode_png(image: np.ndarray) -> bytes:
             raise ValueError("stimulus image contains NaN or infinite values")
         arr = np.clip(np.rint(np.asarray(arr, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(buf, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -562,8 +562,7 @@ class Repository:
         orders = [p["order_in_batch"] for p in prepared]
         if len(set(orders)) != len(orders):
             raise ValueError("order_in_batch must be unique within a generation")
-        images = {p["sha256"]: p for p in prepared}
-
+        conflict = False
         with self.engine.begin() as conn:
             session = self._lock_session(conn, session_id)
             if session.status in FINISHED_STATUSES:
@@ -574,48 +573,69 @@ class Repository:
                 sa.select(G.c.id, G.c.status).where(G.c.session_id == session_id, G.c.index == index)
             ).first()
             if existing is not None:
-                return self._repeated_begin(conn, session_id, index, existing, prepared)
-            last = conn.execute(
-                sa.select(G.c.index, G.c.status)
-                .where(G.c.session_id == session_id)
-                .order_by(G.c.index.desc())
-                .limit(1)
-            ).first()
-            expected = 0 if last is None else last.index + 1
-            if last is not None and last.status != "completed":
-                raise GenerationStateError(f"generation {last.index} is still in flight; complete it first")
-            if index != expected:
-                raise GenerationStateError(f"next generation must be {expected}, got {index}")
+                same_ids = self._repeated_begin(conn, index, existing, prepared)
+                if same_ids is not None:
+                    return same_ids
+                conflict = True
+            else:
+                ids = self._insert_generation(conn, session_id, index, prepared, optimizer_state, rng_state, timings)
+        if conflict:  # logged after the read-only transaction ended, then refused
+            self.log_event(session_id, "generation_conflict",
+                           f"generation {index} was begun again with different proposals", {"index": index}, "error")
+            raise GenerationStateError(f"generation {index} is in flight with different proposals")
+        return ids
 
-            stimulus_ids = self._store_stimuli(conn, list(images.values()))
-            gen_id = conn.execute(
-                G.insert()
-                .values(
+    def _insert_generation(
+        self,
+        conn: Connection,
+        session_id: uuid.UUID,
+        index: int,
+        prepared: list[dict[str, Any]],
+        optimizer_state: bytes,
+        rng_state: Mapping[str, Any] | None,
+        timings: Mapping[str, float] | None,
+    ) -> list[int]:
+        last = conn.execute(
+            sa.select(G.c.index, G.c.status)
+            .where(G.c.session_id == session_id)
+            .order_by(G.c.index.desc())
+            .limit(1)
+        ).first()
+        expected = 0 if last is None else last.index + 1
+        if last is not None and last.status != "completed":
+            raise GenerationStateError(f"generation {last.index} is still in flight; complete it first")
+        if index != expected:
+            raise GenerationStateError(f"next generation must be {expected}, got {index}")
+
+        stimulus_ids = self._store_stimuli(conn, list({p["sha256"]: p for p in prepared}.values()))
+        gen_id = conn.execute(
+            G.insert()
+            .values(
+                session_id=session_id,
+                index=index,
+                optimizer_state_before=bytes(optimizer_state),
+                rng_state_before=dict(rng_state) if rng_state is not None else None,
+                timings=dict(timings or {}),
+            )
+            .returning(G.c.id)
+        ).scalar_one()
+        ids = conn.execute(
+            P.insert().returning(P.c.id, sort_by_parameter_order=True),
+            [
+                dict(
                     session_id=session_id,
-                    index=index,
-                    optimizer_state_before=bytes(optimizer_state),
-                    rng_state_before=dict(rng_state) if rng_state is not None else None,
-                    timings=dict(timings or {}),
+                    generation_id=gen_id,
+                    stimulus_id=stimulus_ids[p["sha256"]],
+                    kind=p["kind"],
+                    order_in_batch=p["order_in_batch"],
+                    code=p["code"],
+                    code_size=p["code_size"],
+                    code_index=p["code_index"],
                 )
-                .returning(G.c.id)
-            ).scalar_one()
-            ids = conn.execute(
-                P.insert().returning(P.c.id, sort_by_parameter_order=True),
-                [
-                    dict(
-                        session_id=session_id,
-                        generation_id=gen_id,
-                        stimulus_id=stimulus_ids[p["sha256"]],
-                        kind=p["kind"],
-                        order_in_batch=p["order_in_batch"],
-                        code=p["code"],
-                        code_size=p["code_size"],
-                        code_index=p["code_index"],
-                    )
-                    for p in prepared
-                ],
-            ).scalars().all()
-            conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
+                for p in prepared
+            ],
+        ).scalars().all()
+        conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
         return list(ids)
 
     def record_timings(self, session_id: uuid.UUID, timings: Sequence[PresentationTiming]) -> WriteResult:
@@ -1226,8 +1246,8 @@ class Repository:
     def _store_stimuli(self, conn: Connection, images: list[dict[str, Any]]) -> dict[bytes, int]:
         """Insert images not stored yet (by content hash); return {sha256: stimulus id}."""
         keys = [im["sha256"] for im in images]
-        known = dict(conn.execute(sa.select(ST.c.sha256, ST.c.id).where(ST.c.sha256.in_(keys))).tuples().all())
-        known = {bytes(k): v for k, v in known.items()}
+        rows = conn.execute(sa.select(ST.c.sha256, ST.c.id).where(ST.c.sha256.in_(keys))).all()
+        known = {bytes(k): v for k, v in rows}
         new = [im for im in images if im["sha256"] not in known]
         if new:
             values = []
@@ -1245,11 +1265,10 @@ class Repository:
                 )
             stmt = pg_insert(ST).on_conflict_do_nothing(index_elements=["sha256"])
             conn.execute(stmt, values)
-            known.update(
-                {bytes(k): v for k, v in conn.execute(
-                    sa.select(ST.c.sha256, ST.c.id).where(ST.c.sha256.in_([im["sha256"] for im in new]))
-                ).tuples()}
-            )
+            rows = conn.execute(
+                sa.select(ST.c.sha256, ST.c.id).where(ST.c.sha256.in_([im["sha256"] for im in new]))
+            ).all()
+            known.update({bytes(k): v for k, v in rows})
         return known
 
     def _write_stimulus_file(self, sha: bytes, png: bytes) -> str:
@@ -1284,8 +1303,9 @@ class Repository:
         return png
 
     def _repeated_begin(
-        self, conn: Connection, session_id: uuid.UUID, index: int, existing: Any, prepared: list[dict[str, Any]]
-    ) -> list[int]:
+        self, conn: Connection, index: int, existing: Any, prepared: list[dict[str, Any]]
+    ) -> list[int] | None:
+        """Ids of an in-flight generation begun again with the same proposals; None if they differ."""
         if existing.status != "proposed":
             raise GenerationStateError(f"generation {index} is already completed")
         stored = conn.execute(
@@ -1303,9 +1323,7 @@ class Repository:
             for p in prepared
         )
         if not same:
-            self._log(conn, session_id, "generation_conflict",
-                      f"generation {index} was begun again with different proposals", {"index": index}, "error")
-            raise GenerationStateError(f"generation {index} is in flight with different proposals")
+            return None
         return [by_order[p["order_in_batch"]].id for p in prepared]
 
     def _presentations(self, conn: Connection, session_id: uuid.UUID, index: int) -> list[PresentationState]:

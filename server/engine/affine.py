@@ -101,7 +101,16 @@ def shrink(image: np.ndarray, scale: float, fill: float = 0.0) -> np.ndarray:
 
 
 def affine_controls(image: np.ndarray, fill: float = 0.0) -> list[tuple[str, np.ndarray]]:
-    """The reference's 5 rotations, 17 translations and 5 scalings of one (H, W, C) or (H, W) image."""
+    """The reference's 5 rotations, 17 translations and 5 scalings of one (H, W, C) or (H, W) image.
+
+    >>> import numpy as np
+    >>> img = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+    >>> controls = affine_controls(img, fill=0.0)
+    >>> len(controls), controls[1][0], controls[10][0]
+    (27, 'rotation:45', 'translation:10:right')
+    >>> bool(np.array_equal(dict(controls)["rotation:180"], np.rot90(img, 2)))
+    True
+    """
     img = np.asarray(image)
     if img.ndim not in (2, 3):
         raise ValueError(f"expected one (H, W, 3) image, got shape {img.shape}")

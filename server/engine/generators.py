@@ -41,6 +41,16 @@ def dct_matrix(n: int) -> np.ndarray:
 class DCTGenerator(ImageGenerator):
     """x = clip(0.5 + scale * W z, 0, 1): z holds the lowest-frequency orthonormal DCT-II coefficients.
 
+    >>> import numpy as np
+    >>> gen = DCTGenerator(code_size=4096, image_size=64, channels=1, scale=0.25, ball_radius=64)
+    >>> z = gen.project(np.random.default_rng(0).normal(size=(50, 4096)))
+    >>> images = gen.render(z)                      # (50, 64, 64, 3) float32 in [0, 1]
+    >>> images.shape, float(np.linalg.norm(z, axis=1).max()) <= 64 + 1e-9
+    ((50, 64, 64, 3), True)
+    >>> small = 0.01 * z[:2]                        # no pixel clips: encoding is exact
+    >>> bool(np.allclose(gen.encode(gen.unclipped(small)), small))
+    True
+
     Coefficients are ordered by (u + v, u, v, channel) (u = vertical, v = horizontal frequency) and the first
     ``code_size`` are kept, so the DC terms come first. ``channels=1`` renders a grey image replicated to RGB
     (then W is orthonormal in grey space and the RGB pixel distance is sqrt(3) * scale * ||dz||);
@@ -176,7 +186,8 @@ class PixelGenerator(ImageGenerator):
     def encode(self, images: np.ndarray) -> np.ndarray:
         x = as_image_batch(images)
         if x.shape[1:] != self.image_shape:
-            raise ConfigError("images", f"images are {x.shape[1]}x{x.shape[2]}", "x".join(map(str, self.image_shape[:2])))
+            h, w = self.image_shape[:2]
+            raise ConfigError("images", f"images are {x.shape[1]}x{x.shape[2]}", f"{h}x{w}")
         return x.reshape(x.shape[0], -1).astype(np.float64)
 
 
@@ -327,7 +338,9 @@ class DeePSiMGenerator(ImageGenerator):
                 y = self.net(z)  # (b, 3, 256, 256) BGR
                 x = torch.clamp((y + self._mean) / 255.0, 0.0, 1.0)[:, [2, 1, 0]]
                 if x.shape[-2:] != self.image_shape[:2]:
-                    x = F.interpolate(x, size=self.image_shape[:2], mode="bilinear", align_corners=False, antialias=True)
+                    x = F.interpolate(
+                        x, size=self.image_shape[:2], mode="bilinear", align_corners=False, antialias=True
+                    )
                     x = x.clamp(0.0, 1.0)
                 out[start : start + len(z)] = x.permute(0, 2, 3, 1).cpu().numpy()
         return out

@@ -48,6 +48,16 @@ class PixelStage(Stage):
 class GaborEnergyStage(Stage):
     """A fixed bank of quadrature Gabor pairs on the grey image; feature = sqrt(even^2 + odd^2).
 
+    >>> import numpy as np
+    >>> from server.engine.gabor import grating, to_rgb
+    >>> stage = GaborEnergyStage(orientations=8, wavelengths=(4, 8, 16), stride=4, size=64)
+    >>> imgs = to_rgb(np.stack([grating(64, 0.0, 8.0, phase) for phase in (0.0, 1.5)]))
+    >>> stage.features(imgs).shape                  # 8 orientations x 3 wavelengths x 16 x 16 positions
+    (2, 6144)
+    >>> r = stage.responses(imgs)[:, 1, 4:12, 4:12]  # orientation 0, wavelength 8, interior positions
+    >>> bool(np.allclose(np.abs(r[0]), np.abs(r[1]), rtol=0.02))  # energy ignores the grating's phase
+    True
+
     The grey image (mean of RGB, minus 0.5) is resized to ``size`` x ``size`` (antialiased bilinear), filtered
     by ``orientations`` evenly spaced orientations x ``wavelengths`` (pixels at the working size; envelope
     sigma = ``sigma_ratio`` * wavelength) and sampled on a grid with ``stride`` (first position stride // 2).
@@ -201,7 +211,9 @@ class CNNStage(Stage):
             try:
                 mean, std = (np.asarray(v, dtype=np.float32).reshape(3) for v in normalize)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{f}.normalize", f"bad value {normalize!r}", '"imagenet", null or [mean3, std3]') from exc
+                raise ConfigError(
+                    f"{f}.normalize", f"bad value {normalize!r}", '"imagenet", null or [mean3, std3]'
+                ) from exc
             if np.any(std <= 0):
                 raise ConfigError(f"{f}.normalize", "std must be positive", '"imagenet", null or [mean3, std3]')
             self._mean = torch.tensor(mean).reshape(1, 3, 1, 1).to(self.device)
@@ -212,7 +224,9 @@ class CNNStage(Stage):
         if architecture is not None:
             names = torchvision_models()
             if architecture not in names:
-                raise ConfigError(f"{f}.architecture", f"unknown torchvision model {architecture!r}", _names_hint(names, 12))
+                raise ConfigError(
+                    f"{f}.architecture", f"unknown torchvision model {architecture!r}", _names_hint(names, 12)
+                )
             import torchvision
 
             with torch.random.fork_rng(devices=[]):
@@ -225,9 +239,14 @@ class CNNStage(Stage):
 
         if weights is not None:
             sd = load_state_dict_file(weights, f"{f}.weights")
-            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            # batch-norm step counters are bookkeeping that many exported files omit
+            expected = {
+                k: tuple(v.shape)
+                for k, v in model.state_dict().items()
+                if k in sd or not k.endswith("num_batches_tracked")
+            }
             check_state_dict(expected, sd, f"{f}.weights")
-            model.load_state_dict(sd)
+            model.load_state_dict(sd, strict=False)
 
         modules = dict(model.named_modules())
         valid = [n for n in modules if n]

@@ -15,8 +15,9 @@ with a unit-specific drive u:
 Default c50: the drive produced by the unit's matched image at 50% contrast, so that image gives exactly
 half-max (baseline + gain / 2). The matched image is the complex cell's most exciting image (MEI) pattern
 0.5 + 0.5 * contrast * sign(g_phi*) for the complex and pooled units (the pooled unit's centre pair), and
-0.5 + 0.5 * contrast * sign(g0) for the simple and mixed units. Because the drive is quadratic in contrast, the MEI (contrast 1) then gives u = 4 * c50 and
-a rate of baseline + gain * 16/17 (96.1 spikes/s with the defaults).
+0.5 + 0.5 * contrast * sign(g0) for the simple and mixed units. The drive of these patterns is quadratic in
+contrast (for the pooled unit too: the full-field pattern drives all its pairs equally), so at contrast 1 they
+give u = 4 * c50 and a rate of baseline + gain * 16/17 (96.1 spikes/s with the defaults).
 
 The response depends on the image only through ``filter_outputs`` (filters . dx), so exact-maths users can
 project ``filters`` into a generator's code space and call ``drive_from_outputs``.
@@ -42,7 +43,8 @@ def naka_rushton(u: np.ndarray, baseline: float = 2.0, gain: float = 100.0, expo
 
 
 def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not numeric or not np.isfinite(value):
         raise ConfigError(field, f"bad value {value!r}", "a finite number")
     return float(value)
 
@@ -156,7 +158,16 @@ def _complex_mei(g0: np.ndarray, g90: np.ndarray, contrast: float) -> tuple[np.n
 
 
 class ComplexCell(ModelNeuron):
-    """Phase-invariant energy unit: u = (g0.dx)^2 + (g90.dx)^2."""
+    """Phase-invariant energy unit: u = (g0.dx)^2 + (g90.dx)^2.
+
+    >>> import numpy as np
+    >>> cell = ComplexCell(image_size=64, orientation=0.0, wavelength=8.0)
+    >>> round(float(cell.rate(cell.preferred_image(0.5)[None])[0, 0]), 6)   # half-max by construction
+    52.0
+    >>> counts = cell.counts(cell.preferred_image(1.0)[None], 0.2, np.random.default_rng(0))
+    >>> counts.shape, counts.dtype
+    ((1, 1), dtype('int64'))
+    """
 
     name = "complex-cell"
 

@@ -1,0 +1,226 @@
+"""The closed loop on a rig: a SessionRunner connected to the display client and the recording bridge.
+
+Runs entirely in the wire endpoint's loop thread (handlers), so the runner is never touched concurrently:
+
+    runner.next_batch() --(committed)--> stimulus_batch --> display (and the sim bridge, which needs images)
+    display --presentation_report--> persist timing, forward to bridges
+    bridge --counts_batch--> validate ids -> runner.add_counts (persisted first) -> score, tell, persist
+          -> next generation dispatched at once
+
+A restarted display gets every outstanding presentation again (``wire.ledger``); repeated reports and
+counts are recognised by presentation id and never counted twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from wire import CountsBatch, PresentationLedger, PresentationReport, Reject, ServerEndpoint, StimulusBatch
+from wire.messages import ImageSpec, Presentation, image_to_blob
+
+from .session_runner import Batch, Counts, SessionRunner
+
+log = logging.getLogger("snslab.live")
+
+
+@dataclass
+class LiveStats:
+    dispatched: int = 0
+    reports: int = 0
+    counts: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    last_error: str | None = None
+    overhead_s: list[float] = field(default_factory=list)  # last counts of g -> batch g+1 handed to the wire
+
+
+class LiveLoop:
+    """Connects one session's runner to the rig's clients over a ServerEndpoint."""
+
+    def __init__(
+        self,
+        endpoint: ServerEndpoint,
+        runner: SessionRunner,
+        *,
+        session_id: uuid.UUID,
+        unit_keys: list[str],
+        target_positions: list[int] | None = None,
+        on_ms: float = 100.0,
+        off_ms: float = 100.0,
+        repository=None,
+        on_done: Callable[["LiveLoop"], None] | None = None,
+    ):
+        self.endpoint = endpoint
+        self.runner = runner
+        self.session_id = session_id
+        self.wire_session = str(session_id)
+        self.unit_keys = list(unit_keys)
+        self.unit_position = {k: i for i, k in enumerate(self.unit_keys)}
+        self.target_positions = target_positions
+        self.on_ms, self.off_ms = on_ms, off_ms
+        self.repo = repository
+        self.on_done = on_done
+        self.ledger = PresentationLedger()
+        self.stats = LiveStats()
+        self.paused = False
+        self.finished = threading.Event()
+        self._batch_seq = 0
+        self._dispatched: set[int] = set()
+        endpoint.on("presentation_report", self._on_report)
+        endpoint.on("counts_batch", self._on_counts)
+        endpoint.on_hello = self._on_hello
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    def start(self, batch: Batch | None = None) -> None:
+        """Dispatch the open (or next) generation; call from the endpoint's loop or before it starts."""
+        self.endpoint.set_session(self.wire_session)
+        batch = batch or (None if self.runner.done else self.runner.next_batch())
+        if batch is not None:
+            self._dispatch(batch.presentations, batch.generation)
+        else:
+            self._finish()
+
+    def _stimulus_id(self, image: np.ndarray) -> tuple[str, bytes]:
+        blob = image_to_blob(image)
+        return hashlib.sha256(blob).hexdigest()[:32], blob
+
+    def _dispatch(self, presentations, generation: int) -> None:
+        images: list[ImageSpec] = []
+        blobs: list[bytes] = []
+        index: dict[str, int] = {}
+        pres = []
+        for p in presentations:
+            sid, blob = self._stimulus_id(p.image)
+            if sid not in index:
+                index[sid] = len(images)
+                images.append(ImageSpec.of(sid, p.image))
+                blobs.append(blob)
+            pres.append(Presentation(presentation_id=str(p.presentation_id), stimulus_id=sid, image=index[sid],
+                                     order=p.order, on_ms=self.on_ms, off_ms=self.off_ms, attempt=p.attempt))
+        self._batch_seq += 1
+        batch = StimulusBatch(batch_id=f"g{generation}.{self._batch_seq}", generation=generation,
+                              images=images, presentations=pres)
+        self.ledger.add_batch(batch, blobs)
+        self._dispatched.update(int(p.presentation_id) for p in pres)
+        for c in self.endpoint.clients(alive_only=False):
+            if c.role == "display" or (c.role == "bridge" and c.capabilities.get("needs_images")):
+                self.endpoint.send_to(c.client_id, "stimulus_batch", batch, blobs)
+        self.stats.dispatched += len(pres)
+
+    def _on_hello(self, client, new_instance: bool) -> None:
+        if not new_instance:
+            return
+        if client.role == "display":
+            for batch, blobs in self.ledger.outstanding_batches():
+                self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
+        elif client.role == "bridge" and client.capabilities.get("needs_images"):
+            # a (re)started simulated rig needs the images of everything not yet answered
+            for batch, blobs in self.ledger.outstanding_batches():
+                self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
+            for rep in self.ledger.reports.values():
+                self.endpoint.send_to(client.client_id, "presentation_report", rep)
+
+    # -- reports and counts --------------------------------------------------------------------------
+    def _check_session(self, msg) -> None:
+        if msg.envelope.session != self.wire_session:
+            raise Reject(f"session: {msg.envelope.session!r} is not the running session {self.wire_session!r}")
+
+    def _on_report(self, msg) -> None:
+        self._check_session(msg)
+        rep: PresentationReport = msg.payload
+        status = self.ledger.record(rep)
+        if status == "unknown":
+            self.stats.rejected += 1
+            raise Reject(f"presentation_id: {rep.presentation_id!r} was never dispatched in this session")
+        if status == "duplicate":
+            self.stats.duplicates += 1
+            return
+        self.stats.reports += 1
+        if self.repo is not None:
+            from .db import PresentationTiming
+
+            self.repo.record_timings(self.runner.session_id, [PresentationTiming(
+                presentation_id=int(rep.presentation_id), onset_source="flip", display_onset=rep.flip_time,
+                dropped_frames=rep.dropped_frames, valid=True,
+            )])
+        for c in self.endpoint.clients(role="bridge"):
+            self.endpoint.send_to(c.client_id, "presentation_report", rep)
+
+    def _on_counts(self, msg) -> None:
+        self._check_session(msg)
+        batch: CountsBatch = msg.payload
+        positions = []
+        for key in batch.units:
+            if key not in self.unit_position:
+                self.stats.rejected += 1
+                raise Reject(f"units: {key!r} is not a unit of this session (allowed: {', '.join(self.unit_keys)})")
+            positions.append(self.unit_position[key])
+        if sorted(positions) != list(range(len(self.unit_keys))):
+            self.stats.rejected += 1
+            raise Reject(f"units: the batch must carry every unit of the session ({len(self.unit_keys)})")
+        open_ids = set(self.runner.open.batch.ids) if self.runner.open is not None else set()
+        items, invalid = [], []
+        for it in batch.items:
+            try:
+                pid = int(it.presentation_id)
+            except ValueError:
+                pid = -1
+            if pid not in open_ids:
+                if pid in self._dispatched:
+                    self.stats.duplicates += 1  # an answer to an earlier generation: already counted
+                    continue
+                self.stats.rejected += 1
+                raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+            counts = np.zeros(len(self.unit_keys), dtype=np.int64)
+            counts[positions] = it.counts
+            baseline = None
+            if it.baseline_counts is not None:
+                baseline = np.zeros(len(self.unit_keys), dtype=np.int64)
+                baseline[positions] = it.baseline_counts
+            if not it.valid:
+                invalid.append(pid)
+            items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons)))
+        self.stats.counts += len(items)
+        t_last = time.perf_counter()
+        report = self.runner.add_counts(items)
+        if invalid and report is None:
+            self._dispatch(self.runner.reshow(invalid), self.runner.open.batch.generation)
+        if report is not None:
+            log.info("session %s generation %d scored", self.session_id, report.generation)
+            if self.runner.done:
+                self._finish()
+            elif not self.paused:
+                self._next(t_last)
+
+    def _next(self, t_last: float | None = None) -> None:
+        batch = self.runner.next_batch()
+        self._dispatch(batch.presentations, batch.generation)
+        if t_last is not None:
+            self.stats.overhead_s.append(time.perf_counter() - t_last)
+
+    def _finish(self) -> None:
+        if not self.finished.is_set():
+            self.finished.set()
+            if self.on_done is not None:
+                self.on_done(self)
+
+    # -- operator ------------------------------------------------------------------------------------
+    def pause(self) -> None:
+        self.paused = True
+        for c in self.endpoint.clients(role="display"):
+            self.endpoint.send_to(c.client_id, "control", {"action": "pause", "reason": "operator"})
+
+    def resume(self) -> None:
+        self.paused = False
+        for c in self.endpoint.clients(role="display"):
+            self.endpoint.send_to(c.client_id, "control", {"action": "resume", "reason": "operator"})
+        if self.runner.open is None and not self.runner.done:
+            self._next()

@@ -1,0 +1,221 @@
+"""The operator's verbs on sessions (create, start, pause, resume, stop, status), shared by the HTTP API
+and the CLI. It owns the live loop (``server.live``) and the database; the API layer only translates HTTP.
+
+Session lifecycle: created (stored, status "paused", nothing shown) -> running -> paused <-> running ->
+completed | aborted | failed. One session runs on the rig at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ReferenceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["maximize-session", "image", "code", "none"] = Field(
+        "none", description="none (maximize probes) | maximize-session: the best image of an earlier maximize "
+        "session | image: a file on the server | code: a stored .npy code"
+    )
+    session_id: uuid.UUID | None = None
+    path: str | None = None
+
+
+class SessionCreate(BaseModel):
+    """What the operator fills in to start a probe on the rig."""
+
+    model_config = ConfigDict(extra="forbid")
+    operator: str = Field(min_length=1, max_length=100)
+    subject_id: str = Field(min_length=1, max_length=100, description="animal id")
+    rig: str = Field("rig-1", min_length=1, max_length=100)
+    probe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a probe config as in `snslab insilico --help` (mode, generator, stages, optimizer, "
+        "population, generations, seed, ...); its subject/noise are ignored on a rig",
+    )
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
+    units: list[str] = Field(default_factory=lambda: ["sim:0"], min_length=1, description="rig unit keys")
+    target_units: list[str] | None = Field(None, description="units the probe targets (default: all)")
+    on_ms: float = Field(100.0, gt=0, le=2000)
+    off_ms: float = Field(100.0, gt=0, le=2000)
+    response_window_ms: tuple[float, float] = (50.0, 200.0)
+
+
+@dataclass
+class SessionStatus:
+    session_id: uuid.UUID
+    status: str
+    mode: str
+    generation: int  # generations completed
+    generations: int  # budget
+    presentations_answered: int
+    clients: list[dict[str, Any]] = field(default_factory=list)
+    last_error: str | None = None
+
+
+class ServiceError(ValueError):
+    """An operator request that cannot be carried out; the message is one line."""
+
+
+class SessionService:
+    """Creates sessions in the database and runs one at a time on the rig through a LiveLoop."""
+
+    def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None):
+        from wire import ServerEndpoint, Timing
+
+        self.db = database
+        self.repo = database.repository()
+        self.endpoint = ServerEndpoint(bind, session="idle", timing=timing or Timing())
+        self.endpoint.start()
+        self.loop = None
+        self._lock = threading.RLock()
+        self._errors: dict[uuid.UUID, str] = {}
+
+    @property
+    def wire_address(self) -> str:
+        return self.endpoint.endpoint
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+    # -- create -------------------------------------------------------------------------------------
+    def create(self, spec: SessionCreate) -> uuid.UUID:
+        from .config import parse_config
+        from .insilico import build_generator, build_stages
+
+        probe = parse_config(spec.probe | {"reference": {"source": "code", "path": "-"}}
+                             if spec.reference.source != "none" else spec.probe)
+        if probe.mode != "maximize" and spec.reference.source == "none":
+            raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
+                               "(allowed: maximize-session, image, code)")
+        generator = build_generator(probe)
+        if probe.mode != "maximize":
+            build_stages(probe)
+        targets = spec.target_units or spec.units
+        for t in targets:
+            if t not in spec.units:
+                raise ServiceError(f"target_units: {t!r} is not among units ({', '.join(spec.units)})")
+        self._reference(spec, generator)  # fails early on a bad reference
+        stored = {"session": spec.model_dump(mode="json"), "probe": probe.model_dump(mode="json")}
+        sid = self.repo.create_session(
+            config=stored, seed=probe.seed, mode="simulated" if all(u.startswith("sim:") for u in spec.units) else "live",
+            operator=spec.operator, subject_id=spec.subject_id, rig=spec.rig,
+        )
+        self.repo.add_units(sid, [(i, 0, key) for i, key in enumerate(spec.units)])
+        self.repo.set_session_status(sid, "paused")
+        self.repo.log_event(sid, "operator", f"created by {spec.operator}")
+        return sid
+
+    def _reference(self, spec: SessionCreate, generator):
+        import numpy as np
+
+        src = spec.reference
+        if src.source == "none":
+            return None, None
+        if src.source == "maximize-session":
+            if src.session_id is None:
+                raise ServiceError("reference.session_id: required for source maximize-session")
+            code = self.best_code(src.session_id)
+            return code, generator.render(code[None])[0]
+        from pathlib import Path
+
+        if not src.path or not Path(src.path).is_file():
+            raise ServiceError(f"reference.path: file not found: {src.path}")
+        if src.source == "code":
+            code = generator.check_codes(np.load(src.path).astype(np.float64).ravel())[0]
+            return code, generator.render(code[None])[0]
+        from PIL import Image
+
+        h, w, _ = generator.image_shape
+        img = np.asarray(Image.open(src.path).convert("RGB").resize((w, h)), dtype=np.float32) / 255.0
+        try:
+            return generator.encode(img[None])[0], img
+        except NotImplementedError:
+            return None, img
+
+    def best_code(self, session_id: uuid.UUID):
+        """The code of the highest mean response among the scored candidates of a (maximize) session."""
+        import numpy as np
+
+        h = self.repo.load_history(session_id)
+        ok = (h.kind == "candidate") & (h.counts.min(axis=1) >= 0) if len(h) else np.zeros(0, bool)
+        if not ok.any():
+            raise ServiceError(f"reference.session_id: session {session_id} has no scored candidates")
+        mean = np.where(ok, h.counts.mean(axis=1), -np.inf)
+        return h.codes[int(np.argmax(mean))].copy()
+
+    # -- run ----------------------------------------------------------------------------------------
+    def start(self, session_id: uuid.UUID) -> None:
+        """Start (or, after a server restart, resume) a stored session on the rig."""
+        from .config import ProbeConfig
+        from .insilico import build_generator, build_search, build_stages
+        from .live import LiveLoop
+        from .session_runner import SessionRunner
+
+        with self._lock:
+            if self.loop is not None and not self.loop.finished.is_set():
+                if self.loop.session_id == session_id:
+                    return
+                raise ServiceError(f"session: {self.loop.session_id} is running; stop it first")
+            summary = self.repo.session_summary(session_id)
+            if summary.status in ("completed", "aborted", "failed"):
+                raise ServiceError(f"session: {session_id} is {summary.status}; it cannot be started again")
+            point = self.repo.load_resume_point(session_id)
+            spec = SessionCreate.model_validate(point.config["session"])
+            probe = ProbeConfig.model_validate(point.config["probe"])
+            generator = build_generator(probe)
+            stages = build_stages(probe) if probe.mode != "maximize" else {}
+            ref_code, ref_image = self._reference(spec, generator)
+            search = build_search(probe, generator, stages, reference_code=ref_code, reference_image=ref_image)
+            w0, w1 = spec.response_window_ms
+            runner = SessionRunner(search, seed=probe.seed, reference_image=ref_image,
+                                   reference_repeats=probe.reference_repeats, window_s=(w1 - w0) / 1000.0,
+                                   repository=self.repo, session_id=session_id)
+            targets = [spec.units.index(t) for t in (spec.target_units or spec.units)]
+            runner.target_positions = targets
+            loop = LiveLoop(self.endpoint, runner, session_id=session_id, unit_keys=spec.units,
+                            target_positions=targets, on_ms=spec.on_ms, off_ms=spec.off_ms, repository=self.repo,
+                            on_done=self._done)
+            self.loop = loop
+            self.repo.set_session_status(session_id, "running")
+            batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
+            self.endpoint._post(lambda: loop.start(batch))
+
+    def _done(self, loop) -> None:
+        self.repo.set_session_status(loop.session_id, "completed")
+
+    def _require(self, session_id: uuid.UUID):
+        if self.loop is None or self.loop.session_id != session_id or self.loop.finished.is_set():
+            raise ServiceError(f"session: {session_id} is not running on this server")
+        return self.loop
+
+    def pause(self, session_id: uuid.UUID) -> None:
+        loop = self._require(session_id)
+        self.endpoint._post(loop.pause)
+        self.repo.set_session_status(session_id, "paused")
+
+    def resume(self, session_id: uuid.UUID) -> None:
+        loop = self._require(session_id)
+        self.repo.set_session_status(session_id, "running")
+        self.endpoint._post(loop.resume)
+
+    def stop(self, session_id: uuid.UUID) -> None:
+        """Stop for good: nothing more is shown; what was stored stays."""
+        with self._lock:
+            if self.loop is not None and self.loop.session_id == session_id and not self.loop.finished.is_set():
+                loop = self.loop
+                self.endpoint._post(lambda: (loop.pause(), loop.finished.set()))
+            summary = self.repo.session_summary(session_id)
+            if summary.status not in ("completed", "aborted", "failed"):
+                self.repo.set_session_status(session_id, "aborted")
+
+    def wait(self, session_id: uuid.UUID, timeout_s: float) -> bool:
+        loop = self.loop
+        return loop is not None and loop.session_id == session_id and loop.finished.wait(timeout_s)
+
+    def clients(self) -> list[dict[str, Any]]:
+        return [{"client_id": c.client_id, "role": c.role, "alive": c.alive} for c in self.endpoint.clients()]
