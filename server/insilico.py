@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import ProbeConfig
-from .engine.base import ConfigError, ImageGenerator, Subject
+from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, presentation_counts, presentation_rng
 from .engine.evaluation import (
     affine_control_table,
     max_pixel_distance,
@@ -98,21 +98,6 @@ class RunResult:
         return self.phases[-1]
 
 
-class _Streams:
-    """Independent seeded generators for each random need of a session, all derived from its seed."""
-
-    def __init__(self, seed: int):
-        ss = np.random.SeedSequence(seed)
-        names = ["maximize", "probe", "noise", "x0", "natural"]
-        self._seeds = dict(zip(names, ss.spawn(len(names))))
-
-    def seed(self, name: str) -> int:
-        return int(self._seeds[name].generate_state(1)[0])
-
-    def rng(self, name: str) -> np.random.Generator:
-        return np.random.default_rng(self._seeds[name])
-
-
 def build_generator(config: ProbeConfig) -> ImageGenerator:
     return make_generator(config.generator.name, **config.generator.params)
 
@@ -137,18 +122,23 @@ class InSilicoRig:
     Poisson counts by default; with ``noise.kind = "none"`` the expected count rate * window (a float).
     """
 
-    def __init__(self, subject: Subject, config: ProbeConfig, rng: np.random.Generator):
-        self.subject, self.rng = subject, rng
+    def __init__(self, subject: Subject, config: ProbeConfig, seed: int):
+        self.subject, self.seed = subject, seed
         self.noisy = config.noise.kind == "poisson"
         self.window_s = config.noise.window_ms / 1000.0
 
     def present(self, batch: Batch) -> list[Counts]:
-        images = np.stack([p.image for p in batch.presentations])
-        if self.noisy:
-            counts = self.subject.counts(images, self.window_s, self.rng)
-        else:
-            counts = self.subject.rate(images) * self.window_s
-        return [Counts(p.presentation_id, c) for p, c in zip(batch.presentations, counts)]
+        """Counts keyed by (seed, generation, order, attempt): the simulated bridge draws the same ones."""
+        rates = self.subject.rate(np.stack([p.image for p in batch.presentations]))
+        out = []
+        for p, r in zip(batch.presentations, rates):
+            if self.noisy:
+                rng = presentation_rng(self.seed, batch.generation, p.order, p.attempt)
+                c = presentation_counts(r, self.window_s, rng)
+            else:
+                c = r * self.window_s
+            out.append(Counts(p.presentation_id, c))
+        return out
 
 
 def _run_phase(phase: Phase, runner: SessionRunner, rig: InSilicoRig, progress, task) -> None:
@@ -174,7 +164,7 @@ def build_search(
     natural_threshold: float | None = None,
 ) -> SnSSearch:
     """The search of one phase, every random stream derived from the session seed (also used live)."""
-    streams = _Streams(config.seed)
+    streams = SeedStreams(config.seed)
     mode = mode or config.mode
     phase_seed = streams.seed("maximize" if mode == "maximize" else "probe")
     n = generator.code_size
@@ -195,17 +185,18 @@ def build_search(
 
 
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
-    streams = _Streams(config.seed)
+    streams = SeedStreams(config.seed)
     generator = build_generator(config)
     subject = build_subject(config, generator)
     stages = build_stages(config) if config.mode != "maximize" else {}
-    rig = InSilicoRig(subject, config, streams.rng("noise"))
+    rigs = {m: InSilicoRig(subject, config, streams.noise_seed(m)) for m in ("maximize", config.mode)}
 
     def runner(name, search, ref):
         if recorder is not None:
             return recorder.runner_for(name, search, ref, config)
         return SessionRunner(search, seed=config.seed, reference_image=ref,
-                             reference_repeats=config.reference_repeats, window_s=rig.window_s)
+                             reference_repeats=config.reference_repeats,
+                             window_s=config.noise.window_ms / 1000.0)
     phases: list[Phase] = []
 
     bar = None
@@ -222,7 +213,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
             search = build_search(config, generator, {}, mode="maximize", generations=gens)
             phase = Phase("maximize", search)
             task = bar.add_task("maximize", total=gens) if bar else None
-            _run_phase(phase, runner("maximize", search, None), rig, bar, task)
+            _run_phase(phase, runner("maximize", search, None), rigs["maximize"], bar, task)
             phases.append(phase)
             reference_code = phase.selection.code
             reference_image = generator.render(reference_code[None])[0]
@@ -240,7 +231,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
                                   reference_image=reference_image, natural_threshold=threshold)
             phase = Phase(config.mode, search)
             task = bar.add_task(config.mode, total=config.generations) if bar else None
-            _run_phase(phase, runner(config.mode, search, reference_image), rig, bar, task)
+            _run_phase(phase, runner(config.mode, search, reference_image), rigs[config.mode], bar, task)
             phases.append(phase)
     finally:
         if bar is not None:

@@ -47,7 +47,7 @@ class SnSLab(Method):
         self.cfg = cfg
         space = inst.space
         gen = space.generator
-        x0 = inst.z_ref.copy() if cfg.get("start") == "reference" else reference_x0(inst, self.rng)
+        x0 = reference_x0(inst, self.rng, cfg.get("start", "reference"))
         opt = make_optimizer(cfg["optimizer"], x0, float(cfg["sigma0"]), int(cfg["popsize"]), seed=int(seed),
                              **cfg.get("optimizer_options", {}))
         probe = Probe(inst.probe, ("pixel",), cfg.get("ordering") or "")

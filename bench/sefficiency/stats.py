@@ -1,0 +1,199 @@
+"""Paired statistics, the markdown table and the plot.
+
+Tests are one-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon) on seed-paired differences, pooled
+over the four units of a (probe, noise) group, with Holm's correction within each family of claims.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+RANDOM_PREFIX = "random-"
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p)
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj.tolist()
+
+
+def paired_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """p-value of the one-sided Wilcoxon test that a > b (pairs with zero difference dropped)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if np.count_nonzero(d) == 0:
+        return 1.0
+    return float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue)
+
+
+class Results:
+    """Index over run records (dicts as written to the JSON file)."""
+
+    def __init__(self, records: list[dict]):
+        self.records = records
+        self.by = defaultdict(dict)  # (instance, window) -> method -> seed -> record
+        for r in records:
+            self.by[(r["instance"], r["window_s"])].setdefault(r["method"], {})[r["seed"]] = r
+        self._resolve_random()
+
+    def _resolve_random(self):
+        """'random' = the best sigma per cell (highest mean reported HV/HV* at the last checkpoint)."""
+        self.random_sigma = {}
+        for key, methods in self.by.items():
+            cands = [m for m in methods if m.startswith(RANDOM_PREFIX)]
+            if not cands:
+                continue
+            best = max(cands, key=lambda m: np.mean([r["checkpoints"][-1]["hv_reported"] for r in methods[m].values()]))
+            methods["random"] = methods[best]
+            self.random_sigma[key] = best.removeprefix(RANDOM_PREFIX)
+
+    @property
+    def cells(self):
+        return sorted(self.by, key=lambda k: (k[0].split("/")[1], k[0], -k[1]))
+
+    @property
+    def methods(self):
+        names = {m for v in self.by.values() for m in v if not m.startswith(RANDOM_PREFIX)}
+        order = ["reference", "reference-sepcma", "nsga2", "random", "snslab"]
+        return [m for m in order if m in names] + sorted(names - set(order))
+
+    def budgets(self):
+        r = self.records[0]
+        return [c["budget"] for c in r["checkpoints"]]
+
+    def values(self, cell, method, budget, metric) -> dict[int, float]:
+        runs = self.by[cell].get(method, {})
+        out = {}
+        for seed, r in runs.items():
+            for c in r["checkpoints"]:
+                if c["budget"] == budget:
+                    out[seed] = c[metric]
+        return out
+
+    def paired(self, probe, window, a, b, budget, metric, scale_b=1.0):
+        """Seed- and unit-paired arrays (a, scale_b * b) over the units of one (probe, noise) group."""
+        xa, xb = [], []
+        for cell in self.cells:
+            if cell[1] != window or cell[0].split("/")[1] != probe:
+                continue
+            va, vb = self.values(cell, a, budget, metric), self.values(cell, b, budget, metric)
+            for s in sorted(set(va) & set(vb)):
+                xa.append(va[s])
+                xb.append(scale_b * vb[s])
+        return np.array(xa), np.array(xb)
+
+
+def _fmt(vals) -> str:
+    v = np.asarray(list(vals), dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "-"
+    return f"{v.mean():.2f}±{v.std(ddof=1) if v.size > 1 else 0.0:.2f}"
+
+
+def claims(res: Results, reference: str, target: str = "snslab", ratio: float = 1.2) -> list[dict]:
+    """The issue's claims, one row per (probe, noise) group, Holm-corrected within each claim."""
+    budgets = res.budgets()
+    groups = sorted({(c[0].split("/")[1], c[1]) for c in res.cells}, key=lambda g: (g[0], -g[1]))
+    rows = []
+    mid = 3000 if 3000 in budgets else budgets[len(budgets) // 2]
+    last = budgets[-1]
+    for probe, window in groups:
+        row = {"probe": probe, "window_s": window}
+        a, b = res.paired(probe, window, reference, "random", last, "hv_found")
+        row["gate_n"] = len(a)
+        row["gate_ref_minus_random"] = float(np.median(a - b)) if len(a) else np.nan
+        row["gate_p"] = paired_greater(a, b) if len(a) else np.nan
+        a, b = res.paired(probe, window, target, reference, mid, "hv_reported", scale_b=ratio)
+        row["win_budget"] = mid
+        row["win_n"] = len(a)
+        row["win_ratio_median"] = float(np.median(a / np.maximum(b / ratio, 1e-12))) if len(a) else np.nan
+        row["win_p"] = paired_greater(a, b) if len(a) else np.nan
+        a, b = res.paired(probe, window, reference, target, last, "hv_reported")
+        row["worse_budget"] = last
+        row["worse_median_diff"] = float(np.median(b - a)) if len(a) else np.nan
+        row["worse_p"] = paired_greater(a, b) if len(a) else np.nan  # small p = target worse
+        rows.append(row)
+    for key in ("gate_p", "win_p", "worse_p"):
+        adj = holm([r[key] if np.isfinite(r[key]) else 1.0 for r in rows])
+        for r, p in zip(rows, adj):
+            r[key + "_holm"] = p
+    return rows
+
+
+def markdown(res: Results, reference: str, target: str = "snslab") -> str:
+    budgets = res.budgets()
+    lines = []
+    head = ["cell", "T (s)", "method"]
+    head += [f"found {b // 1000}k" for b in budgets] + [f"reported {b // 1000}k" for b in budgets]
+    head += ["retention", "stretch", "opt ms/gen"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for cell in res.cells:
+        for m in res.methods:
+            if m not in res.by[cell]:
+                continue
+            label = m
+            if m == "random":
+                label = f"random (sigma {res.random_sigma[cell]})"
+            row = [cell[0], f"{cell[1]:g}", label]
+            row += [_fmt(res.values(cell, m, b, "hv_found").values()) for b in budgets]
+            row += [_fmt(res.values(cell, m, b, "hv_reported").values()) for b in budgets]
+            row += [_fmt(res.values(cell, m, budgets[-1], "retention").values()),
+                    _fmt(res.values(cell, m, budgets[-1], "stretch").values())]
+            t = [r["opt_seconds_per_generation"] * 1000 for r in res.by[cell][m].values()]
+            row.append(f"{np.mean(t):.0f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def claims_markdown(rows: list[dict], reference: str, target: str = "snslab", ratio: float = 1.2) -> str:
+    out = ["| probe | T (s) | pairs | gate: median HV found, " + reference + " - random | p (Holm) "
+           f"| {target} / {reference} reported HV at {rows[0]['win_budget']} (median) "
+           f"| p({target} > {ratio:g}x, Holm) | median {target} - {reference} at {rows[0]['worse_budget']} "
+           f"| p({target} worse, Holm) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(
+            f"| {r['probe']} | {r['window_s']:g} | {r['gate_n']} | {r['gate_ref_minus_random']:+.3f} "
+            f"| {r['gate_p_holm']:.2g} | {r['win_ratio_median']:.2f} | {r['win_p_holm']:.2g} "
+            f"| {r['worse_median_diff']:+.3f} | {r['worse_p_holm']:.2g} |"
+        )
+    return "\n".join(out)
+
+
+def plot(res: Results, path: str, metric: str = "hv_reported") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = res.budgets()
+    groups = sorted({(c[0].split("/")[1], c[1]) for c in res.cells}, key=lambda g: (g[0], -g[1]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.4), sharey=True, squeeze=False)
+    for ax, (probe, window) in zip(axes[0], groups):
+        cells = [c for c in res.cells if c[1] == window and c[0].split("/")[1] == probe]
+        for m in res.methods:
+            means = []
+            for b in budgets:
+                v = [x for c in cells for x in res.values(c, m, b, metric).values()]
+                means.append(np.mean(v) if v else np.nan)
+            ax.plot(budgets, means, marker="o", label=m)
+        ax.set_xscale("log")
+        ax.set_title(f"{probe}, T = {window:g} s")
+        ax.set_xlabel("presentations")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"HV/HV* ({metric.removeprefix('hv_')}), mean over units and seeds")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
