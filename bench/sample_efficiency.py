@@ -41,7 +41,7 @@ BEGIN, END = "<!-- sample-efficiency:begin -->", "<!-- sample-efficiency:end -->
 
 def make_method(spec: str, inst, window_s: float, seed: int, start: str):
     """'reference' (full CMA), 'reference-sepcma', 'nsga2', 'random-<sigma>', 'snslab' or
-    'snslab:key=value,...' (engine settings overridden, for experiments)."""
+    'snslab:key=value+key=value' (engine settings overridden, for experiments)."""
     if spec == "reference":
         return ReferenceSnS(inst, window_s, seed, "cma", start=start)
     if spec == "reference-sepcma":
@@ -53,7 +53,7 @@ def make_method(spec: str, inst, window_s: float, seed: int, start: str):
     if spec == "snslab" or spec.startswith("snslab:"):
         overrides = {"start": start}
         if ":" in spec:
-            for kv in spec.split(":", 1)[1].split(","):
+            for kv in spec.split(":", 1)[1].split("+"):
                 k, v = kv.split("=")
                 overrides[k] = _value(v)
         return SnSLab(inst, window_s, seed, name=spec, **overrides)

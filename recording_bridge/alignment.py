@@ -290,29 +290,28 @@ class OnsetAligner:
                 )
             base_source = "ttl" if p.ttl_s is not None else "flip"
             if base_source == "flip" and (m is None or m.reason is not None):
-                reasons.append(
-                    FLIP_FIT_REASON if self.ttl else "onset is the display flip time" if self.photodiode else FLIP_ONLY_REASON
-                )
+                if self.ttl:
+                    reasons.append(FLIP_FIT_REASON)
+                else:
+                    reasons.append("onset is the display flip time" if self.photodiode else FLIP_ONLY_REASON)
             if m is None:
                 out.append(Onset(pid, flip, base_source, True, tuple(reasons)))
                 continue
             reason = m.reason
             if reason is None and m.edge_s in self._claimed:
-                reason = f"photodiode edge at {m.edge_s:.4f} s was already matched to presentation {self._claimed[m.edge_s]}"
+                other = self._claimed[m.edge_s]
+                reason = f"photodiode edge at {m.edge_s:.4f} s was already matched to presentation {other}"
             if reason is None:
                 self._claimed[m.edge_s] = pid
                 out.append(Onset(pid, m.edge_s, "photodiode", True, tuple(reasons)))
             else:
                 out.append(Onset(pid, flip, base_source, False, tuple(reasons + [reason])))
-        if self.ttl and self.clock.n == 0 and len(self._pending) > self.max_unplaced:
-            for p in sorted(self._pending.values(), key=lambda p: p.marker.flip_s)[: len(self._pending) - self.max_unplaced]:
+        excess = len(self._pending) - self.max_unplaced
+        if self.ttl and self.clock.n == 0 and excess > 0:
+            why = "no TTL word matched any marker yet: cannot place the flip on the rig clock"
+            for p in sorted(self._pending.values(), key=lambda p: p.marker.flip_s)[:excess]:
                 del self._pending[p.marker.presentation_id]
-                out.append(
-                    Onset(
-                        p.marker.presentation_id, None, "none", False,
-                        tuple(p.reasons) + ("no TTL word matched any marker yet: cannot place the flip on the rig clock",),
-                    )
-                )
+                out.append(Onset(p.marker.presentation_id, None, "none", False, (*p.reasons, why)))
         self._prune(watermark)
         return out
 

@@ -180,7 +180,7 @@ class WindowCounter:
     ):
         for name, w in (("response", response), ("baseline", baseline)):
             if len(w) != 2 or not all(math.isfinite(x) for x in w) or not w[0] < w[1]:
-                raise ConfigError(name, f"window {tuple(w)!r} is not (start_s, end_s) with start < end", "finite seconds")
+                raise ConfigError(name, f"window {tuple(w)!r} is not (start_s, end_s) with start < end", "seconds")
         if not (math.isfinite(retain_s) and retain_s >= 0):
             raise ConfigError("retain_s", f"{retain_s!r} is not a non-negative number of seconds")
         self.response = (float(response[0]), float(response[1]))

@@ -21,7 +21,7 @@ from wire.transport import Peer, Received, Reject, Timing
 
 log = logging.getLogger("snslab.display")
 
-DEFAULT_SERVER = "tcp://127.0.0.1:5570"
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
 
 def _size(text: str) -> tuple[int, int]:

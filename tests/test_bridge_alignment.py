@@ -24,7 +24,8 @@ def test_photodiode_unmatched():
 
 
 def test_photodiode_shared_edge_and_duplicate_marker_invalid():
-    m = match_photodiode([("a", 10.0), ("b", 10.0 + 2 * F), ("c", 11.0), ("c", 11.0)], edges=[10.0 + 2.5 * F, 11.01], frame_s=F)
+    flips = [("a", 10.0), ("b", 10.0 + 2 * F), ("c", 11.0), ("c", 11.0)]
+    m = match_photodiode(flips, edges=[10.0 + 2.5 * F, 11.01], frame_s=F)
     assert m[0].edge_s == m[1].edge_s
     assert "also the first edge for presentation(s) b" in m[0].reason
     assert "presentation(s) a" in m[1].reason

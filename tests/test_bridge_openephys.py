@@ -204,7 +204,8 @@ def test_openephys_counts_wait_for_rig_data_and_reject_backwards_samples(publish
     pipe.expect(["a"])
     s0 = 600_000
     pipe.add_marker(Marker("a", 42.0, 1))
-    for msg in [ttl(0, 1, s0), ttl(0, 0, s0 + 300), spike("Electrode 1:1", s0 + 1600), spike("Electrode 1:1", s0 + 5999)]:
+    u = "Electrode 1:1"
+    for msg in [ttl(0, 1, s0), ttl(0, 0, s0 + 300), spike(u, s0 + 1600), spike(u, s0 + 5999)]:
         pub.send_multipart(msg)
     out, deadline = [], time.monotonic() + 15.0
     while src.watermark() < (s0 + 5999) / FS and time.monotonic() < deadline:

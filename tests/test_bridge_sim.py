@@ -140,3 +140,40 @@ def test_config_errors_are_one_line():
         SimSource(object(), rng=0)
     with pytest.raises(ConfigError, match="onset_source"):
         SimSource(Brightness(), rng=0, onset_source="guess")
+    with pytest.raises(ConfigError, match="count_seed"):
+        SimSource(Brightness(), rng=0, count_seed="x")
+
+
+def test_keyed_presentations_match_the_in_silico_draw_exactly():
+    from server.engine.base import presentation_counts, presentation_rng
+
+    seed, n, subject = 987654321, 60, Brightness()
+
+    def live(poll_every, baseline_hz):
+        clk = Clock(0.0)
+        src = SimSource(subject, rng=np.random.default_rng(1), clock=clk, start_s=0.0, count_seed=seed,
+                        baseline_hz=baseline_hz)
+        pipe = CountingPipeline(src, WindowCounter(units=src.units()))
+        out = []
+        for k in range(n):
+            g, o = divmod(k, 10)
+            pipe.expect([f"p{k}"])
+            img = np.full((4, 4, 3), (k % 7) / 6, np.float32)
+            src.set_image(f"p{k}", img, key=(g, o, 0))
+            pipe.add_marker(Marker(f"p{k}", 0.5 + 0.25 * k))
+            while clk.t < 0.5 + 0.25 * (k + 1):
+                clk.t += poll_every
+                out += pipe.step()
+        clk.t += 1.0
+        return out + pipe.step()
+
+    insilico = []
+    for k in range(n):
+        g, o = divmod(k, 10)
+        rate = subject.rate(np.full((1, 4, 4, 3), (k % 7) / 6, np.float32))[0]
+        insilico.append(presentation_counts(rate, 0.150, presentation_rng(seed, g, o, 0)).tolist())
+    for poll_every, baseline_hz in ((0.05, 5.0), (0.017, 40.0)):
+        out = live(poll_every, baseline_hz)
+        assert [[pc.counts["sim:0"], pc.counts["sim:1"]] for pc in out] == insilico
+    assert sum(map(sum, insilico)) > 300
+    assert sum(pc.baseline_counts["sim:0"] for pc in out) > 0  # baseline spikes still flow around them

@@ -22,7 +22,7 @@ def test_window_edges_start_counted_end_not():
     wc = WindowCounter(units=[U])
     wc.add_onset(Onset("p1", onset, "photodiode"))
     wc.add_spikes(
-        spikes(U, [onset + 0.050, onset + 0.200, onset + 0.1, onset + 0.0499999, onset - 0.050, onset + 0.0, onset - 0.0500001])
+        spikes(U, [onset + x for x in (0.050, 0.200, 0.1, 0.0499999, -0.050, 0.0, -0.0500001)])
     )
     (pc,) = wc.ready(onset + 0.2)
     # response [50, 200): 10.05 and 10.1 in; 10.2 (end) and 10.0499999 out

@@ -108,15 +108,17 @@ import json, numpy as np
 from stimulus_client.display import Display, DisplayOptions
 from stimulus_client.schedule import QueuedBatch
 d = Display(DisplayOptions(size=(200, 160), refresh_hz=60.0, photodiode="bottom-right", photodiode_size=20,
-                           fixation=True, fixation_size=4))
+                           fixation=True, fixation_size=10))
 img = np.zeros((40, 60, 3), np.uint8); img[:20] = (255, 0, 0); img[20:] = (0, 0, 255)
 stim = d.preload(QueuedBatch("S1", "b", 0, [img], []))[0]
-stim.draw(); d._draw_overlay(True); d.win.flip()
-f = np.asarray(d.win.getMovieFrame(buffer="front"))
-out = dict(shape=f.shape, above=f[70, 100].tolist(), below=f[90, 100].tolist(), centre=f[80, 100].tolist(),
+stim.draw(); d._draw_overlay(True)
+f = np.asarray(d.win.getMovieFrame(buffer="back"))  # what the next flip shows (Xvfb's front buffer reads black)
+d.win.flip()
+out = dict(shape=f.shape, above=f[70, 100].tolist(), below=f[90, 100].tolist(), centre=f[83, 100].tolist(),
            corner=f[155, 195].tolist(), corner_tl=f[5, 5].tolist(), outside=f[80, 20].tolist())
-d._draw_overlay(False); d.win.flip()
-out["corner_off"] = np.asarray(d.win.getMovieFrame(buffer="front"))[155, 195].tolist()
+d._draw_overlay(False)
+out["corner_off"] = np.asarray(d.win.getMovieFrame(buffer="back"))[155, 195].tolist()
+d.win.flip()
 import sys; bad = [m for m in ("torch", "fastapi", "sqlalchemy") if m in sys.modules]
 out["bad"] = bad
 print("RESULT", json.dumps(out)); d.close()
@@ -127,7 +129,7 @@ print("RESULT", json.dumps(out)); d.close()
     r = json.loads(line[0][7:])
     assert r["shape"][:2] == [160, 200]
     assert r["above"] == [255, 0, 0] and r["below"] == [0, 0, 255]  # top row of the array is on top
-    assert r["centre"] == [255, 0, 0] or r["centre"][0] > 200  # fixation point (red) on the image
+    assert r["centre"] == [255, 0, 0]  # the red fixation point covers the blue half just below the centre
     assert r["corner"] == [255, 255, 255] and r["corner_off"] == [0, 0, 0]  # photodiode patch on/off
     assert all(abs(v - 128) <= 1 for v in r["outside"] + r["corner_tl"])  # mid-grey background
     assert r["bad"] == []

@@ -18,7 +18,8 @@ BASE = {
 
 
 def _run(mode, noise="none", generations=60, **extra):
-    return run_probe(parse_config(BASE | {"mode": mode, "generations": generations, "noise": {"kind": noise}} | extra))
+    cfg = BASE | {"mode": mode, "generations": generations, "noise": {"kind": noise}} | extra
+    return run_probe(parse_config(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,10 @@ def test_invariance_probe_stretches_farther_than_every_affine_control_that_keeps
     assert any(c["control"] == "rotation:180" for c in kept)
 
 
-def test_adversarial_probe_silences_the_unit_with_a_small_pixel_change():
-    # sigma0 0.5: starting at the reference code, the default step (1.0) already leaves the 20% ball
-    res = _run("adversarial", generations=60, optimizer={"name": "sepcma", "sigma0": 0.5})
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_adversarial_probe_silences_the_unit_with_a_small_pixel_change(seed):
+    # sigma0 0.3: starting at the reference code, the default step (1.0) already leaves the 20% ball
+    res = _run("adversarial", generations=60, seed=seed, optimizer={"name": "sepcma", "sigma0": 0.3})
     pool = res.probe.search.pool
     images = res.generator.render(np.array(pool.codes))
     retention, stretch = retention_and_stretch(res.subject, res.reference_image, images)

@@ -89,6 +89,10 @@ class Received:
     peer: str
 
     @property
+    def envelope(self) -> Envelope:
+        return self.env
+
+    @property
     def payload(self) -> Any:
         return self.env.payload
 
@@ -580,7 +584,7 @@ class Peer(_Endpoint):
         restarted = self.server_instance is not None and w.server_instance != self.server_instance
         first = self.server_instance is None
         if restarted:
-            log.warning("%s: server %s restarted (new instance); re-sending what is pending", self.name, env.sender)
+            log.warning("%s: the server (%s) restarted; re-sending what is pending", self.name, env.sender)
         if self.state != "ready" or restarted or env.session != self.session:
             log.info("%s: connected to %s, session %s", self.name, env.sender, env.session)
         self.server_id, self.server_instance, self.session = env.sender, w.server_instance, env.session

@@ -154,9 +154,16 @@ def make_instance(unit: Unit, probe: str, reference: str, res: int = 1500, seed:
     return inst
 
 
-# The published cells: invariance judged on non-MEI references (with the MEI the complex and translation-
-# invariant units' whole invariance front is the contrast-inverted image), adversarial on the MEI.
-DEFAULT_CELLS = [(u, "invariance", "partial") for u in UNITS] + [(u, "adversarial", "mei") for u in UNITS]
+# The published cells. Invariance: non-MEI references for the complex, translation-invariant and simple
+# units (with the MEI the first two have a one-point front, the contrast-inverted image); the MEI for the
+# mixed unit, whose front then jumps where the half-space containing -z_ref becomes admissible (with a
+# non-MEI reference its front is again nearly the single antipodal point). Adversarial: the MEI throughout.
+DEFAULT_CELLS = [
+    ("complex", "invariance", "partial"),
+    ("transl-inv", "invariance", "partial"),
+    ("mixed", "invariance", "mei"),
+    ("simple", "invariance", "partial"),
+] + [(u, "adversarial", "mei") for u in UNITS]
 
 
 def build_instances(space: Space, cells=DEFAULT_CELLS, res: int = 1500) -> list[Instance]:

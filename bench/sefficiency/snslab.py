@@ -15,6 +15,7 @@ from server.engine.pareto import first_front
 from server.engine.probes import UNIT, Probe, unit_distances
 from server.engine.search import SnSSearch
 
+from .confirm import FrontConfirmation
 from .methods import Method, reference_x0
 
 
@@ -56,20 +57,44 @@ class SnSLab(Method):
                                 reference_image=ref_image)
         self._offsets: list[int] = []
         self._presented = 0
+        retests = int(cfg.get("retests", 0))
+        self.confirm = None
+        if retests > 0:
+            self.confirm = FrontConfirmation(inst.probe, retests, float(cfg.get("kappa", 1.0)))
+            self._first_index: list[int] = []  # confirmation id -> presentation index of its first showing
 
     def ask(self):
         self._proposal = self.search.ask()
-        return self._proposal.codes
+        codes = self._proposal.codes
+        self._retest_ids = np.zeros(0, dtype=np.int64)
+        if self.confirm is not None:
+            self._retest_ids, again = self.confirm.choose_retests()
+            if len(self._retest_ids):
+                codes = np.concatenate([codes, again])
+        return codes
 
     def tell(self, counts, ref_counts):
+        P = len(self._proposal.codes)
         rates = (counts / self.window_s)[:, None]
         refs = (ref_counts / self.window_s)[:, None]
-        self.search.tell(rates, reference_responses=refs, images=self._proposal.images)
+        self.search.tell(rates[:P], reference_responses=refs, images=self._proposal.images)
+        if self.confirm is not None:
+            self.confirm.add_reference(refs[:, 0])
+            d_low = np.linalg.norm(self._proposal.codes - self.inst.z_ref, axis=1)
+            ids = self.confirm.add(self._proposal.codes, d_low, rates[:P, 0])
+            self._first_index.extend((self._presented + np.arange(len(ids))).tolist())
+            self.confirm.update(self._retest_ids, rates[P:, 0])
         self._offsets.append(self._presented)
         self._presented += len(rates)
         self.generation += 1
 
     def report(self):
+        if self.confirm is not None:
+            first = np.asarray(self._first_index)
+            return first[self.confirm.front()], int(first[self.confirm.selected()])
+        return self._search_report()
+
+    def _search_report(self):
         pool = self.search.pool
         s = self.search
         distances = {"pixel": np.array([d["pixel"] for d in pool.distances])}

@@ -44,6 +44,7 @@ from ..base import Marker, Onset, Rejections, SpikeEvent, SpikeSource
 log = logging.getLogger(__name__)
 
 TTL_TYPE, SPIKE_TYPE = 0, 1
+WORD_LINES = (0, 1, 2, 3, 4, 5, 6, 7)  # an 8-bit word: codes 1..255
 
 
 class FrameError(ValueError):
@@ -75,7 +76,7 @@ class OpenEphysSource(SpikeSource):
         stream: str | None = None,
         units: list[str] | None = None,
         include_unsorted: bool = True,
-        word_lines: tuple[int, ...] | list[int] = tuple(range(8)),
+        word_lines: tuple[int, ...] | list[int] = WORD_LINES,
         photodiode_line: int | None = None,
         settle_s: float = 0.001,
         frame_s: float = 1 / 60,

@@ -6,7 +6,14 @@ trails the clock by ``data_lag_s`` (the acquisition/transport delay of a real ri
 therefore the counts, arrive late the way they do live.
 
 Time is cut into blocks of ``block_s``; each block draws from its own generator derived from the session
-generator and the block index, so the spikes do not depend on how often ``poll`` is called. Example::
+generator and the block index, so the spikes do not depend on how often ``poll`` is called.
+
+Keyed presentations (``count_seed`` set, ``present(..., key=(generation, order, attempt))``) match the
+in-silico rig exactly: the response-period count of each unit is
+``presentation_counts(rate, response_s, presentation_rng(count_seed, *key))`` (server.engine.base) and the
+spike times are further draws from that generator, placed uniformly in the period. With the defaults
+(latency 50 ms, response 150 ms, no display lag) the period *is* the counter's [50, 200) ms window, so the
+live counts equal the in-silico counts whatever the timing or poll rate. Example::
 
     import numpy as np
     class Flat:                           # any object with rate(images) -> (B, U) and n_units
@@ -29,13 +36,14 @@ from typing import Callable
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from server.engine.base import ConfigError, presentation_counts, presentation_rng
 
 from ..base import ONSET_SOURCES, Marker, Onset, Rejections, SpikeEvent, SpikeSource
 
 log = logging.getLogger(__name__)
 
 _BLOCK_KEY_OFFSET = 1 << 40  # keeps block indices non-negative for SeedSequence
+_GUARD_S = 1e-6  # keyed periods: no other spikes within 1 us of their edges, so edge rounding can't move one
 
 
 @dataclass
@@ -45,6 +53,7 @@ class _Presentation:
     start_s: float  # response period [start_s, end_s)
     end_s: float
     rate: np.ndarray  # (U,) spikes/s
+    spikes: list[np.ndarray] | None = None  # keyed: the period's spike times per unit, drawn up front
 
 
 def _load_subject(subject, subject_params):
@@ -84,6 +93,7 @@ class SimSource(SpikeSource):
         onset_source: str = "photodiode",
         clock: Callable[[], float] = time.monotonic,
         start_s: float | None = None,
+        count_seed: int | None = None,
     ):
         self.subject = _load_subject(subject, subject_params)
         if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
@@ -108,31 +118,40 @@ class SimSource(SpikeSource):
         self.display_lag_s, self.data_lag_s, self.block_s = float(display_lag_s), float(data_lag_s), float(block_s)
         self.onset_source = onset_source
         self.clock = clock
+        if count_seed is not None and (isinstance(count_seed, bool) or not isinstance(count_seed, (int, np.integer))):
+            raise ConfigError("count_seed", f"{count_seed!r} is not an integer seed", "the rig's noise seed or None")
+        self.count_seed = None if count_seed is None else int(count_seed)
         # one draw from the session generator seeds every block; the session rng advances exactly once
         self._entropy = int(rng.integers(0, 2**63))
         t0 = clock() - self.data_lag_s if start_s is None else float(start_s)
         self._k = math.floor(t0 / self.block_s)  # next block to simulate
         self._presentations: list[_Presentation] = []
-        self._images: dict[str, np.ndarray] = {}
+        self._images: dict[str, tuple[np.ndarray, tuple[int, int, int] | None]] = {}
         self._onsets: list[Onset] = []
         self._seen: set[str] = set()
         self._units = [f"sim:{u}" for u in range(self.n_units)]
         self.rejected = Rejections(log, "sim")
 
     # ---- presentations -----------------------------------------------------------------------------
-    def set_image(self, presentation_id: str, image: np.ndarray) -> None:
+    def set_image(self, presentation_id: str, image: np.ndarray, key: tuple[int, int, int] | None = None) -> None:
         """Tell the simulated neuron which image a presentation will show (before its marker arrives)."""
-        self._images[presentation_id] = image
+        self._images[presentation_id] = (image, key)
 
     def add_marker(self, marker: Marker) -> None:
-        image = self._images.pop(marker.presentation_id, None)
+        image, key = self._images.pop(marker.presentation_id, (None, None))
         if image is None:
             self._reject(marker.presentation_id, "no image was set for this presentation")
             return
-        self.present(marker.presentation_id, image, marker.flip_s)
+        self.present(marker.presentation_id, image, marker.flip_s, key=key)
 
-    def present(self, presentation_id: str, image: np.ndarray, flip_s: float) -> None:
-        """The display flipped ``image`` at ``flip_s`` (on this source's clock)."""
+    def present(
+        self, presentation_id: str, image: np.ndarray, flip_s: float, key: tuple[int, int, int] | None = None
+    ) -> None:
+        """The display flipped ``image`` at ``flip_s`` (on this source's clock).
+
+        ``key`` = (generation, order, attempt) draws this presentation's counts from its own seeded stream
+        (needs ``count_seed``), the same draw the in-silico rig makes.
+        """
         pid = presentation_id
         if pid in self._seen:
             self.rejected(f"duplicate presentation {pid} ignored", "presentation")
@@ -175,11 +194,26 @@ class SimSource(SpikeSource):
                 onset=onset,
             )
             return
-        self._presentations.append(_Presentation(pid, onset, start, start + self.response_s, rate))
+        p = _Presentation(pid, onset, start, start + self.response_s, rate)
+        if key is not None and self.count_seed is not None:
+            try:
+                g, o, a = (int(x) for x in key)
+            except (TypeError, ValueError):
+                self._reject(pid, f"key {key!r} is not (generation, order, attempt)")
+                return
+            rng = presentation_rng(self.count_seed, g, o, a)
+            n = presentation_counts(rate, self.response_s, rng)  # first draw: the in-silico count
+            span = self.response_s - _GUARD_S
+            p.spikes = [np.sort(start + rng.random(int(k)) * span) for k in n]
+        elif key is not None:
+            self.rejected(f"presentation {pid}: key given but no count_seed; counts are not keyed", "key")
+        self._presentations.append(p)
         self._onsets.append(Onset(pid, onset, self.onset_source, True, self._flag()))
 
     def _flag(self) -> tuple[str, ...]:
-        return ("onset is the display flip time: the simulated rig gives no photodiode or TTL",) if self.onset_source == "flip" else ()
+        if self.onset_source != "flip":
+            return ()
+        return ("onset is the display flip time: the simulated rig gives no photodiode or TTL",)
 
     def _reject(self, pid: str, reason: str, onset: float | None = None) -> None:
         self.rejected(f"presentation {pid}: {reason}", "presentation")
@@ -189,14 +223,25 @@ class SimSource(SpikeSource):
     def _block(self, k: int) -> list[SpikeEvent]:
         t0, t1 = k * self.block_s, (k + 1) * self.block_s
         rng = np.random.default_rng([self._entropy, k + _BLOCK_KEY_OFFSET])
-        active = [p for p in self._presentations if p.start_s < t1 and p.end_s > t0]
-        cuts = sorted({t0, t1, *(x for p in active for x in (p.start_s, p.end_s) if t0 < x < t1)})
+        def lo(p):  # a keyed period also keeps other spikes out of the guard just before it
+            return p.start_s - _GUARD_S if p.spikes is not None else p.start_s
+
+        active = [p for p in self._presentations if lo(p) < t1 and p.end_s > t0]
+        cuts = sorted({t0, t1, *(x for p in active for x in (lo(p), p.end_s) if t0 < x < t1)})
         times: list[np.ndarray] = []
         units: list[np.ndarray] = []
         for a, c in zip(cuts[:-1], cuts[1:]):
             mid = 0.5 * (a + c)
-            inside = [p for p in active if p.start_s <= mid < p.end_s]
-            rate = max(inside, key=lambda p: p.onset_s).rate if inside else self.baseline_hz
+            inside = [p for p in active if lo(p) <= mid < p.end_s]
+            owner = max(inside, key=lambda p: p.onset_s) if inside else None
+            if owner is not None and owner.spikes is not None:
+                for u, s in enumerate(owner.spikes):
+                    s = s[(s >= a) & (s < c)]
+                    if s.size:
+                        times.append(s)
+                        units.append(np.full(s.size, u))
+                continue
+            rate = owner.rate if owner is not None else self.baseline_hz
             n = rng.poisson(rate * (c - a))
             for u in np.flatnonzero(n):
                 times.append(a + rng.random(n[u]) * (c - a))

@@ -60,27 +60,26 @@ def positive(value: Any, field: str, *, integer: bool = False, allow_zero: bool 
 
 
 # ------------------------------------------------------------------------------------------------- resizing
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source pixels i0, i1 and weight of i1 for each output pixel: half-pixel centres, like torch's
+    ``interpolate(mode="bilinear", align_corners=False)`` (negative source coordinates clamp to 0)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, None)
+    i0 = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, x - i0
+
+
 @lru_cache(maxsize=64)
 def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation weights, half-pixel centres (torch ``align_corners=False``).
-
-    Without antialias this is torch's plain bilinear; with antialias (and n_out < n_in) the triangle filter is
-    widened by the scale factor and renormalised, as torch ``antialias=True`` and PIL's bilinear do.
-    """
+    """(n_out, n_in) interpolation weights. With antialias (and n_out < n_in) the triangle filter is widened
+    by the scale factor and renormalised, as torch ``antialias=True`` and PIL's bilinear do."""
     scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    centres = (np.arange(n_out) + 0.5) * scale - 0.5  # source coordinate of each output pixel centre
     if antialias and scale > 1.0:
-        support = scale
-        src = np.arange(n_in)
-        w = np.clip(1.0 - np.abs(src[None, :] - centres[:, None]) / support, 0.0, None)
-        # torch/PIL evaluate the filter at (src + 0.5 - centre_cont) / scale on the pixel window; same thing.
-        m = w / w.sum(axis=1, keepdims=True)
-        return m
-    x = np.clip(centres, 0.0, None)  # torch clamps negative source coordinates to 0
-    i0 = np.minimum(np.floor(x).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = x - i0
+        centres = (np.arange(n_out) + 0.5) * scale - 0.5
+        w = np.clip(1.0 - np.abs(np.arange(n_in)[None, :] - centres[:, None]) / scale, 0.0, None)
+        return w / w.sum(axis=1, keepdims=True)
+    m = np.zeros((n_out, n_in))
+    i0, i1, frac = _bilinear_taps(n_in, n_out)
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), 1.0 - frac)
     np.add.at(m, (rows, i1), frac)
@@ -88,21 +87,37 @@ def _resize_matrix(n_in: int, n_out: int, antialias: bool) -> np.ndarray:
 
 
 def resize(images: np.ndarray, size: int | tuple[int, int], antialias: bool = False) -> np.ndarray:
-    """Bilinear resize of (B, H, W, C) images to ``size`` (int or (H, W)), as separable matrix products.
+    """Bilinear resize of (B, H, W, C) images to ``size`` (int or (H, W)).
 
     ``antialias=False`` reproduces ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``,
-    which is what the reference uses for its 224x224 pixel stage.
+    which is what the reference uses for its 224x224 pixel stage (two-tap gathers, memory bound);
+    ``antialias=True`` matches torch's ``antialias=True`` (dense separable matrices, for shrinking).
     """
     images = np.asarray(images)
     h_out, w_out = size2(size, "size")
-    h_in, w_in = images.shape[1:3]
+    b, h_in, w_in, c = images.shape
     if (h_out, w_out) == (h_in, w_in):
         return images
     dtype = images.dtype if np.issubdtype(images.dtype, np.floating) else np.float32
-    rh = _resize_matrix(h_in, h_out, antialias).astype(dtype)
-    rw = _resize_matrix(w_in, w_out, antialias).astype(dtype)
-    out = np.einsum("oh,bhwc->bowc", rh, images, optimize=True)
-    return np.einsum("pw,bowc->bopc", rw, out, optimize=True)
+    x = images.astype(dtype, copy=False)
+    if antialias and (h_out < h_in or w_out < w_in):
+        rh = _resize_matrix(h_in, h_out, True).astype(dtype)
+        rw = _resize_matrix(w_in, w_out, True).astype(dtype)
+        out = np.tensordot(x, rh, axes=([1], [1]))  # (B, W, C, H')
+        out = np.tensordot(out, rw, axes=([1], [1]))  # (B, C, H', W')
+        return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+    for axis, n_in, n_out in ((1, h_in, h_out), (2, w_in, w_out)):
+        if n_in == n_out:
+            continue
+        i0, i1, f = _bilinear_taps(n_in, n_out)
+        shape = [1, 1, 1, 1]
+        shape[axis] = n_out
+        a, b = np.take(x, i0, axis=axis), np.take(x, i1, axis=axis)
+        b -= a  # a + f (b - a), in place: the pass is memory bound
+        b *= f.astype(dtype).reshape(shape)
+        a += b
+        x = a
+    return x
 
 
 # ----------------------------------------------------------------------------------------------- registries

@@ -12,12 +12,14 @@ with a unit-specific drive u:
                 (a soft maximum, between the mean and the max; translation invariant);
 - mixed-unit:   u = E + alpha * max(g0.dx, 0)^2 (breaks the z -> -z symmetry of the complex cell).
 
-Default c50: the drive produced by the unit's matched image at 50% contrast, so that image gives exactly
-half-max (baseline + gain / 2). The matched image is the complex cell's most exciting image (MEI) pattern
+Default c50: the drive produced by the unit's matched image at 20% contrast (a typical V1 semi-saturation
+contrast), so that image gives exactly half-max (baseline + gain / 2) and random textures of moderate
+contrast already drive the unit above baseline, as real neurons are driven (with c50 at 50% contrast a
+search from a blank screen sees only baseline firing under Poisson noise). The matched image is the complex cell's most exciting image (MEI) pattern
 0.5 + 0.5 * contrast * sign(g_phi*) for the complex and pooled units (the pooled unit's centre pair), and
 0.5 + 0.5 * contrast * sign(g0) for the simple and mixed units. The drive of these patterns is quadratic in
 contrast (for the pooled unit too: the full-field pattern drives all its pairs equally), so at contrast 1 they
-give u = 4 * c50 and a rate of baseline + gain * 16/17 (96.1 spikes/s with the defaults).
+give u = 25 * c50 and a rate of baseline + gain * 625/626 (101.8 spikes/s with the defaults).
 
 The response depends on the image only through ``filter_outputs`` (filters . dx), so exact-maths users can
 project ``filters`` into a generator's code space and call ``drive_from_outputs``.
@@ -33,6 +35,9 @@ import numpy as np
 from server.engine.base import ConfigError, Subject
 from server.engine.gabor import gabor_pair, to_rgb
 from server.engine.imaging import as_image_batch, grey, make_from_registry, positive, size2
+
+
+DEFAULT_C50_CONTRAST = 0.2
 
 
 def naka_rushton(u: np.ndarray, baseline: float = 2.0, gain: float = 100.0, exponent: float = 2.0,
@@ -85,7 +90,7 @@ class ModelNeuron(Subject):
         self._setup()
         self.filters = np.ascontiguousarray(self._filters())  # (F, H, W) float64
         self._fmat = self.filters.reshape(len(self.filters), -1)
-        self.c50 = float(self.drive(self.matched_image(0.5))[0]) if c50 is None else positive(c50, "subject.c50")
+        self.c50 = float(self.drive(self.matched_image(DEFAULT_C50_CONTRAST))[0]) if c50 is None else positive(c50, "subject.c50")
 
     # -- subclass hooks
     def _setup(self) -> None:
@@ -162,7 +167,7 @@ class ComplexCell(ModelNeuron):
 
     >>> import numpy as np
     >>> cell = ComplexCell(image_size=64, orientation=0.0, wavelength=8.0)
-    >>> round(float(cell.rate(cell.preferred_image(0.5)[None])[0, 0]), 6)   # half-max by construction
+    >>> round(float(cell.rate(cell.preferred_image(0.2)[None])[0, 0]), 6)   # half-max by construction
     52.0
     >>> counts = cell.counts(cell.preferred_image(1.0)[None], 0.2, np.random.default_rng(0))
     >>> counts.shape, counts.dtype

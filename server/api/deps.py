@@ -1,0 +1,75 @@
+"""What every route needs, in one place: the repository, the session service and the operator check.
+
+The app keeps them on ``app.state`` (set by ``create_app``); routes ask for them through these dependencies
+so a test can build the app around any database and service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.db import Database, Repository
+
+log = logging.getLogger("snslab.api")
+
+TOKEN_ENV = "SNSLAB_OPERATOR_TOKEN"
+
+
+def operator_token(explicit: str | None = None) -> str:
+    """The token operators must send: the explicit one, else $SNSLAB_OPERATOR_TOKEN, else a random one
+    that is logged (and printed by ``serve``) so the operator at the server can read it."""
+    token = explicit or os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    token = secrets.token_urlsafe(18)
+    log.warning("%s is not set; this server's operator token is %s", TOKEN_ENV, token)
+    return token
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_repository(request: Request) -> Repository:
+    return request.app.state.repository
+
+
+def get_service(request: Request):
+    """The SessionService, or None when the app serves recordings read-only."""
+    return request.app.state.service
+
+
+def require_service(request: Request):
+    service = request.app.state.service
+    if service is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this server has no session service (read-only)")
+    return service
+
+
+_bearer = HTTPBearer(auto_error=False, description="the operator token (SNSLAB_OPERATOR_TOKEN)")
+
+
+def require_operator(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <operator token>``."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "operator token required (Authorization: Bearer <token>)",
+                            headers=challenge)
+    expected: str = request.app.state.operator_token
+    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong operator token", headers=challenge)
+
+
+RepositoryDep = Annotated[Repository, Depends(get_repository)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+ServiceDep = Annotated[object, Depends(get_service)]
+RequiredServiceDep = Annotated[object, Depends(require_service)]
+Operator = Depends(require_operator)

@@ -1,0 +1,102 @@
+"""Assembles the HTTP server: the JSON API under /api (OpenAPI docs at /docs) and the dashboard at /.
+
+    >>> app = create_app(Settings(), service)          # doctest: +SKIP  (service: a SessionService)
+    >>> serve("0.0.0.0", 8000, Settings())              # doctest: +SKIP  (database + service + uvicorn)
+
+Without a service the app serves stored sessions read-only (the verbs answer 503).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from server import __version__
+from server.settings import Settings
+
+from . import errors
+from .deps import TOKEN_ENV, operator_token as resolve_token
+from .routes import health, sessions, stimuli
+
+log = logging.getLogger("snslab.api")
+
+DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+
+DESCRIPTION = f"""Closed-loop Stretch-and-Squeeze probes on a rig: create a session (probe, generator, stages,
+units, population, budget, presentation timing, reference), start, pause, resume and stop it, and follow its
+generations, fronts, presentations, images and events.
+
+Creating and controlling sessions needs the operator token: `Authorization: Bearer <token>` (the server's
+`{TOKEN_ENV}`). Every refusal answers one line in `detail`."""
+
+
+def create_app(settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None) -> FastAPI:
+    """The app around a SessionService (its database), or around ``database`` / the settings' database
+    read-only. ``operator_token`` defaults to $SNSLAB_OPERATOR_TOKEN, else a random one (logged)."""
+    settings = settings or Settings()
+    owned = None
+    if service is not None:
+        database = service.db
+    elif database is None:
+        from server.db import connect
+
+        database = owned = connect(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if owned is not None:
+            owned.close()
+
+    app = FastAPI(title="snslab", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.database = database
+    app.state.repository = service.repo if service is not None else database.repository()
+    app.state.service = service
+    app.state.operator_token = resolve_token(operator_token)
+    errors.install(app)
+
+    api = APIRouter(prefix="/api")
+    api.include_router(health.router)
+    api.include_router(sessions.router)
+    api.include_router(stimuli.router)
+    app.include_router(api)
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, *,
+          wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info") -> None:
+    """Open the database, start the session service (ZeroMQ on ``wire_bind``) and serve HTTP until stopped."""
+    import os
+
+    import uvicorn
+
+    from server.db import connect
+    from server.service import SessionService
+
+    settings = settings or Settings()
+    database = connect(settings)
+    service = SessionService(database, bind=wire_bind)
+    try:
+        token = os.environ.get(TOKEN_ENV, "").strip() or None
+        app = create_app(settings, service, operator_token=token)
+        print(f"snslab {__version__}: dashboard http://{host}:{port}/  API docs http://{host}:{port}/docs")
+        print(f"database {database.masked_url}; display and bridge connect to {service.wire_address}")
+        if token is None:
+            print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token}")
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        service.close()
+        database.close()
