@@ -86,6 +86,23 @@ def insilico(
     typer.echo(f"outputs in {paths['summary.json'].parent}")
 
 
+_PASS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}}
+
+
+@app.command(help="Run the PsychoPy display client on the rig's display PC (see `snslab display --help`).", **_PASS)
+def display(ctx: typer.Context) -> None:
+    from stimulus_client.app import main as display_main
+
+    raise typer.Exit(display_main(list(ctx.args)) or 0)
+
+
+@app.command(help="Run the recording bridge on the recording PC (see `snslab bridge --help`).", **_PASS)
+def bridge(ctx: typer.Context) -> None:
+    from recording_bridge.app import main as bridge_main
+
+    raise typer.Exit(bridge_main(list(ctx.args)) or 0)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

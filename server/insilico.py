@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .config import ProbeConfig
-from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, presentation_counts, presentation_rng
+from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, as_displayed, presentation_counts, presentation_rng
 from .engine.evaluation import (
     affine_control_table,
     max_pixel_distance,
@@ -129,7 +129,7 @@ class InSilicoRig:
 
     def present(self, batch: Batch) -> list[Counts]:
         """Counts keyed by (seed, generation, order, attempt): the simulated bridge draws the same ones."""
-        rates = self.subject.rate(np.stack([p.image for p in batch.presentations]))
+        rates = self.subject.rate(as_displayed(np.stack([p.image for p in batch.presentations])))
         out = []
         for p, r in zip(batch.presentations, rates):
             if self.noisy:

@@ -80,8 +80,7 @@ class LiveLoop:
 
     # -- dispatch ----------------------------------------------------------------------------------
     def start(self, batch: Batch | None = None) -> None:
-        """Dispatch the open (or next) generation; call from the endpoint's loop or before it starts."""
-        self.endpoint.set_session(self.wire_session)
+        """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``."""
         batch = batch or (None if self.runner.done else self.runner.next_batch())
         if batch is not None:
             self._dispatch(batch.presentations, batch.generation)
@@ -187,7 +186,8 @@ class LiveLoop:
                 baseline[positions] = it.baseline_counts
             if not it.valid:
                 invalid.append(pid)
-            items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons)))
+            items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons), tuple(it.window_ms),
+                                tuple(it.baseline_window_ms or (-50.0, 0.0))))
         self.stats.counts += len(items)
         t_last = time.perf_counter()
         report = self.runner.add_counts(items)

@@ -65,10 +65,10 @@ class SessionService:
     """Creates sessions in the database and runs one at a time on the rig through a LiveLoop."""
 
     def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None):
+        """``database``: a server.db.Database, or a Repository itself."""
         from wire import ServerEndpoint, Timing
 
-        self.db = database
-        self.repo = database.repository()
+        self.repo = database.repository() if hasattr(database, "repository") else database
         self.endpoint = ServerEndpoint(bind, session="idle", timing=timing or Timing())
         self.endpoint.start()
         self.loop = None
@@ -183,6 +183,7 @@ class SessionService:
             self.loop = loop
             self.repo.set_session_status(session_id, "running")
             batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
+            self.endpoint.set_session(loop.wire_session)  # applied in the loop before the start below
             self.endpoint._post(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:

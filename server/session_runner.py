@@ -49,6 +49,8 @@ class Counts:
     baseline: np.ndarray | None = None
     valid: bool = True
     qc_reasons: tuple[str, ...] = ()
+    window_ms: tuple[float, float] = (50.0, 200.0)
+    baseline_window_ms: tuple[float, float] = (-50.0, 0.0)
 
 
 @dataclass
@@ -152,13 +154,16 @@ class SessionRunner:
         if self.repo is not None and fresh:
             from .db import ResponseRecord
 
-            w0, w1 = 0.0, self.window_s * 1000.0
-            self.repo.record_responses(
+            result = self.repo.record_responses(
                 self.session_id,
-                [ResponseRecord(c.presentation_id, np.asarray(c.counts, dtype=np.int64), w0, w1,
-                                None if c.baseline is None else np.asarray(c.baseline, dtype=np.int64))
+                [ResponseRecord(c.presentation_id, np.asarray(c.counts, dtype=np.int64), *c.window_ms,
+                                None if c.baseline is None else np.asarray(c.baseline, dtype=np.int64),
+                                *(c.baseline_window_ms if c.baseline is not None else (None, None)))
                  for c in fresh],
             )
+            if result.rejected or result.conflicts:
+                raise ValueError(f"counts: the database refused presentations {list(result.rejected)} "
+                                 f"and found conflicting repeats for {list(result.conflicts)}")
         for c in fresh:
             self.open.answered[c.presentation_id] = np.asarray(c.counts, dtype=np.float64)
         if len(self.open.answered) < len(known):

@@ -119,15 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in s (default 1.0)")
     p.add_argument("--flush-s", type=float, default=5.0, help="on exit, wait this long for reports to be acknowledged")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="how much the client logs (default INFO: connections, batches, rejections)",
+    )  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.WARNING, format=fmt, stream=sys.stderr)
+    logging.getLogger("snslab").setLevel(args.log_level)
     from stimulus_client.display import Display, DisplayOptions
     from stimulus_client.markers import TTL, MarkerOutlet
     from wire.lsl_config import use_loopback_lsl
@@ -183,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                 if display.escape_pressed():
                     schedule.control("stop")
                 continue
+            dropped = display.win.nDroppedFrames
             n = display.run_batch(qb, schedule, report)
-            log.info("batch %s (generation %d): %d presentations shown", qb.batch_id, qb.generation, n)
+            log.info(
+                "batch %s (generation %d): %d presentations shown, %d dropped frames",
+                qb.batch_id, qb.generation, n, display.win.nDroppedFrames - dropped,
+            )  # fmt: skip
         log.info("stopping; %d presentations not shown stay outstanding on the server", len(schedule.outstanding()))
         return 0
     finally:

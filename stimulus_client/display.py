@@ -96,7 +96,6 @@ class Display:
                 fillColor="black", lineColor=None, units="pix",
             )  # fmt: skip
         self.last_flip: float | None = None
-        self.total_dropped = 0
 
     def _refresh_rate(self, fixed: float | None) -> tuple[float, bool]:
         if fixed:
@@ -139,9 +138,8 @@ class Display:
             size = None
             if self.opts.image_size:
                 size = (self.opts.image_size, self.opts.image_size * h / w)
-            stims.append(
-                self._visual.ImageStim(self.win, image=Image.fromarray(np.ascontiguousarray(img)), size=size, units="pix")
-            )
+            pil = Image.fromarray(np.ascontiguousarray(img))  # PIL keeps the top row on top
+            stims.append(self._visual.ImageStim(self.win, image=pil, size=size, units="pix"))
         return stims
 
     def run_batch(
@@ -156,11 +154,13 @@ class Display:
         shown = 0
         try:
             for p in qb.presentations:
-                while schedule.paused and schedule.still_wanted(qb):
+                if schedule.paused:
                     self.win.recordFrameIntervals = False
-                    self.idle()
-                    schedule.wait(0.05)
-                self.win.recordFrameIntervals = True
+                    while schedule.paused and schedule.still_wanted(qb):
+                        self.idle()
+                        schedule.wait(0.05)
+                    self.win.recordFrameIntervals = True
+                    self.idle()  # back on the retrace, so the next onset is not flagged late
                 if not schedule.still_wanted(qb):
                     break
                 if self.escape_pressed():
@@ -213,7 +213,6 @@ class Display:
         self.win.callOnFlip(offset)
         offset_t = self.flip()
         dropped = self.win.nDroppedFrames - dropped0
-        self.total_dropped += dropped
         fields = dict(
             presentation_id=p.presentation_id, stimulus_id=p.stimulus_id, order=p.order, attempt=p.attempt,
             flip_time=onset_t, flip_time_lsl=marks.get("onset_lsl"), offset_time=offset_t,

@@ -99,12 +99,14 @@ class Schedule:
         if len(images) != len(batch.images):
             raise ValueError(f"images: {len(images)} arrays for {len(batch.images)} image specs")
         with self._cond:
-            new = [p for p in sorted(batch.presentations, key=lambda p: p.order) if p.presentation_id not in self._known]
+            ordered = sorted(batch.presentations, key=lambda p: p.order)
+            new = [p for p in ordered if p.presentation_id not in self._known]
             if not new:
                 return 0
             self._known.update(p.presentation_id for p in new)
             ids = [s.stimulus_id for s in batch.images]
-            self._queue.append(QueuedBatch(session, batch.batch_id, batch.generation, list(images), new, ids, self.epoch))
+            qb = QueuedBatch(session, batch.batch_id, batch.generation, list(images), new, ids, self.epoch)
+            self._queue.append(qb)
             self._cond.notify_all()
             return len(new)
 
@@ -151,7 +153,9 @@ class Schedule:
         """Received but not yet shown presentation ids (the batch on screen first, then the queue)."""
         with self._cond:
             batches = ([self._current] if self._current is not None else []) + list(self._queue)
-            return [p.presentation_id for qb in batches for p in qb.presentations if p.presentation_id not in self._shown]
+            return [
+                p.presentation_id for qb in batches for p in qb.presentations if p.presentation_id not in self._shown
+            ]
 
     @property
     def shown_count(self) -> int:

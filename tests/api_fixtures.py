@@ -146,12 +146,12 @@ def service(api_database):
 
 
 @pytest.fixture
-def client(api_settings, service):
+def client(api_settings, api_database, service):
     from fastapi.testclient import TestClient
 
     from server.api.main import create_app
 
-    with TestClient(create_app(api_settings, service, operator_token=TOKEN)) as c:
+    with TestClient(create_app(api_settings, service, database=api_database, operator_token=TOKEN)) as c:
         yield c
 
 

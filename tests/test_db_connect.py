@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from server.db.database import DatabaseUnavailable, connect, make_engine, mask_url
 from server.settings import Settings
+from db_fixtures import private_tmpdir
 
 pytest_plugins = ["db_fixtures"]
 
@@ -100,9 +102,17 @@ def test_command_line_prints_one_error_line_not_a_traceback():
 
 
 @pytest.mark.slow
-def test_embedded_server_starts_in_the_data_folder_keeps_data_and_stops_after_exit(tmp_path):
+def test_embedded_server_starts_in_the_data_folder_keeps_data_and_stops_after_exit():
     """No DATABASE_URL: a real PostgreSQL in data_dir/pgdata, migrated on start; a second start finds the
     data again; the server is stopped when the last process using it exits."""
+    tmp_path = private_tmpdir("snslab-test-embedded-")
+    try:
+        _embedded_roundtrip(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _embedded_roundtrip(tmp_path: Path) -> None:
     env = {"SNSLAB_DATA_DIR": str(tmp_path / "lab")}
     code = (
         "from server.db import connect\n"

@@ -127,7 +127,8 @@ def test_optimizer_sees_only_committed_responses_and_scores_need_them(repo, db_e
     with pytest.raises(StorageError, match=f"presentation {ids[2]} has no committed response"):
         _complete(repo, sid, 0, ids[:3])
     # the database itself refuses a score without a response, whoever writes it
-    gen_id = db_engine.connect().execute(sa.text("SELECT id FROM generations")).scalar()
+    with db_engine.connect() as c:
+        gen_id = c.execute(sa.text("SELECT id FROM generations")).scalar()
     with pytest.raises(IntegrityError, match="fk_scores_presentation_id_responses"):
         with db_engine.begin() as c:
             c.execute(
@@ -161,7 +162,8 @@ def test_repeated_response_is_recognised_and_never_counted_twice(repo, db_engine
     assert (again.inserted, again.duplicates, again.conflicts) == (0, 3, ())
     mixed = _answer(repo, sid, ids[2:5], value=5)  # one old (same counts), two new
     assert (mixed.inserted, mixed.duplicates) == (2, 1)
-    in_batch = _answer(repo, sid, [ids[0], ids[0]])
+    same = ResponseRecord(ids[0], [3] * N_UNITS, 50.0, 200.0, [1] * N_UNITS, -50.0, 0.0)
+    in_batch = repo.record_responses(sid, [same, same])
     assert (in_batch.inserted, in_batch.duplicates) == (0, 2)
     with db_engine.connect() as c:
         assert c.execute(sa.text("SELECT count(*) FROM responses")).scalar() == 5

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -176,7 +177,13 @@ def test_client_presents_a_batch_reports_each_once_and_marks_lsl(display_env, tm
     ]
     for frames, _ in bad:
         srv.raw("display-t1", frames)
+    # paused: the batch is taken (acknowledged) but nothing is shown until resume
+    srv.ep.send_to("display-t1", "control", {"action": "pause"})
     srv.dispatch("display-t1", batch, images)
+    assert wait_until(lambda: srv.ep.pending_count() == 0), proc.log()
+    time.sleep(0.5)
+    assert srv.reports == []
+    srv.ep.send_to("display-t1", "control", {"action": "resume"})
     assert wait_until(lambda: srv.ledger.complete or proc.proc.poll() is not None), proc.log()
 
     markers = []

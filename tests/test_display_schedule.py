@@ -112,3 +112,45 @@ def test_display_side_never_imports_the_server_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_cli_help_explains_every_option():
+    from stimulus_client.app import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help and len(action.help) > 10, action.option_strings
+    out = subprocess.run([sys.executable, "-m", "stimulus_client", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for opt in ("--server", "--fullscreen", "--windowed", "--screen", "--size", "--frames-on", "--frames-off",
+                "--fixation", "--photodiode-patch", "--lsl-markers", "--no-lsl-markers", "--ttl", "--client-id"):  # fmt: skip
+        assert opt in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--photodiode-patch", "middle"], "photodiode patch corner 'middle' (allowed: top-left, top-right, bottom-left, bottom-right)"),
+        (["--size", "big"], "size 'big': use WIDTHxHEIGHT"),
+        (["--ttl", "usb"], "ttl 'usb': use serial:/dev/ttyUSB0[@BAUD] or parallel:0x378"),
+        (["--frames-on", "0"], "0: must be >= 1"),
+        (["--fullscreen", "--windowed"], "not allowed with argument"),
+    ],
+)
+def test_cli_refuses_bad_options_in_one_line(argv, message, capsys):
+    from stimulus_client.app import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err
+
+
+def test_cli_defaults():
+    from stimulus_client.app import build_parser
+
+    a = build_parser().parse_args([])
+    assert (a.fullscreen, a.size, a.lsl_markers, a.lsl_scope, a.frames_on, a.ttl) == (False, (800, 600), True, "loopback", None, None)
+    a = build_parser().parse_args(["--fullscreen", "--photodiode-patch", "bottom-right:32", "--no-lsl-markers"])
+    assert a.fullscreen and a.photodiode_patch == ("bottom-right", 32) and not a.lsl_markers

@@ -15,8 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+# Byte-identical to recording_bridge/lsl_config.py's, so both helpers share one file without rewriting it.
 LOOPBACK_CONFIG = """\
-; snslab: Lab Streaming Layer on 127.0.0.1 only (no IPv6, no multicast beyond this machine)
 [ports]
 IPv6 = disable
 

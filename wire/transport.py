@@ -61,6 +61,7 @@ from wire.messages import (
 log = logging.getLogger("snslab.wire")
 
 SOFTWARE = "snslab-wire/1"
+HELLO_FIRST = "sender: unknown client, hello first"
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ class _LogLimiter:
     def allow(self, now: float) -> bool:
         if now - self.start > self.window_s:
             if self.suppressed:
-                log.warning("suppressed %d further rejection messages in the last %.0f s", self.suppressed, self.window_s)
+                log.warning(
+                    "suppressed %d further rejection messages in the last %.0f s", self.suppressed, self.window_s
+                )
             self.start, self.n, self.suppressed = now, 0, 0
         self.n += 1
         if self.n > self.burst:
@@ -207,7 +210,7 @@ class _Endpoint:
         now = time.monotonic()
         wait = max(0.0, min(timeout_s, self._next_due(now) - now))
         try:
-            events = dict(self._poller.poll(int(wait * 1000)))
+            events = dict(self._poller.poll(math.ceil(wait * 1000)))
         except zmq.ZMQError as e:  # socket replaced under us (client reconnect); try again next time
             log.debug("%s: poll failed: %s", self.name, e)
             events = {}
@@ -276,7 +279,6 @@ class _Endpoint:
         for link in self._links():
             for p in link.pending.values():
                 due = min(due, p.due)
-                break  # roughly ordered; the first one is a good enough bound
         return due
 
     def _run(self) -> None:
@@ -328,8 +330,9 @@ class _Endpoint:
                 del link.pending[p.id]
                 self.stats["gave_up"] += 1
                 log.error(
-                    "%s: gave up on %s %s after %d sends without an acknowledgement", self.name, p.type, p.id, p.attempts
-                )
+                    "%s: gave up on %s %s after %d sends without an acknowledgement",
+                    self.name, p.type, p.id, p.attempts,
+                )  # fmt: skip
                 if self.on_give_up:
                     self.on_give_up(p.id, p.type)
                 continue
@@ -542,9 +545,9 @@ class Peer(_Endpoint):
             log.debug("%s: dropped unreliable %s while not connected", self.name, env.type)
 
     def _send_hello(self, now: float) -> None:
-        self._last_hello = now
         env = self._envelope("hello", self._hello_payload(), self.pinned_session, 0, False)
-        self._send_frames(encode(env, (), self.limits))
+        if self._send_frames(encode(env, (), self.limits)):
+            self._last_hello = now  # otherwise (connection not up yet) try again on the next tick
 
     def _receive(self, frames: list) -> None:
         header = frames[0] if frames else None
@@ -581,6 +584,13 @@ class Peer(_Endpoint):
 
     def _on_welcome(self, env: Envelope, now: float) -> None:
         w = env.payload
+        if self.pinned_session and env.session != self.pinned_session:
+            if self._limiter.allow(now):
+                log.error(
+                    "%s: the server runs session %r but this client serves only %r; not connecting",
+                    self.name, env.session, self.pinned_session,
+                )  # fmt: skip
+            return
         restarted = self.server_instance is not None and w.server_instance != self.server_instance
         first = self.server_instance is None
         if restarted:
@@ -695,7 +705,13 @@ class ServerEndpoint(_Endpoint):
             ]
 
     def send_to(
-        self, client_id: str, type: str, payload: Payload | dict, blobs: Sequence[Any] = (), *, reliable: bool | None = None
+        self,
+        client_id: str,
+        type: str,
+        payload: Payload | dict,
+        blobs: Sequence[Any] = (),
+        *,
+        reliable: bool | None = None,
     ) -> str:
         """Queue a message for one client (thread-safe); returns its id. Reliable messages to a client that
         is not connected wait until it says hello with the same instance."""
@@ -776,9 +792,13 @@ class ServerEndpoint(_Endpoint):
                 raise ProtocolError("sender", "connection identity is not a UTF-8 client id")
             env, blobs = decode(frames, self.limits)
             if env.sender != client_id:
-                raise ProtocolError("sender", f"{env.sender!r} does not match the connection identity {client_id!r}", ref=env.id)
+                raise ProtocolError(
+                    "sender", f"{env.sender!r} does not match the connection identity {client_id!r}", ref=env.id
+                )
             if env.type == "hello" and env.payload.client_id != client_id:
-                raise ProtocolError("payload.client_id", f"{env.payload.client_id!r} is not the sender {client_id!r}", ref=env.id)
+                raise ProtocolError(
+                    "payload.client_id", f"{env.payload.client_id!r} is not the sender {client_id!r}", ref=env.id
+                )
             if env.session not in self.known_sessions and not (env.type == "hello" and not env.session):
                 shown = ", ".join(sorted(self.known_sessions)[-3:])
                 raise ProtocolError(
@@ -799,9 +819,9 @@ class ServerEndpoint(_Endpoint):
         if c is None or c.role is None:
             self.stats["rejected"] += 1
             if self._limiter.allow(now):
-                log.warning("%s: rejected %s from %s: sender: unknown client, hello first", self.name, env.type, client_id)
+                log.warning("%s: rejected %s from %s: %s", self.name, env.type, client_id, HELLO_FIRST)
             if env.type not in SILENT_TYPES:
-                reply("error", {"code": "hello_required", "reason": "sender: unknown client, hello first", "ref": env.id})
+                reply("error", {"code": "hello_required", "reason": HELLO_FIRST, "ref": env.id})
             return
         c.link.last_rx = now
         if not c.alive:  # it was declared dead but is talking again
@@ -846,7 +866,9 @@ class ServerEndpoint(_Endpoint):
             if now - c.link.last_rx > t.dead_after_s:
                 c.alive = False
                 self.stats["lost"] += 1
-                log.warning("%s: client %s silent for %.1f s; marked disconnected", self.name, c.client_id, now - c.link.last_rx)
+                log.warning(
+                    "%s: client %s silent for %.1f s; marked disconnected", self.name, c.client_id, now - c.link.last_rx
+                )
                 if self.on_disconnect:
                     try:
                         self.on_disconnect(c.snapshot())

@@ -107,14 +107,15 @@ class FrontConfirmation:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
         ids = np.flatnonzero(first_front(self.objectives("optimistic")))
         shows = np.asarray(self.shows)[ids]
-        ids = ids[shows < self.max_shows]
+        ids = ids[(shows < self.max_shows) & np.array([int(i) in self.codes for i in ids], dtype=bool)]
         if ids.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
         order = np.lexsort((-np.asarray(self.d_low)[ids] * (1 if self.mode == "invariance" else -1),
                             np.asarray(self.shows)[ids]))
         ids = ids[order][: self.retests]
+        codes = np.stack([self.codes[int(i)] for i in ids])
         self._prune()
-        return ids, np.stack([self.codes[int(i)] for i in ids])
+        return ids, codes
 
     def _prune(self, keep_every: int = 4) -> None:
         """Forget codes that cannot be re-tested any more (far from the optimistic front), to bound memory."""
@@ -129,7 +130,7 @@ class FrontConfirmation:
             m = first_front(F[remaining])
             alive.update(remaining[m].tolist())
             remaining = remaining[~m]
-        self.codes = {i: c for i, c in self.codes.items() if i in alive}
+        self.codes = {i: c for i, c in self.codes.items() if i in alive or i >= len(F) - 200}
 
     def front(self) -> np.ndarray:
         """Ids of the reported (conservative) front."""

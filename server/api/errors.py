@@ -24,7 +24,8 @@ def _jsonable(err: dict) -> dict:
     """pydantic's error dict without the parts JSON cannot carry (the exception in ``ctx``)."""
     out = {k: v for k, v in err.items() if k in ("type", "loc", "msg", "input")}
     if "ctx" in err:
-        out["ctx"] = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in err["ctx"].items()}
+        plain = (str, int, float, bool, type(None))
+        out["ctx"] = {k: v if isinstance(v, plain) else str(v) for k, v in err["ctx"].items()}
     return out
 
 

@@ -1,14 +1,14 @@
 """Assembles the HTTP server: the JSON API under /api (OpenAPI docs at /docs) and the dashboard at /.
 
-    >>> app = create_app(Settings(), service)          # doctest: +SKIP  (service: a SessionService)
-    >>> serve("0.0.0.0", 8000, Settings())              # doctest: +SKIP  (database + service + uvicorn)
+    >>> db = connect(Settings())                                         # doctest: +SKIP
+    >>> app = create_app(Settings(), SessionService(db), database=db)     # doctest: +SKIP
+    >>> serve("0.0.0.0", 8000, Settings(), wire_bind="tcp://*:5555")      # doctest: +SKIP  (all of it + uvicorn)
 
 Without a service the app serves stored sessions read-only (the verbs answer 503).
 """
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,8 +23,6 @@ from . import errors
 from .deps import TOKEN_ENV, operator_token as resolve_token
 from .routes import health, sessions, stimuli
 
-log = logging.getLogger("snslab.api")
-
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 
 DESCRIPTION = f"""Closed-loop Stretch-and-Squeeze probes on a rig: create a session (probe, generator, stages,
@@ -35,14 +33,17 @@ Creating and controlling sessions needs the operator token: `Authorization: Bear
 `{TOKEN_ENV}`). Every refusal answers one line in `detail`."""
 
 
-def create_app(settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None) -> FastAPI:
-    """The app around a SessionService (its database), or around ``database`` / the settings' database
-    read-only. ``operator_token`` defaults to $SNSLAB_OPERATOR_TOKEN, else a random one (logged)."""
+def create_app(
+    settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None
+) -> FastAPI:
+    """The app on ``database`` (default: the settings' database, opened here and closed at shutdown).
+
+    With a SessionService the operator's verbs work; without one the app serves stored sessions read-only.
+    ``operator_token`` defaults to $SNSLAB_OPERATOR_TOKEN, else a random one (logged).
+    """
     settings = settings or Settings()
     owned = None
-    if service is not None:
-        database = service.db
-    elif database is None:
+    if database is None:
         from server.db import connect
 
         database = owned = connect(settings)
@@ -91,7 +92,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     service = SessionService(database, bind=wire_bind)
     try:
         token = os.environ.get(TOKEN_ENV, "").strip() or None
-        app = create_app(settings, service, operator_token=token)
+        app = create_app(settings, service, database=database, operator_token=token)
         print(f"snslab {__version__}: dashboard http://{host}:{port}/  API docs http://{host}:{port}/docs")
         print(f"database {database.masked_url}; display and bridge connect to {service.wire_address}")
         if token is None:

@@ -109,7 +109,8 @@ function renderDetail(d) {
   $("session").hidden = false;
   $("empty").hidden = true;
   const stageText = d.stages.length ? ` · stretch/squeeze ${d.stages.join(", ")}` : "";
-  $("title").textContent = `${d.probe || "session"} probe · ${d.subject_id}`;
+  const probe = d.probe ? d.probe[0].toUpperCase() + d.probe.slice(1) + " probe" : "Session";
+  $("title").textContent = `${probe} · ${d.subject_id}`;
   const badge = $("status");
   badge.textContent = d.status;
   badge.className = `badge ${d.status}`;
@@ -167,7 +168,7 @@ function renderGenerations(d, gens) {
     series.push({ name: "reference", cls: "ref", dashed: true, values: done.map(g => g.mean_reference_response) });
   }
   Plot.lines($("response-plot"), xs, series, {
-    xlabel: "generation", ylabel: "spike count", xrange: [0, Math.max(1, budget - 1, xs[xs.length - 1] || 0)],
+    xlabel: "generation", ylabel: "spike count in window", xrange: [0, Math.max(1, budget - 1, xs[xs.length - 1] || 0)],
     empty: "no answered generation yet",
   });
 }
@@ -189,7 +190,7 @@ function renderFront(d, front) {
            `unit ${num(m.distances.unit, 3)}${m.selected ? " (selected)" : ""}`,
   }));
   Plot.scatter(svg, pts, {
-    xlabel: `stretch: distance in stage '${stage}'`, ylabel: "unit distance |r − r_ref|",
+    xlabel: `stretch: distance in stage '${stage}'`, ylabel: "unit distance |r − r_ref| (Hz)",
     crange: [0, Math.max(1, last)], clabel: "generation", empty: "no completed generation yet",
   });
 }
@@ -203,10 +204,13 @@ function renderImages(g, images, presentations) {
   $("images").replaceChildren(...images.map(im => {
     const p = byId.get(im.presentation_id);
     const counts = p && p.counts ? p.counts[0] : null;
-    const flag = p && p.valid === false ? " invalid" : "";
-    return h("figure", { class: `tile ${im.kind}${flag}`, title: `presentation ${im.presentation_id} (${im.kind})` },
+    const invalid = p && p.valid === false;
+    const why = invalid ? ` — invalid: ${p.qc_reasons.join(", ")}` : "";
+    const name = im.kind === "candidate" ? `#${im.order_in_batch}` : im.kind === "reference" ? "ref" : im.kind;
+    return h("figure", { class: `tile ${im.kind}${invalid ? " invalid" : ""}`,
+                         title: `presentation ${im.presentation_id}, ${im.kind} at position ${im.order_in_batch}${why}` },
       h("img", { src: im.url, alt: `${im.kind} ${im.order_in_batch}`, loading: "eager", "data-presentation": im.presentation_id }),
-      h("figcaption", {}, h("span", {}, im.kind === "candidate" ? `#${im.order_in_batch}` : im.kind),
+      h("figcaption", {}, h("span", {}, invalid ? `${name} ✕` : name),
         h("span", { class: "count" }, counts === null ? "…" : `${counts} sp`)));
   }));
 }

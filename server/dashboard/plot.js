@@ -5,7 +5,7 @@
 
 const Plot = (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const M = { left: 56, right: 18, top: 16, bottom: 42 };
+  const M = { left: 54, right: 16, top: 30, bottom: 42 };
 
   function el(name, attrs, parent) {
     const e = document.createElementNS(NS, name);
@@ -39,7 +39,7 @@ const Plot = (() => {
 
   function viewSize(svg) {
     const vb = svg.viewBox.baseVal;
-    return { w: vb && vb.width ? vb.width : 560, h: vb && vb.height ? vb.height : 300 };
+    return { w: vb && vb.width ? vb.width : 480, h: vb && vb.height ? vb.height : 280 };
   }
 
   function clear(svg) { while (svg.firstChild) svg.removeChild(svg.firstChild); }
@@ -106,8 +106,8 @@ const Plot = (() => {
         const c = el("circle", { cx: f.sx(x), cy: f.sy(y), r: 3.2, class: `pt pt-${s.cls}`, "data-generation": x, "data-value": y }, g);
         el("title", {}, c).textContent = `generation ${x}: ${s.name} ${fmt(y)}`;
       }
-      // legend, top left inside the plot
-      const ly = f.y1 + 8 + 16 * k, lx = f.x0 + 12;
+      // legend: one row above the plot area
+      const ly = 13, lx = f.x0 + 96 * k;
       const lg = el("g", { class: `legend series ${s.cls}` }, svg);
       el("line", { x1: lx, x2: lx + 18, y1: ly, y2: ly, class: "line" + (s.dashed ? " dashed" : "") }, lg);
       el("circle", { cx: lx + 9, cy: ly, r: 3 }, lg);

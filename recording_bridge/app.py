@@ -1,0 +1,208 @@
+"""``snslab bridge``: the rig side of the closed loop, on the recording PC.
+
+    rig (sim | lsl | openephys) -> onsets + spikes -> WindowCounter -> counts_batch -> server
+
+The server sends the bridge what it dispatched (stimulus batches: presentation ids, and the images, which
+only the simulated rig needs) and the display's presentation reports (flip times, TTL words). Counts go
+out as reliable ``counts_batch`` messages with increasing sequence numbers; the wire layer keeps each one
+until the server acknowledges it and re-sends it across reconnects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import threading
+import time
+
+from wire.messages import CountsBatch, CountsItem, blob_to_image
+from wire.transport import Peer, Reject
+
+from server.engine.base import as_displayed
+
+from .adapters import make_adapter
+from .base import Marker
+from .pipeline import CountingPipeline
+from .windows import WindowCounter
+
+log = logging.getLogger("snslab.bridge")
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+ONSET_SOURCE_ON_WIRE = {"photodiode": "photodiode", "ttl": "ttl", "flip": "flip", "none": "none"}
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) / 1000.0 for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window {text!r}: use START,END in ms, e.g. 50,200") from None
+    if not a < b:
+        raise argparse.ArgumentTypeError(f"window {text!r}: START must be before END")
+    return a, b
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="snslab bridge",
+        description="Recording bridge: counts each presentation's spikes per unit in half-open response and "
+        "baseline windows (emitted only once the rig's data has passed the window end) and streams them "
+        "to the snslab server.",
+    )
+    p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
+    p.add_argument("--client-id", default=f"bridge-{socket.gethostname()}"[:64], help="name towards the server")
+    p.add_argument("--adapter", default="sim", help="recording source: sim | lsl | openephys (default sim)")
+    p.add_argument("--param", type=_param, action="append", default=[],
+                   help="adapter parameter NAME=VALUE (repeatable), e.g. endpoint=tcp://127.0.0.1:5557")
+    p.add_argument("--response-window", type=_window, default=(0.05, 0.2), help="ms after onset (default 50,200)")
+    p.add_argument("--baseline-window", type=_window, default=(-0.05, 0.0), help="ms after onset (default -50,0)")
+    sim = p.add_argument_group("simulated rig")
+    sim.add_argument("--subject", default="complex-cell", help="model neuron of the simulated rig")
+    sim.add_argument("--subject-param", type=_param, action="append", default=[],
+                     help="model neuron parameter NAME=VALUE (repeatable), e.g. image_size=32")
+    sim.add_argument("--session-seed", type=int, default=None,
+                     help="draw the counts an in-silico run with this session seed gets (needs --mode)")
+    sim.add_argument("--mode", default="invariance", help="probe mode of that session (for --session-seed)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+class Bridge:
+    """One rig source connected to the server. ``step()`` is the whole loop body."""
+
+    def __init__(self, peer: Peer, source, counter: WindowCounter, *, simulated: bool):
+        self.peer, self.source, self.counter = peer, source, counter
+        self.pipe = CountingPipeline(source, counter)
+        self.simulated = simulated
+        self.seq = 0
+        self.sent = 0
+        self._keys: dict[str, tuple[int, int, int]] = {}
+        self._display_to_sim: float | None = None
+        self._lock = threading.Lock()  # handlers run in the wire thread, step() in the main loop
+        peer.on("stimulus_batch", self._on_batch)
+        peer.on("presentation_report", self._on_report)
+
+    def _on_batch(self, msg) -> None:
+        with self._lock:
+            self._take_batch(msg)
+
+    def _take_batch(self, msg) -> None:
+        batch = msg.payload
+        ids = [p.presentation_id for p in batch.presentations]
+        self.pipe.expect(ids)
+        if self.simulated:
+            images = [blob_to_image(b, spec) for b, spec in zip(msg.blobs, batch.images)]
+            for p in batch.presentations:
+                if p.presentation_id not in self._keys:
+                    self._keys[p.presentation_id] = (batch.generation, p.order, p.attempt)
+                    img = as_displayed(images[p.image])
+                    self.source.set_image(p.presentation_id, img, key=(batch.generation, p.order, p.attempt))
+
+    def _on_report(self, msg) -> None:
+        with self._lock:
+            self._take_report(msg.payload)
+
+    def _take_report(self, rep) -> None:
+        if self.simulated:
+            # The simulated rig has its own clock: map the display clock onto it with the smallest
+            # report delay seen so far, so onsets keep the display's real spacing (no overlaps).
+            lag = self.source.clock() - rep.offset_time
+            self._display_to_sim = lag if self._display_to_sim is None else min(self._display_to_sim, lag)
+            flip_s = rep.flip_time + self._display_to_sim
+        else:
+            flip_s = rep.flip_time
+        self.pipe.add_marker(Marker(rep.presentation_id, flip_s, rep.ttl_word))
+
+    def step(self, timeout_s: float = 0.02) -> int:
+        with self._lock:
+            ready = self.pipe.step(0.0)
+        if not ready:
+            time.sleep(timeout_s)
+        if not ready:
+            return 0
+        units = self.source.units()
+        items = []
+        for pc in ready:
+            items.append(CountsItem(
+                presentation_id=pc.presentation_id,
+                counts=[pc.counts.get(u, 0) for u in units],
+                baseline_counts=[pc.baseline_counts.get(u, 0) for u in units] if pc.baseline_counts else None,
+                window_ms=pc.window, baseline_window_ms=pc.baseline_window,
+                onset_rig_s=pc.onset_rig_s, onset_source=ONSET_SOURCE_ON_WIRE.get(pc.onset_source, "none"),
+                valid=pc.valid and bool(pc.counts), qc_reasons=list(pc.qc_reasons)[:20],
+            ))
+        self.seq += 1
+        self.peer.send("counts_batch", CountsBatch(seq=self.seq, units=units, items=items))
+        self.sent += len(items)
+        return len(items)
+
+
+def make_bridge(args, peer_timing=None) -> Bridge:
+    params = dict(args.param)
+    simulated = args.adapter == "sim"
+    if simulated:
+        import numpy as np
+
+        from server.engine.base import SeedStreams
+
+        count_seed = None
+        if args.session_seed is not None:
+            count_seed = SeedStreams(args.session_seed).noise_seed(args.mode)
+        params.setdefault("subject", args.subject)
+        params.setdefault("subject_params", dict(args.subject_param))
+        params.setdefault("rng", np.random.default_rng(args.session_seed or 0))
+        params.setdefault("count_seed", count_seed)
+        params.setdefault("data_lag_s", 0.25)  # reports arrive after the offset flip
+        params.setdefault("latency_s", args.response_window[0])
+        params.setdefault("response_s", args.response_window[1] - args.response_window[0])
+    source = make_adapter(args.adapter, **params)
+    if hasattr(source, "connect"):
+        source.connect(10.0)
+    counter = WindowCounter(response=args.response_window, baseline=args.baseline_window, units=source.units())
+    kwargs = {"timing": peer_timing} if peer_timing is not None else {}
+    peer = Peer(args.server, client_id=args.client_id, role="bridge",
+                capabilities={"needs_images": simulated, "adapter": args.adapter}, **kwargs)
+    return Bridge(peer, source, counter, simulated=simulated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s bridge %(levelname)s %(message)s")
+    try:
+        bridge = make_bridge(args)
+    except ValueError as err:  # ConfigError and friends: one line
+        print(f"error: {err}")
+        return 2
+    stop = False
+
+    def _stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    bridge.peer.start()
+    log.info("bridge %s (%s) -> %s", args.client_id, args.adapter, args.server)
+    while not stop:
+        bridge.step(0.01)
+        time.sleep(0.002)
+    bridge.peer.close(flush_s=2.0)
+    bridge.source.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
