@@ -91,6 +91,7 @@ class Bridge:
         self.sent = 0
         self._keys: dict[str, tuple[int, int, int]] = {}
         self._display_to_sim: float | None = None
+        self._last_onset: float | None = None
         self._lock = threading.Lock()  # handlers run in the wire thread, step() in the main loop
         peer.on("stimulus_batch", self._on_batch)
         peer.on("presentation_report", self._on_report)
@@ -117,11 +118,19 @@ class Bridge:
 
     def _take_report(self, rep) -> None:
         if self.simulated:
-            # The simulated rig has its own clock: map the display clock onto it with the smallest
-            # report delay seen so far, so onsets keep the display's real spacing (no overlaps).
-            lag = self.source.clock() - rep.offset_time
-            self._display_to_sim = lag if self._display_to_sim is None else min(self._display_to_sim, lag)
+            # The simulated rig has its own clock: map the display clock onto it with a fixed offset (the
+            # first report's delay), so onsets keep the display's real spacing and never overlap.
+            # A report that arrives late (a loaded machine) is moved to the earliest onset the simulation
+            # can still honour, and never closer than one response period to the previous onset, so every
+            # presentation keeps its own keyed counts.
+            if self._display_to_sim is None:
+                self._display_to_sim = self.source.clock() - rep.offset_time
+            src = self.source
             flip_s = rep.flip_time + self._display_to_sim
+            flip_s = max(flip_s, src.watermark() - src.latency_s + 0.005)
+            if self._last_onset is not None:
+                flip_s = max(flip_s, self._last_onset + src.latency_s + src.response_s)
+            self._last_onset = flip_s
         else:
             flip_s = rep.flip_time
         self.pipe.add_marker(Marker(rep.presentation_id, flip_s, rep.ttl_word))

@@ -143,13 +143,6 @@ class LiveLoop:
             self.stats.duplicates += 1
             return
         self.stats.reports += 1
-        if self.repo is not None:
-            from .db import PresentationTiming
-
-            self.repo.record_timings(self.runner.session_id, [PresentationTiming(
-                presentation_id=int(rep.presentation_id), onset_source="flip", display_onset=rep.flip_time,
-                dropped_frames=rep.dropped_frames, valid=True,
-            )])
         for c in self.endpoint.clients(role="bridge"):
             self.endpoint.send_to(c.client_id, "presentation_report", rep)
 
@@ -189,6 +182,7 @@ class LiveLoop:
             items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons), tuple(it.window_ms),
                                 tuple(it.baseline_window_ms or (-50.0, 0.0))))
         self.stats.counts += len(items)
+        self._record_timings(batch.items)
         t_last = time.perf_counter()
         report = self.runner.add_counts(items)
         if invalid and report is None:
@@ -199,6 +193,30 @@ class LiveLoop:
                 self._finish()
             elif not self.paused:
                 self._next(t_last)
+
+    def _record_timings(self, items) -> None:
+        """Each presentation's onset, stored with its counts: the display's flip time, the rig's onset and
+        where that came from (photodiode, TTL, or the flip time as a flagged fallback)."""
+        if self.repo is None:
+            return
+        from .db import PresentationTiming
+
+        rows = []
+        for it in items:
+            rep = self.ledger.reports.get(it.presentation_id)
+            reasons = list(it.qc_reasons)
+            if rep is not None and rep.dropped_frames:
+                reasons.append(f"{rep.dropped_frames} dropped frames")
+            source = it.onset_source if it.onset_source != "none" else "flip"
+            if source == "flip" and "onset is the display flip time" not in " ".join(reasons):
+                reasons.append("onset is the display flip time (no photodiode or TTL)")
+            rows.append(PresentationTiming(
+                presentation_id=int(it.presentation_id), onset_source=source,
+                display_onset=None if rep is None else rep.flip_time, rig_onset=it.onset_rig_s,
+                dropped_frames=0 if rep is None else rep.dropped_frames,
+                valid=bool(it.valid) and (rep is None or rep.dropped_frames == 0), qc_reasons=tuple(reasons)[:20],
+            ))
+        self.repo.record_timings(self.runner.session_id, rows)
 
     def _next(self, t_last: float | None = None) -> None:
         batch = self.runner.next_batch()

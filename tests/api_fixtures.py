@@ -175,10 +175,19 @@ def session_rows(database) -> list[tuple]:
 
 
 class LiveServer:
-    """uvicorn serving ``app`` in a thread, on a socket bound here to a free loopback port."""
+    """uvicorn serving ``app`` in a thread, on a socket bound here to a free loopback port; it records the
+    requests it answers (``requests``)."""
 
     def __init__(self, app):
         import uvicorn
+
+        self.requests: list[str] = []  # "GET /path?query" of every request, in order
+
+        @app.middleware("http")
+        async def record(request, call_next):
+            query = f"?{request.url.query}" if request.url.query else ""
+            self.requests.append(f"{request.method} {request.url.path}{query}")
+            return await call_next(request)
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

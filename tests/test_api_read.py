@@ -180,6 +180,9 @@ def test_unknown_generation_and_stimulus_are_404(client, stored):
     r = client.get(f"/api/sessions/{stored.invariance}/generations/{GENS}/images")
     assert r.status_code == 404
     assert r.json()["detail"] == f"session {stored.invariance} has no generation {GENS} (it has {GENS})"
+    r = client.get(f"/api/sessions/{stored.invariance}/presentations", params={"generation": GENS})
+    assert r.status_code == 404
+    assert r.json()["detail"] == f"session {stored.invariance} has no generation {GENS} (it has {GENS})"
     r = client.get(f"/api/stimuli/{'0' * 64}.png")
     assert r.status_code == 404 and r.json() == {"detail": f"no stimulus {'0' * 64}"}
 

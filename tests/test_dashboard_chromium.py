@@ -21,10 +21,21 @@ pytestmark = [requires_chromium, pytest.mark.slow]
 WIDTH, HEIGHT = 1280, 1100
 
 
+BUDGET_MS = 5000
+
+
 @pytest.fixture(scope="module")
-def dom(live_server, stored, tmp_path_factory) -> str:
-    return chromium(f"{live_server.url}/?session={stored.invariance}", tmp_path_factory.mktemp("chromium"),
-                    "--dump-dom")
+def page(live_server, stored, tmp_path_factory) -> tuple[str, list[str]]:
+    """The DOM after BUDGET_MS of virtual time, and the requests the page made meanwhile."""
+    live_server.requests.clear()
+    html = chromium(f"{live_server.url}/?session={stored.invariance}", tmp_path_factory.mktemp("chromium"),
+                    "--dump-dom", budget_ms=BUDGET_MS)
+    return html, list(live_server.requests)
+
+
+@pytest.fixture(scope="module")
+def dom(page) -> str:
+    return page[0]
 
 
 def _count(pattern: str, html: str) -> int:
@@ -94,6 +105,19 @@ def test_dom_lists_sessions_and_events(dom, stored):
     for message in stored.events:
         assert message in log
     assert 'class="level warning"' in log
+
+
+def test_page_polls_the_api_about_once_a_second(page, stored):
+    requests = page[1]
+    polls = requests.count(f"GET /api/sessions/{stored.invariance}")
+    assert BUDGET_MS // 1000 - 1 <= polls <= BUDGET_MS // 1000 + 2
+    assert requests.count(f"GET /api/sessions/{stored.invariance}/events?after_id=0") == 1
+    # later polls ask only for newer events, and a finished session's plots and images are fetched once
+    assert requests.count(f"GET /api/sessions/{stored.invariance}/generations") == 1
+    assert requests.count(f"GET /api/sessions/{stored.invariance}/generations/{INSILICO['generations'] - 1}/images") == 1
+    stimuli = [r for r in requests if r.startswith("GET /api/stimuli/")]
+    assert len(stimuli) == len(set(stimuli)) > 0  # every distinct image fetched once (browser cache)
+    assert not any(r.startswith("POST") for r in requests)
 
 
 def test_screenshot_is_a_real_picture(live_server, stored, tmp_path):

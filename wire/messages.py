@@ -253,7 +253,7 @@ class CountsItem(Payload):
     window_ms: tuple[float, float] = (50.0, 200.0)
     baseline_window_ms: tuple[float, float] | None = (-50.0, 0.0)
     onset_rig_s: float | None = None
-    onset_source: Literal["photodiode", "ttl", "marker", "software", "simulated", "none"]
+    onset_source: Literal["photodiode", "ttl", "marker", "flip", "simulated", "none"]
     valid: bool
     qc_reasons: list[Annotated[str, Field(max_length=200)]] = []
 

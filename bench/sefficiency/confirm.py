@@ -24,13 +24,16 @@ from server.engine.pareto import first_front
 
 
 class FrontConfirmation:
-    def __init__(self, mode: str, retests: int = 10, kappa: float = 1.0, max_shows: int = 16):
+    def __init__(self, mode: str, retests: int = 10, kappa: float = 1.0, max_shows: int = 16, shrink: bool = True):
         if mode not in ("invariance", "adversarial"):
             raise ValueError(f"mode: {mode!r} (allowed: invariance, adversarial)")
         self.mode = mode
         self.retests = int(retests)
         self.kappa = float(kappa)
         self.max_shows = int(max_shows)
+        self.shrink = bool(shrink)
+        self.prior_mean: list[float] = []  # per candidate: its generation's rate distribution (mean, var)
+        self.prior_var: list[float] = []
         self.d_low: list[float] = []  # stretch-stage distance of each candidate (deterministic)
         self.rate_sum: list[float] = []
         self.shows: list[int] = []
@@ -55,6 +58,11 @@ class FrontConfirmation:
         self.d_low.extend(np.asarray(d_low, dtype=np.float64).tolist())
         self.rate_sum.extend(np.asarray(rates, dtype=np.float64).tolist())
         self.shows.extend([1] * len(d_low))
+        r = np.asarray(rates, dtype=np.float64)
+        # Spread of the true rates in this generation: observed variance minus the noise's share.
+        true_var = max(float(np.var(r)) - self.dispersion * float(r.mean()), 1e-3 * max(float(r.mean()), 1e-6) ** 2)
+        self.prior_mean.extend([float(r.mean())] * len(r))
+        self.prior_var.extend([true_var] * len(r))
         ids = np.arange(start, start + len(d_low))
         for i, c in zip(ids, codes):
             self.codes[int(i)] = np.array(c, dtype=np.float64)
@@ -82,8 +90,21 @@ class FrontConfirmation:
         r = np.asarray(self.rate_sum) / n
         ref = self.reference_rate
         phi = self.dispersion
-        floor = 0.05 * ref  # a rate of zero is not a certainty after a few empty windows
-        se = np.sqrt(phi * (np.maximum(r, floor) / n + ref / max(self.ref_n, 1)))
+        ref_var = phi * ref / max(self.ref_n, 1)
+        if self.shrink and phi > 0:
+            # Gamma prior from the candidate's own generation (empirical Bayes), Poisson-like likelihood
+            # in units of phi: posterior mean and sd of the rate. A lucky count among silent neighbours is
+            # pulled back towards them; a generation of responsive images is left nearly as measured.
+            m = np.maximum(np.asarray(self.prior_mean), 1e-6)
+            v = np.asarray(self.prior_var)
+            a, b = m * m / v, m / v
+            shape = a + np.asarray(self.rate_sum) / phi
+            rate = b + n / phi
+            r = shape / rate
+            se = np.sqrt(shape / rate**2 + ref_var)
+        else:
+            floor = 0.05 * ref  # a rate of zero is not a certainty after a few empty windows
+            se = np.sqrt(phi * np.maximum(r, floor) / n + ref_var)
         return np.asarray(self.d_low), np.abs(r - ref), se
 
     def objectives(self, kind: str) -> np.ndarray:

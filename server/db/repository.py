@@ -400,21 +400,6 @@ def _code_array(raw: bytes | None) -> np.ndarray | None:
     return None if raw is None else np.frombuffer(raw, dtype="<f8").copy()
 
 
-def _counts(values: Sequence[int] | np.ndarray | None) -> list[int] | None:
-    if values is None:
-        return None
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError("spike counts must be a 1-D sequence")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.number) and np.all(np.isfinite(arr)) and np.all(arr == np.rint(arr))):
-            raise ValueError("spike counts must be integers")
-    out = arr.astype(np.int64)
-    if out.size and (out.min() < 0 or out.max() > 2**31 - 1):
-        raise ValueError("spike counts must be integers in [0, 2**31)")
-    return out.tolist()
-
-
 def _check_finite_mapping(values: Mapping[str, float], what: str) -> dict[str, float]:
     out = {}
     for k, v in values.items():
@@ -669,10 +654,10 @@ class Repository:
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:
-                cur.execute(
-                    "CREATE TEMP TABLE _incoming_timings (id int8, scheduled_onset float8, display_onset float8,"
-                    " rig_onset float8, onset_source text, dropped_frames int4, valid bool, qc_reasons text[])"
-                    " ON COMMIT DROP"
+                _ensure_temp_table(
+                    raw,
+                    "_incoming_timings (id int8, scheduled_onset float8, display_onset float8, rig_onset float8,"
+                    " onset_source text, dropped_frames int4, valid bool, qc_reasons text[])",
                 )
                 with cur.copy(f"COPY _incoming_timings ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
                     cp.set_types(["int8", "float8", "float8", "float8", "text", "int4", "bool", "text[]"])
@@ -734,10 +719,11 @@ class Repository:
             if len(batch):
                 raw = conn.connection.driver_connection
                 with raw.cursor() as cur:
-                    cur.execute(
-                        "CREATE TEMP TABLE _incoming_responses (presentation_id int8, counts int4[],"
-                        " baseline_counts int4[], window_start_ms float8, window_end_ms float8,"
-                        " baseline_start_ms float8, baseline_end_ms float8) ON COMMIT DROP"
+                    _ensure_temp_table(
+                        raw,
+                        "_incoming_responses (presentation_id int8, counts int4[], baseline_counts int4[],"
+                        " window_start_ms float8, window_end_ms float8, baseline_start_ms float8,"
+                        " baseline_end_ms float8)",
                     )
                     with cur.copy("COPY _incoming_responses FROM STDIN (FORMAT BINARY)") as cp:
                         cp.write(batch.copy_binary())
@@ -746,6 +732,7 @@ class Repository:
                         " window_end_ms, baseline_start_ms, baseline_end_ms)"
                         " SELECT t.* FROM _incoming_responses t"
                         " JOIN presentations p ON p.id = t.presentation_id AND p.session_id = %(sid)s"
+                        " JOIN sessions s ON s.id = p.session_id AND cardinality(t.counts) = s.n_units"
                         " ON CONFLICT (presentation_id) DO NOTHING RETURNING presentation_id",
                         {"sid": session_id},
                     )
@@ -1424,6 +1411,14 @@ def _first_per_id(rows: list[tuple]) -> tuple[list[tuple], int, list[int]]:
     return list(seen.values()), dupes, conflicts
 
 
+def _ensure_temp_table(raw: Any, definition: str) -> None:
+    """A session-local staging table, created once per pooled connection and emptied at every commit
+    (cheaper than creating and dropping one per batch, and no catalog churn over a long session)."""
+    name = definition.split(" ", 1)[0]
+    if raw.execute("SELECT to_regclass(%s)", (f"pg_temp.{name}",)).fetchone()[0] is None:
+        raw.execute(f"CREATE TEMP TABLE {definition} ON COMMIT DELETE ROWS")
+
+
 class _ResponseBatch:
     """Validated responses of one batch as arrays, and their PostgreSQL binary COPY stream.
 
@@ -1445,6 +1440,10 @@ class _ResponseBatch:
 
     @classmethod
     def build(cls, responses: Sequence[ResponseRecord], n_units: int) -> tuple[_ResponseBatch, list[tuple[int, str]]]:
+        """Validate and pack; rows that fail come back as (presentation id, reason)."""
+        fast = cls._build_uniform(responses, n_units)
+        if fast is not None:
+            return fast, []
         n = len(responses)
         pid = np.empty(n, dtype=np.int64)
         counts = np.zeros((n, n_units), dtype=np.int64)
@@ -1476,6 +1475,35 @@ class _ResponseBatch:
                 bad.append((int(r.presentation_id), str(exc)))
         batch = cls(pid[ok], counts[ok], base[ok], has_base[ok], window[ok], base_window[ok])
         return batch, bad
+
+    @classmethod
+    def _build_uniform(cls, responses: Sequence[ResponseRecord], n_units: int) -> _ResponseBatch | None:
+        """The common case in one go: every row valid and alike (integer counts, baseline on all or none).
+        None sends the batch through the row-by-row path, which names what is wrong with each row."""
+        n = len(responses)
+        if n == 0:
+            return None
+        try:
+            counts = np.stack([np.asarray(r.counts) for r in responses])
+            with_base = responses[0].baseline_counts is not None
+            if with_base:
+                base = np.stack([np.asarray(r.baseline_counts) for r in responses])
+                base_window = np.array([(r.baseline_start_ms, r.baseline_end_ms) for r in responses], dtype=float)
+            else:
+                if any(r.baseline_counts is not None or r.baseline_start_ms is not None
+                       or r.baseline_end_ms is not None for r in responses):
+                    return None
+                base, base_window = np.zeros((n, n_units), dtype=np.int64), np.zeros((n, 2))
+            window = np.array([(r.window_start_ms, r.window_end_ms) for r in responses], dtype=float)
+            pid = np.array([r.presentation_id for r in responses], dtype=np.int64)
+        except (ValueError, TypeError):
+            return None
+        for a in (counts, base):
+            if a.shape != (n, n_units) or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > 2**31 - 1)):
+                return None
+        if not (np.all(window[:, 1] > window[:, 0]) and (not with_base or np.all(base_window[:, 1] > base_window[:, 0]))):
+            return None
+        return cls(pid, counts, base, np.full(n, with_base), window, base_window)
 
     def _same(self, i: int, j: int) -> bool:
         return (

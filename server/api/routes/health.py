@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from server import __version__
 
 from ..deps import DatabaseDep, ServiceDep
+from ..errors import one_line
 from ..schemas import ErrorOut, HealthOut
 
 router = APIRouter(tags=["health"])
@@ -20,8 +21,6 @@ def health(database: DatabaseDep, service: ServiceDep) -> HealthOut:
         with database.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as exc:
-        from ..errors import one_line
-
         raise HTTPException(503, f"database {database.masked_url}: {one_line(getattr(exc, 'orig', None) or exc)}")
     return HealthOut(
         status="ok",

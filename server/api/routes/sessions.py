@@ -122,6 +122,10 @@ def _summary_for_unit(repo, session_id: uuid.UUID, unit: int) -> SessionSummary:
     return s
 
 
+def _no_generation(session_id: uuid.UUID, generation: int, n: int) -> str:
+    return f"session {session_id} has no generation {generation} (it has {n})"
+
+
 def _finite(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
@@ -188,6 +192,8 @@ def presentations(
 ) -> PresentationsOut:
     """Every presentation (all attempts) with its timing, validity, counts and score, in batch order."""
     h = repo.load_history(session_id)
+    if generation is not None and generation >= h.session.n_generations:
+        raise HTTPException(404, _no_generation(session_id, generation, h.session.n_generations))
     rows = range(len(h)) if generation is None else [i for i in range(len(h)) if h.generation[i] == generation]
 
     def opt_int(v) -> int | None:
@@ -221,8 +227,7 @@ def generation_images(
     """The images of a generation's batch (active presentations, batch order); fetch each from its url."""
     s = repo.session_summary(session_id)
     if generation >= s.n_generations:
-        raise HTTPException(404, f"session {session_id} has no generation {generation} "
-                                 f"(it has {s.n_generations})")
+        raise HTTPException(404, _no_generation(session_id, generation, s.n_generations))
     return [
         ImageOut(presentation_id=im.presentation_id, order_in_batch=im.order_in_batch, kind=im.kind,
                  stimulus_sha256=im.stimulus_sha256, url=stimulus_url(im.stimulus_sha256))
