@@ -70,8 +70,9 @@ def new_database(admin_url) -> tuple[object, Repository]:
 
 
 def make_session(repo: Repository, n_units: int, seed: int = 1) -> uuid.UUID:
-    sid = repo.create_session(config={"bench": True}, seed=seed, mode="insilico", operator="bench",
-                              subject_id="bench", rig="bench")
+    sid = repo.create_session(
+        config={"bench": True}, seed=seed, mode="insilico", operator="bench", subject_id="bench", rig="bench"
+    )
     repo.add_units(sid, [(ch, 1, "") for ch in range(n_units)])
     return sid
 
@@ -143,22 +144,27 @@ def bench_unit_rows(engine, n_units: int, total: int, batch: int) -> float:
     return rate
 
 
-def fill_session(repo: Repository, n_units: int, n_generations: int, per_gen: int, unique_images: bool,
-                 rng: np.random.Generator) -> tuple[uuid.UUID, float]:
+def fill_session(
+    repo: Repository, n_units: int, n_generations: int, per_gen: int, unique_images: bool, rng: np.random.Generator
+) -> tuple[uuid.UUID, float]:
     """A whole session through the real per-generation path; returns (session, presentations/s)."""
     sid = make_session(repo, n_units)
     t0 = time.perf_counter()
     for g in range(n_generations):
-        ids = repo.begin_generation(sid, g, proposals(g, per_gen, rng, unique_images), rng.bytes(2048),
-                                    rng_state=rng.bit_generator.state)
+        ids = repo.begin_generation(
+            sid, g, proposals(g, per_gen, rng, unique_images), rng.bytes(2048), rng_state=rng.bit_generator.state
+        )
         repo.record_timings(sid, [PresentationTiming(pid, "photodiode", 1.0 + i, 2.0 + i) for i, pid in enumerate(ids)])
         counts = rng.poisson(5, (len(ids), n_units))
         repo.record_responses(sid, [ResponseRecord(pid, counts[i], 50.0, 200.0) for i, pid in enumerate(ids)])
         fit = counts[:, 0].astype(float)
+        front = (fit < np.median(fit)).astype(int)
         repo.complete_generation(
-            sid, g,
-            [ScoreRecord(pid, {"pixel": float(i), "layer3": 1.0}, int(fit[i] < np.median(fit)), fit[i]) for i, pid in enumerate(ids)],
-            rng.bytes(2048), rng_state=rng.bit_generator.state,
+            sid,
+            g,
+            [ScoreRecord(pid, {"pixel": float(i), "layer3": 1.0}, int(front[i]), fit[i]) for i, pid in enumerate(ids)],
+            rng.bytes(2048),
+            rng_state=rng.bit_generator.state,
         )
     return sid, n_generations * per_gen / (time.perf_counter() - t0)
 
@@ -186,21 +192,27 @@ def main() -> None:
             fsync = c.exec_driver_sql("SHOW fsync").scalar()
             sync = c.exec_driver_sql("SHOW synchronous_commit").scalar()
             version = c.exec_driver_sql("SHOW server_version").scalar()
-        print(f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync}), {os.cpu_count()} CPUs, "
-              f"{args.units} units per presentation")
+        print(
+            f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync}), {os.cpu_count()} CPUs, "
+            f"{args.units} units per presentation"
+        )
 
         print("\n1. responses, batched write path (Repository.record_responses), presentations/s:")
         rates = {}
         for batch in (1, 50, 500):
             n = min(args.presentations, 1000) if batch == 1 else args.presentations
             rates[batch] = bench_responses(repo, args.units, n, batch)
-            print(f"   batch {batch:>4}: {rates[batch]:>9,.0f} /s   ({rates[batch] * args.units:>11,.0f} unit counts/s)")
+            print(
+                f"   batch {batch:>4}: {rates[batch]:>9,.0f} /s   ({rates[batch] * args.units:>11,.0f} unit counts/s)"
+            )
 
         print("\n2. design not chosen: one row per (presentation, unit), presentations/s:")
         n_rows = min(args.presentations, 5000)
         rows_rate = bench_unit_rows(engine, args.units, n_rows, 500)
-        print(f"   batch  500: {rows_rate:>9,.0f} /s   ({rows_rate * args.units:>11,.0f} rows/s)"
-              f"  -> int4[] per presentation is {rates[500] / rows_rate:.1f}x faster")
+        print(
+            f"   batch  500: {rows_rate:>9,.0f} /s   ({rows_rate * args.units:>11,.0f} rows/s)"
+            f"  -> int4[] per presentation is {rates[500] / rows_rate:.1f}x faster"
+        )
 
         print("\n3. whole generation path (begin_generation + timings + responses + complete_generation):")
         rng = np.random.default_rng(3)
@@ -222,13 +234,17 @@ def main() -> None:
         t_gen = timed(lambda: repo.generation_images(sid, 37))
         print(f"   load_history (codes, counts, timing, scores): {t_hist * 1e3:8.1f} ms")
         print(f"   load_history with all images:                 {t_img * 1e3:8.1f} ms")
-        print(f"   generation_stats: {t_stats * 1e3:6.1f} ms   front_history: {t_front * 1e3:6.1f} ms   "
-              f"session_summary: {t_sum * 1e3:6.1f} ms   generation_images: {t_gen * 1e3:6.1f} ms")
+        print(
+            f"   generation_stats: {t_stats * 1e3:6.1f} ms   front_history: {t_front * 1e3:6.1f} ms   "
+            f"session_summary: {t_sum * 1e3:6.1f} ms   generation_images: {t_gen * 1e3:6.1f} ms"
+        )
 
         best = rates[500]
         verdict = "meets" if best >= TARGET else "MISSES"
-        print(f"\nbatched write path: {best:,.0f} presentations/s with {args.units} units "
-              f"= {best / TARGET:.1f}x the {TARGET:,.0f}/s target ({verdict} it)")
+        print(
+            f"\nbatched write path: {best:,.0f} presentations/s with {args.units} units "
+            f"= {best / TARGET:.1f}x the {TARGET:,.0f}/s target ({verdict} it)"
+        )
         engine.dispose()
     finally:
         if server is not None:

@@ -86,6 +86,43 @@ def insilico(
     typer.echo(f"outputs in {paths['summary.json'].parent}")
 
 
+@app.command(help="Run the server: HTTP API + operator dashboard, and the ZeroMQ endpoint for the display "
+             "and the bridge. The database is DATABASE_URL, or an embedded PostgreSQL in ./.snslab.")
+def server(
+    host: str = typer.Option("127.0.0.1", help="HTTP address (0.0.0.0 to serve the lab network)"),
+    port: int = typer.Option(8000, help="HTTP port of the dashboard and API"),
+    wire: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ bind address; tcp://*:5555 for rig PCs"),
+) -> None:
+    from .api.main import serve
+
+    try:
+        serve(host, port, wire_bind=wire)
+    except Exception as err:
+        if type(err).__name__ == "DatabaseUnavailable":
+            _fail(str(err))
+        raise
+
+
+@app.command(help="Run a complete closed-loop demo session on this machine: database, server, simulated "
+             "neuron on the recording bridge and the PsychoPy display (on Xvfb when there is no screen). "
+             "A maximize session finds the neuron's most exciting image; an invariance probe follows.")
+def demo(
+    generations: int = typer.Option(12, help="generations of the invariance probe"),
+    maximize_generations: int = typer.Option(8, help="generations of the maximize session"),
+    population: int = typer.Option(16, help="candidates per generation"),
+    seed: int = typer.Option(1, help="session seed"),
+    port: int = typer.Option(0, help="dashboard port (0: a free one)"),
+    exit_when_done: bool = typer.Option(False, "--exit-when-done", help="stop when the probe is done"),
+) -> None:
+    from .demo import run_demo
+
+    try:
+        run_demo(max_generations=maximize_generations, generations=generations, population=population, seed=seed,
+                 port=port or None, exit_when_done=exit_when_done, out=typer.echo)
+    except RuntimeError as err:
+        _fail(str(err))
+
+
 _PASS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}}
 
 

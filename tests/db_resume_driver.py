@@ -74,10 +74,20 @@ def neuron(png: bytes) -> list[int]:
     return rng.poisson(3.0 + np.arange(N_UNITS)).tolist()
 
 
+def show(repo: Repository, session_id: uuid.UUID, pid: int) -> None:
+    """The display reports the onset (on its own clock; no rig clock in this loopback)."""
+    timing = PresentationTiming(pid, "simulated", display_onset=time.monotonic(), rig_onset=None)
+    repo.record_presentation_timing(session_id, timing)
+
+
 def setup_session(repo: Repository, seed: int) -> uuid.UUID:
     sid = repo.create_session(
-        config={"driver": "db_resume_driver", "population": POPULATION}, seed=seed, mode="simulated",
-        operator="test", subject_id="fake-neuron", rig="loopback",
+        config={"driver": "db_resume_driver", "population": POPULATION},
+        seed=seed,
+        mode="simulated",
+        operator="test",
+        subject_id="fake-neuron",
+        rig="loopback",
     )
     repo.add_units(sid, [(ch, 1, f"ch{ch}") for ch in range(N_UNITS)])
     return sid
@@ -114,21 +124,18 @@ def run(
         order = np.random.default_rng([rp.seed, g]).permutation(POPULATION + N_REFERENCE)  # display order
         images = [render(c) for c in codes] + [REFERENCE] * N_REFERENCE
         proposals = [
-            Proposal(images[i], "candidate" if i < POPULATION else "reference", int(order[i]),
-                     code=codes[i] if i < POPULATION else None, code_index=i if i < POPULATION else None)
+            Proposal(
+                images[i],
+                "candidate" if i < POPULATION else "reference",
+                int(order[i]),
+                code=codes[i] if i < POPULATION else None,
+                code_index=i if i < POPULATION else None,
+            )
             for i in range(POPULATION + N_REFERENCE)
         ]
         repo.begin_generation(session_id, g, proposals, state, rng_state=rng_state)
         checkpoint(g, 0, "begun")
         png_by_slot = {p.order_in_batch: images[i] for i, p in enumerate(proposals)}
-
-        def show(pid: int) -> None:
-            repo.record_presentation_timing(
-                session_id, PresentationTiming(pid, "simulated", display_onset=time.monotonic(), rig_onset=None)
-            )
-
-        def respond(pid: int, slot: int) -> None:
-            repo.record_responses(session_id, [ResponseRecord(pid, neuron(png_by_slot[slot]), 50.0, 200.0)])
 
         for p in repo.generation_data(session_id, g).presentations:
             k = p.order_in_batch
@@ -140,11 +147,11 @@ def run(
             pid = p.id
             if p.shown and k % 2 == 1:
                 pid = repo.reshow_presentations(session_id, [p.id])[p.id]
-                show(pid)
+                show(repo, session_id, pid)
             elif not p.shown:
-                show(pid)
+                show(repo, session_id, pid)
             checkpoint(g, k, "shown")
-            respond(pid, k)
+            repo.record_responses(session_id, [ResponseRecord(pid, neuron(png_by_slot[k]), 50.0, 200.0)])
             checkpoint(g, k, "answered")
 
         data = repo.generation_data(session_id, g)  # tell() sees committed responses only
@@ -156,8 +163,13 @@ def run(
         rank = np.argsort(np.argsort(-fitness, kind="stable"), kind="stable")
         by_index = {p.code_index: p for p in data.presentations if p.kind == "candidate"}
         scores = [
-            ScoreRecord(by_index[i].id, {"pixel": float(np.linalg.norm(by_index[i].code))}, int(rank[i] > 0),
-                        float(fitness[i]), bool(rank[i] == 0))
+            ScoreRecord(
+                by_index[i].id,
+                {"pixel": float(np.linalg.norm(by_index[i].code))},
+                int(rank[i] > 0),
+                float(fitness[i]),
+                bool(rank[i] == 0),
+            )
             for i in range(POPULATION)
         ]
         repo.complete_generation(session_id, g, scores, *opt.state())

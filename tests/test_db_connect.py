@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from db_fixtures import private_tmpdir
 
 from server.db.database import DatabaseUnavailable, connect, make_engine, mask_url
 from server.settings import Settings
-from db_fixtures import private_tmpdir
 
 pytest_plugins = ["db_fixtures"]
 
@@ -82,7 +82,10 @@ def test_connect_migrates_an_empty_database(empty_db_url):
 
 def test_mask_url():
     assert mask_url("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
-    assert mask_url("postgresql+psycopg://postgres:@/snslab?host=/tmp/x") == "postgresql+psycopg://postgres@/snslab?host=/tmp/x"
+    assert (
+        mask_url("postgresql+psycopg://postgres:@/snslab?host=/tmp/x")
+        == "postgresql+psycopg://postgres@/snslab?host=/tmp/x"
+    )
 
 
 def _cli(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -125,7 +128,9 @@ def _embedded_roundtrip(tmp_path: Path) -> None:
     env_all = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, **env}
     outs = []
     for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_all, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env_all, capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout.split())
     assert outs[0][:2] == ["True", "1"] and outs[1][:2] == ["True", "2"]

@@ -30,8 +30,9 @@ CODE = 6
 
 
 def _session(repo: Repository, n_units: int = N_UNITS, **kw) -> uuid.UUID:
-    args = dict(config={"probe": "invariance", "pop": 3}, seed=11, mode="insilico", operator="ana",
-                subject_id="m01", rig="sim")
+    args = dict(
+        config={"probe": "invariance", "pop": 3}, seed=11, mode="insilico", operator="ana", subject_id="m01", rig="sim"
+    )
     args.update(kw)
     sid = repo.create_session(**args)
     repo.add_units(sid, [(ch, 0, f"ch{ch}") for ch in range(n_units)])
@@ -51,7 +52,11 @@ def _proposals(gen: int, n_cand: int = 3, n_ref: int = 2, seed: int = 0) -> list
 
 def _answer(repo, sid, ids, value=3):
     return repo.record_responses(
-        sid, [ResponseRecord(pid, [value + k] * N_UNITS, 50.0, 200.0, [1] * N_UNITS, -50.0, 0.0) for k, pid in enumerate(ids)]
+        sid,
+        [
+            ResponseRecord(pid, [value + k] * N_UNITS, 50.0, 200.0, [1] * N_UNITS, -50.0, 0.0)
+            for k, pid in enumerate(ids)
+        ],
     )
 
 
@@ -74,7 +79,9 @@ def test_begin_generation_commits_everything_before_returning_ids(repo, db_engin
             sa.text("SELECT id, order_in_batch, kind, code FROM presentations WHERE session_id = :s ORDER BY id"),
             {"s": sid},
         ).all()
-        state = other.execute(sa.text("SELECT optimizer_state_before FROM generations WHERE session_id = :s"), {"s": sid}).scalar()
+        state = other.execute(
+            sa.text("SELECT optimizer_state_before FROM generations WHERE session_id = :s"), {"s": sid}
+        ).scalar()
     assert [r.id for r in rows] == ids
     assert [r.order_in_batch for r in rows] == [p.order_in_batch for p in props]
     assert np.array_equal(np.frombuffer(rows[1].code, "<f8"), props[1].code)
@@ -147,7 +154,13 @@ def test_complete_generation_stores_scores_and_state_once(repo):
     with pytest.raises(GenerationStateError, match="another state"):
         _complete(repo, sid, 0, ids[:3], state=b"other")
     rp = repo.load_resume_point(sid)
-    assert (rp.last_completed, rp.optimizer_state, rp.rng_state, rp.in_flight, rp.next_index) == (0, b"s1", {"k": 1}, None, 1)
+    assert (rp.last_completed, rp.optimizer_state, rp.rng_state, rp.in_flight, rp.next_index) == (
+        0,
+        b"s1",
+        {"k": 1},
+        None,
+        1,
+    )
 
 
 # --- idempotent responses and timings -----------------------------------------------------------------------
@@ -207,8 +220,10 @@ def test_responses_for_other_sessions_unknown_ids_or_wrong_unit_count_are_reject
 def test_timing_first_write_wins(repo):
     sid = _session(repo)
     ids = repo.begin_generation(sid, 0, _proposals(0), b"s")
-    t = [PresentationTiming(pid, "photodiode", display_onset=1.0 + k, rig_onset=100.0 + k, scheduled_onset=1.0 + k)
-         for k, pid in enumerate(ids)]
+    t = [
+        PresentationTiming(pid, "photodiode", display_onset=1.0 + k, rig_onset=100.0 + k, scheduled_onset=1.0 + k)
+        for k, pid in enumerate(ids)
+    ]
     assert repo.record_timings(sid, t).inserted == 5
     again = repo.record_timings(sid, [t[0], PresentationTiming(ids[1], "photodiode", 9.0, 9.0)])
     assert (again.inserted, again.duplicates, again.conflicts) == (0, 1, (ids[1],))
@@ -231,7 +246,10 @@ def test_reshown_presentation_supersedes_the_old_one_and_a_late_answer_is_kept_b
     (new,) = repo.reshow_presentations(sid, [ids[4]]).values()
     data = repo.generation_data(sid, 0)
     assert [p.id for p in data.presentations] == ids[:4] + [new]
-    assert data.presentations[4].attempt == 1 and data.presentations[4].stimulus_sha256 == data.presentations[3].stimulus_sha256
+    assert (
+        data.presentations[4].attempt == 1
+        and data.presentations[4].stimulus_sha256 == data.presentations[3].stimulus_sha256
+    )
     _answer(repo, sid, [ids[4]], value=7)  # the old showing's answer arrives late: stored, not counted
     assert repo.generation_data(sid, 0).unanswered[0].id == new
     assert repo.begin_generation(sid, 0, _proposals(0), b"s") == ids[:4] + [new]
@@ -250,31 +268,52 @@ def test_reshown_presentation_supersedes_the_old_one_and_a_late_answer_is_kept_b
     "sql, constraint",
     [
         ("UPDATE presentations SET kind = 'other'", "ck_presentations_kind"),
-        ("UPDATE presentations SET code = NULL, code_size = NULL WHERE kind = 'candidate'", "ck_presentations_candidate"),
+        (
+            "UPDATE presentations SET code = NULL, code_size = NULL WHERE kind = 'candidate'",
+            "ck_presentations_candidate",
+        ),
         ("UPDATE presentations SET code = '\\x00'::bytea WHERE kind = 'candidate'", "ck_presentations_code_float64"),
-        ("UPDATE presentations SET onset_source = 'photodiode', valid = false, dropped_frames = 0, shown_at = now(),"
-         " rig_onset = 1", "ck_presentations_invalid_has_reason"),
+        (
+            "UPDATE presentations SET onset_source = 'photodiode', valid = false, dropped_frames = 0, shown_at = now(),"
+            " rig_onset = 1",
+            "ck_presentations_invalid_has_reason",
+        ),
         ("UPDATE presentations SET onset_source = 'flip'", "ck_presentations_timing_complete"),
-        ("UPDATE presentations SET onset_source = 'ttl', valid = true, dropped_frames = 0, shown_at = now()",
-         "ck_presentations_rig_onset"),
+        (
+            "UPDATE presentations SET onset_source = 'ttl', valid = true, dropped_frames = 0, shown_at = now()",
+            "ck_presentations_rig_onset",
+        ),
         ("UPDATE presentations SET superseded = false, attempt = 0", None),
-        ("INSERT INTO presentations (session_id, generation_id, stimulus_id, kind, order_in_batch)"
-         " SELECT session_id, generation_id, stimulus_id, kind, order_in_batch FROM presentations"
-         " WHERE kind = 'reference' LIMIT 1",
-         "uq_presentations_generation_id_order_in_batch_attempt"),
-        ("INSERT INTO generations (session_id, index, optimizer_state_before) SELECT session_id, 1, '' FROM generations",
-         "uq_generations_in_flight"),
+        (
+            "INSERT INTO presentations (session_id, generation_id, stimulus_id, kind, order_in_batch)"
+            " SELECT session_id, generation_id, stimulus_id, kind, order_in_batch FROM presentations"
+            " WHERE kind = 'reference' LIMIT 1",
+            "uq_presentations_generation_id_order_in_batch_attempt",
+        ),
+        (
+            "INSERT INTO generations (session_id, index, optimizer_state_before)"
+            " SELECT session_id, 1, '' FROM generations",
+            "uq_generations_in_flight",
+        ),
         ("UPDATE generations SET status = 'completed'", "ck_generations_completed"),
         ("UPDATE sessions SET mode = 'dream'", "ck_sessions_mode"),
         ("UPDATE sessions SET status = 'completed'", "ck_sessions_finished"),
-        ("INSERT INTO responses (presentation_id, counts, window_start_ms, window_end_ms)"
-         " SELECT min(id), '{1,-2}', 0, 1 FROM presentations", "ck_responses_counts"),
-        ("INSERT INTO responses (presentation_id, counts, baseline_counts, window_start_ms, window_end_ms)"
-         " SELECT min(id), '{1,2}', '{1}', 0, 1 FROM presentations", "ck_responses_baseline_counts"),
+        (
+            "INSERT INTO responses (presentation_id, counts, window_start_ms, window_end_ms)"
+            " SELECT min(id), '{1,-2}', 0, 1 FROM presentations",
+            "ck_responses_counts",
+        ),
+        (
+            "INSERT INTO responses (presentation_id, counts, baseline_counts, window_start_ms, window_end_ms)"
+            " SELECT min(id), '{1,2}', '{1}', 0, 1 FROM presentations",
+            "ck_responses_baseline_counts",
+        ),
         ("INSERT INTO stimuli (sha256, nbytes, data) VALUES ('\\x01', 1, '\\x01')", "ck_stimuli_sha256"),
         ("UPDATE stimuli SET path = 'a.png'", "ck_stimuli_data_or_path"),
-        ("INSERT INTO units (session_id, position, channel, unit) SELECT id, 0, 99, 0 FROM sessions",
-         "uq_units_session_id_position"),
+        (
+            "INSERT INTO units (session_id, position, channel, unit) SELECT id, 0, 99, 0 FROM sessions",
+            "uq_units_session_id_position",
+        ),
     ],
 )
 def test_constraints_make_wrong_data_impossible(repo, db_engine, sql, constraint):
@@ -298,7 +337,9 @@ def test_proposal_validation(repo):
     with pytest.raises(ValueError, match="not a PNG"):
         repo.begin_generation(sid, 0, [Proposal(b"GIF89a....", "natural", 0)], b"s")
     with pytest.raises(ValueError, match="finite"):
-        repo.begin_generation(sid, 0, [Proposal(np.zeros((2, 2, 3)), "candidate", 0, code=[np.nan], code_index=0)], b"s")
+        repo.begin_generation(
+            sid, 0, [Proposal(np.zeros((2, 2, 3)), "candidate", 0, code=[np.nan], code_index=0)], b"s"
+        )
     with pytest.raises(ValueError, match="unique"):
         repo.begin_generation(sid, 0, [Proposal(np.zeros((2, 2, 3)), "natural", 0)] * 2, b"s")
     with pytest.raises(SessionNotFound):
@@ -365,17 +406,23 @@ def _two_generations(repo):
         ids = repo.begin_generation(sid, g, _proposals(g), f"s{g}".encode(), timings={"ask_ms": 1.0})
         repo.record_timings(
             sid,
-            [PresentationTiming(ids[0], "photodiode", 1.0, 2.0, dropped_frames=2, valid=False, qc_reasons=["late flip"])]
+            [
+                PresentationTiming(
+                    ids[0], "photodiode", 1.0, 2.0, dropped_frames=2, valid=False, qc_reasons=["late flip"]
+                )
+            ]
             + [PresentationTiming(pid, "photodiode", 1.0, 2.0) for pid in ids[1:]],
         )
-        repo.record_responses(
-            sid, [ResponseRecord(pid, [10 * g + k, 0, 0, 1], 50, 200) for k, pid in enumerate(ids)]
-        )
+        repo.record_responses(sid, [ResponseRecord(pid, [10 * g + k, 0, 0, 1], 50, 200) for k, pid in enumerate(ids)])
         repo.complete_generation(
-            sid, g,
-            [ScoreRecord(pid, {"pixel": float(k), "layer3": 1.0}, 0 if k < 2 else 1, float(k + g), k == 1)
-             for k, pid in enumerate(ids[:3])],
-            f"s{g + 1}".encode(), timings={"tell_ms": 2.0},
+            sid,
+            g,
+            [
+                ScoreRecord(pid, {"pixel": float(k), "layer3": 1.0}, 0 if k < 2 else 1, float(k + g), k == 1)
+                for k, pid in enumerate(ids[:3])
+            ],
+            f"s{g + 1}".encode(),
+            timings={"tell_ms": 2.0},
         )
         all_ids.append(ids)
     return sid, all_ids
@@ -402,7 +449,10 @@ def test_front_history_and_generation_images(repo):
     sid, all_ids = _two_generations(repo)
     front = repo.front_history(sid)
     assert [(m.generation, m.presentation_id) for m in front] == [
-        (0, all_ids[0][1]), (0, all_ids[0][0]), (1, all_ids[1][1]), (1, all_ids[1][0])
+        (0, all_ids[0][1]),
+        (0, all_ids[0][0]),
+        (1, all_ids[1][1]),
+        (1, all_ids[1][0]),
     ]
     assert front[0].distances == {"pixel": 1.0, "layer3": 1.0} and front[0].selected and front[2].response == 11
     images = repo.generation_images(sid, 1)
@@ -424,7 +474,10 @@ def test_load_history_is_column_wise_and_complete(repo):
     assert np.array_equal(h.codes[5], _proposals(1)[0].code) and np.isnan(h.codes[3]).all()
     assert h.kind.tolist() == (["candidate"] * 3 + ["reference"] * 2) * 2
     assert h.valid.tolist() == ([False] + [True] * 4) * 2 and h.qc_reasons[0] == ["late flip"]
-    assert h.front_index.tolist() == [0, 0, 1, -1, -1] * 2 and h.selected.tolist() == [False, True, False, False, False] * 2
+    assert (
+        h.front_index.tolist() == [0, 0, 1, -1, -1] * 2
+        and h.selected.tolist() == [False, True, False, False, False] * 2
+    )
     assert h.window_ms[0].tolist() == [50.0, 200.0]
     assert [g["optimizer_state_after"] for g in h.generations] == [b"s1", b"s2"]
     assert len(h.images) == 7  # 3 + 3 candidates and one shared reference
@@ -488,3 +541,32 @@ def test_session_status(repo):
         repo.begin_generation(sid, 0, _proposals(0), b"s")
     with pytest.raises(SessionNotFound):
         repo.set_session_status(uuid.uuid4(), "paused")
+
+
+def test_batched_binary_copy_stores_exactly_what_was_sent(repo):
+    """Mixed batch: with and without baseline, numpy and list counts, extreme values, float-typed integers."""
+    sid = _session(repo)
+    ids = repo.begin_generation(sid, 0, _proposals(0, n_cand=3, n_ref=3), b"s")
+    big = 2**31 - 1
+    records = [
+        ResponseRecord(ids[0], np.array([0, 1, 2, big], dtype=np.int64), 50.0, 200.0),
+        ResponseRecord(ids[1], [5, 6, 7, 8], 40.5, 190.25, np.array([1, 0, 0, 2], dtype=np.uint8), -50.0, 0.0),
+        ResponseRecord(ids[2], np.array([1.0, 2.0, 3.0, 4.0]), 50.0, 200.0),
+        ResponseRecord(ids[3], [9, 9, 9, 9], 50.0, 200.0, [0, 0, 0, 0], -25.0, -5.0),
+    ]
+    assert repo.record_responses(sid, records).inserted == 4
+    h = repo.load_history(sid)
+    row = {pid: i for i, pid in enumerate(h.presentation_id)}
+    assert h.counts[row[ids[0]]].tolist() == [0, 1, 2, big] and h.baseline_counts[row[ids[0]]].tolist() == [-1] * 4
+    assert h.counts[row[ids[1]]].tolist() == [5, 6, 7, 8] and h.baseline_counts[row[ids[1]]].tolist() == [1, 0, 0, 2]
+    assert h.window_ms[row[ids[1]]].tolist() == [40.5, 190.25]
+    assert h.counts[row[ids[2]]].tolist() == [1, 2, 3, 4]
+    # all-alike batch (the vectorised path) and the row-by-row path store the same bytes
+    uniform = [
+        ResponseRecord(pid, np.arange(4) + k, 50.0, 200.0, np.ones(4, int), -50.0, 0.0) for k, pid in enumerate(ids[4:])
+    ]
+    assert repo.record_responses(sid, uniform).inserted == 2
+    again = repo.record_responses(sid, [ResponseRecord(ids[4], [0, 1, 2, 3], 50.0, 200.0, [1, 1, 1, 1], -50.0, 0.0)])
+    assert (again.inserted, again.duplicates, again.conflicts) == (0, 1, ())
+    bad = repo.record_responses(sid, [ResponseRecord(ids[5], [0.5, 1, 2, 3], 50.0, 200.0)])
+    assert bad.rejected == (ids[5],)

@@ -13,10 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
+import db_resume_driver as driver
 import numpy as np
 import pytest
-
-import db_resume_driver as driver
 
 pytest_plugins = ["db_fixtures"]
 
@@ -31,7 +30,11 @@ def _start(db_url, sid: uuid.UUID, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "DATABASE_URL": db_url.render_as_string(hide_password=False)}
     return subprocess.Popen(
         [sys.executable, str(DRIVER), str(sid), "--generations", str(GENERATIONS), *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -79,8 +82,14 @@ def _snapshot(repo, sid) -> dict:
         "fitness": h.fitness[active],
         "selected": h.selected[active],
         "states": [
-            (g["index"], g["status"], g["optimizer_state_before"], g["rng_state_before"],
-             g["optimizer_state_after"], g["rng_state_after"])
+            (
+                g["index"],
+                g["status"],
+                g["optimizer_state_before"],
+                g["rng_state_before"],
+                g["optimizer_state_after"],
+                g["rng_state_after"],
+            )
             for g in h.generations
         ],
     }
@@ -109,7 +118,9 @@ def _assert_nothing_lost_or_duplicated(repo, sid) -> None:
         assert attempts == list(range(len(attempts)))
     summary = repo.session_summary(sid)
     assert (summary.status, summary.n_completed_generations, summary.n_answered) == (
-        "completed", GENERATIONS, GENERATIONS * BATCH
+        "completed",
+        GENERATIONS,
+        GENERATIONS * BATCH,
     )
     kinds = {e["kind"] for e in repo.events(sid)}
     assert not kinds & {"response_conflict", "response_rejected", "timing_conflict", "generation_conflict"}

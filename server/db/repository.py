@@ -32,16 +32,17 @@ import math
 import os
 import struct
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
+from server.db.bulk import ResponseBatch, ensure_temp_table
+from server.db.database import json_dumps
 from server.db.models import (
     EVENT_LEVELS,
     ONSET_SOURCES,
@@ -56,313 +57,32 @@ from server.db.models import (
     Stimulus,
     Unit,
 )
+from server.db.records import (  # noqa: F401  (re-exported: callers import the records from here too)
+    FrontMember,
+    GenerationData,
+    GenerationImage,
+    GenerationStateError,
+    GenerationStats,
+    InFlightGeneration,
+    PresentationState,
+    PresentationTiming,
+    Proposal,
+    ResponseRecord,
+    ResumePoint,
+    ScoreRecord,
+    SessionHistory,
+    SessionNotFound,
+    SessionSummary,
+    StorageError,
+    UnitSpec,
+    WriteResult,
+    group_unit_rows,
+)
 
 log = logging.getLogger(__name__)
 
 FINISHED_STATUSES = ("completed", "aborted", "failed")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-# --- errors ------------------------------------------------------------------------------------------------
-
-
-class StorageError(RuntimeError):
-    """A write that would make the recording inconsistent; nothing was stored."""
-
-
-class SessionNotFound(StorageError, LookupError):
-    pass
-
-
-class GenerationStateError(StorageError):
-    """A generation was begun/completed out of order, or repeated with different content."""
-
-
-# --- what callers pass in --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """One slot of a generation's batch: an image to show and, for candidates, the code that made it.
-
-    ``image`` is PNG bytes, or an (H, W, 3) array (float in [0, 1] or uint8) that is encoded to PNG here.
-    ``code_index`` is the row of the optimizer's code matrix (candidates), so tell() gets codes in ask order
-    whatever the display order ``order_in_batch`` is.
-    """
-
-    image: bytes | np.ndarray
-    kind: str
-    order_in_batch: int
-    code: np.ndarray | None = None
-    code_index: int | None = None
-
-
-@dataclass(frozen=True)
-class UnitSpec:
-    channel: int
-    unit: int
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class PresentationTiming:
-    """When a presentation appeared: display clock (seconds), rig clock (seconds), and its quality control."""
-
-    presentation_id: int
-    onset_source: str
-    display_onset: float | None = None
-    rig_onset: float | None = None
-    scheduled_onset: float | None = None
-    dropped_frames: int = 0
-    valid: bool = True
-    qc_reasons: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class ResponseRecord:
-    """Spike counts of all the session's units (in unit position order) for one presentation."""
-
-    presentation_id: int
-    counts: Sequence[int] | np.ndarray
-    window_start_ms: float
-    window_end_ms: float
-    baseline_counts: Sequence[int] | np.ndarray | None = None
-    baseline_start_ms: float | None = None
-    baseline_end_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class ScoreRecord:
-    """How the optimizer ranked one answered presentation."""
-
-    presentation_id: int
-    distances: Mapping[str, float]
-    front_index: int | None
-    fitness: float | None
-    selected: bool = False
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Outcome of a batched idempotent write.
-
-    inserted: new rows; duplicates: repeats identical to what was stored (ignored); conflicts: repeats
-    that differ from what was stored (ignored, logged as error events); rejected: rows for unknown
-    presentations or with the wrong number of units (logged as error events).
-    """
-
-    inserted: int
-    duplicates: int = 0
-    conflicts: tuple[int, ...] = ()
-    rejected: tuple[int, ...] = ()
-
-
-# --- what callers get back ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PresentationState:
-    """A presentation as stored: identity, content, whether it was shown and answered."""
-
-    id: int
-    order_in_batch: int
-    attempt: int
-    kind: str
-    code_index: int | None
-    code: np.ndarray | None
-    stimulus_sha256: str
-    shown: bool
-    valid: bool | None
-    counts: np.ndarray | None
-    baseline_counts: np.ndarray | None
-    superseded: bool = False
-
-    @property
-    def answered(self) -> bool:
-        return self.counts is not None
-
-
-@dataclass(frozen=True)
-class GenerationData:
-    """The active presentations of one generation in batch order, as committed (what tell() may see)."""
-
-    session_id: uuid.UUID
-    index: int
-    status: str
-    presentations: list[PresentationState]
-
-    @property
-    def answered(self) -> list[PresentationState]:
-        return [p for p in self.presentations if p.answered]
-
-    @property
-    def unanswered(self) -> list[PresentationState]:
-        return [p for p in self.presentations if not p.answered]
-
-    def candidate_codes(self) -> np.ndarray:
-        """(n_candidates, code_size) in code_index order."""
-        cands = sorted((p for p in self.presentations if p.kind == "candidate"), key=lambda p: p.code_index)
-        return np.stack([p.code for p in cands]) if cands else np.zeros((0, 0))
-
-    def counts_matrix(self, kind: str | None = "candidate", order: str = "code_index") -> np.ndarray:
-        """(P, U) counts, rows of unanswered presentations filled with -1."""
-        rows = [p for p in self.presentations if kind is None or p.kind == kind]
-        if order == "code_index":
-            rows.sort(key=lambda p: (p.code_index is None, p.code_index, p.order_in_batch))
-        width = next((len(p.counts) for p in self.presentations if p.counts is not None), 0)
-        out = np.full((len(rows), width), -1, dtype=np.int64)
-        for i, p in enumerate(rows):
-            if p.counts is not None:
-                out[i] = p.counts
-        return out
-
-
-@dataclass(frozen=True)
-class InFlightGeneration:
-    """A generation whose proposals were committed (maybe dispatched) but which was never completed."""
-
-    index: int
-    optimizer_state_before: bytes
-    rng_state_before: dict[str, Any] | None
-    data: GenerationData
-
-    @property
-    def answered(self) -> list[PresentationState]:
-        return self.data.answered
-
-    @property
-    def unanswered(self) -> list[PresentationState]:
-        return self.data.unanswered
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where to continue a session after a crash.
-
-    ``last_completed`` is the index of the newest completed generation (None: none yet), with the optimizer
-    and RNG state saved after its tell(); ``in_flight`` is the generation begun after it, if any.
-    """
-
-    session_id: uuid.UUID
-    seed: int
-    config: dict[str, Any]
-    status: str
-    last_completed: int | None
-    optimizer_state: bytes | None
-    rng_state: dict[str, Any] | None
-    in_flight: InFlightGeneration | None
-
-    @property
-    def next_index(self) -> int:
-        """Index of the generation to run next (the in-flight one, if any)."""
-        if self.in_flight is not None:
-            return self.in_flight.index
-        return 0 if self.last_completed is None else self.last_completed + 1
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    id: uuid.UUID
-    operator: str
-    subject_id: str
-    rig: str
-    mode: str
-    status: str
-    seed: int
-    software_version: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    n_units: int
-    n_generations: int
-    n_completed_generations: int
-    n_presentations: int
-    n_answered: int
-    n_invalid: int
-    best_fitness: float | None
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    index: int
-    status: str
-    n_presentations: int
-    n_answered: int
-    n_invalid: int
-    n_candidates: int
-    mean_response: float | None
-    max_response: int | None
-    mean_reference_response: float | None
-    front_size: int
-    best_fitness: float | None
-    timings: dict[str, Any]
-    proposed_at: datetime
-    completed_at: datetime | None
-
-
-@dataclass(frozen=True)
-class FrontMember:
-    generation: int
-    presentation_id: int
-    order_in_batch: int
-    code_index: int | None
-    distances: dict[str, float]
-    fitness: float | None
-    selected: bool
-    response: int | None
-    stimulus_sha256: str
-
-
-@dataclass(frozen=True)
-class GenerationImage:
-    presentation_id: int
-    order_in_batch: int
-    kind: str
-    stimulus_sha256: str
-    png: bytes
-
-
-@dataclass
-class SessionHistory:
-    """Everything recorded in a session, column-wise (one array entry per presentation, all attempts).
-
-    ``counts`` is (P, U) with -1 where no response arrived; ``codes`` is (P, code_size) with NaN rows for
-    presentations without a code. ``generations`` holds per-generation rows (optimizer states only when asked).
-    """
-
-    session: SessionSummary
-    config: dict[str, Any]
-    units: list[UnitSpec]
-    generations: list[dict[str, Any]]
-    presentation_id: np.ndarray
-    generation: np.ndarray
-    order_in_batch: np.ndarray
-    attempt: np.ndarray
-    superseded: np.ndarray
-    kind: np.ndarray
-    code_index: np.ndarray
-    codes: np.ndarray
-    stimulus_sha256: list[str]
-    display_onset: np.ndarray
-    rig_onset: np.ndarray
-    onset_source: list[str | None]
-    dropped_frames: np.ndarray
-    valid: np.ndarray
-    qc_reasons: list[list[str]]
-    counts: np.ndarray
-    baseline_counts: np.ndarray
-    window_ms: np.ndarray
-    distances: list[dict[str, float] | None]
-    front_index: np.ndarray
-    fitness: np.ndarray
-    selected: np.ndarray
-    images: dict[str, bytes] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.presentation_id)
-
-
-# --- helpers ----------------------------------------------------------------------------------------------
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -500,13 +220,17 @@ class Repository:
             if started:
                 raise StorageError("units must be added before the first generation begins")
             base = row.n_units
-            ids = conn.execute(
-                U.insert().returning(U.c.id, sort_by_parameter_order=True),
-                [
-                    dict(session_id=session_id, position=base + i, channel=u.channel, unit=u.unit, label=u.label)
-                    for i, u in enumerate(specs)
-                ],
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    U.insert().returning(U.c.id, sort_by_parameter_order=True),
+                    [
+                        dict(session_id=session_id, position=base + i, channel=u.channel, unit=u.unit, label=u.label)
+                        for i, u in enumerate(specs)
+                    ],
+                )
+                .scalars()
+                .all()
+            )
             conn.execute(
                 S.update().where(S.c.id == session_id).values(n_units=base + len(specs), updated_at=sa.func.now())
             )
@@ -565,8 +289,13 @@ class Repository:
             else:
                 ids = self._insert_generation(conn, session_id, index, prepared, optimizer_state, rng_state, timings)
         if conflict:  # logged after the read-only transaction ended, then refused
-            self.log_event(session_id, "generation_conflict",
-                           f"generation {index} was begun again with different proposals", {"index": index}, "error")
+            self.log_event(
+                session_id,
+                "generation_conflict",
+                f"generation {index} was begun again with different proposals",
+                {"index": index},
+                "error",
+            )
             raise GenerationStateError(f"generation {index} is in flight with different proposals")
         return ids
 
@@ -581,10 +310,7 @@ class Repository:
         timings: Mapping[str, float] | None,
     ) -> list[int]:
         last = conn.execute(
-            sa.select(G.c.index, G.c.status)
-            .where(G.c.session_id == session_id)
-            .order_by(G.c.index.desc())
-            .limit(1)
+            sa.select(G.c.index, G.c.status).where(G.c.session_id == session_id).order_by(G.c.index.desc()).limit(1)
         ).first()
         expected = 0 if last is None else last.index + 1
         if last is not None and last.status != "completed":
@@ -604,22 +330,26 @@ class Repository:
             )
             .returning(G.c.id)
         ).scalar_one()
-        ids = conn.execute(
-            P.insert().returning(P.c.id, sort_by_parameter_order=True),
-            [
-                dict(
-                    session_id=session_id,
-                    generation_id=gen_id,
-                    stimulus_id=stimulus_ids[p["sha256"]],
-                    kind=p["kind"],
-                    order_in_batch=p["order_in_batch"],
-                    code=p["code"],
-                    code_size=p["code_size"],
-                    code_index=p["code_index"],
-                )
-                for p in prepared
-            ],
-        ).scalars().all()
+        # one statement with array parameters: far cheaper than a many-row VALUES list for large batches
+        rows = conn.exec_driver_sql(
+            "INSERT INTO presentations (session_id, generation_id, stimulus_id, kind, order_in_batch, code,"
+            " code_size, code_index)"
+            " SELECT %(sid)s, %(gid)s, * FROM unnest(%(stimulus)s::int8[], %(kind)s::text[], %(order)s::int4[],"
+            " %(code)s::bytea[], %(code_size)s::int4[], %(code_index)s::int4[])"
+            " RETURNING id, order_in_batch",
+            {
+                "sid": session_id,
+                "gid": gen_id,
+                "stimulus": [stimulus_ids[p["sha256"]] for p in prepared],
+                "kind": [p["kind"] for p in prepared],
+                "order": [p["order_in_batch"] for p in prepared],
+                "code": [p["code"] for p in prepared],
+                "code_size": [p["code_size"] for p in prepared],
+                "code_index": [p["code_index"] for p in prepared],
+            },
+        ).all()
+        id_of = {order: pid for pid, order in rows}
+        ids = [id_of[p["order_in_batch"]] for p in prepared]
         conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
         return list(ids)
 
@@ -654,7 +384,7 @@ class Repository:
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:
-                _ensure_temp_table(
+                ensure_temp_table(
                     raw,
                     "_incoming_timings (id int8, scheduled_onset float8, display_onset float8, rig_onset float8,"
                     " onset_source text, dropped_frames int4, valid bool, qc_reasons text[])",
@@ -713,13 +443,13 @@ class Repository:
             n_units = conn.execute(sa.select(S.c.n_units).where(S.c.id == session_id)).scalar()
             if n_units is None:
                 raise SessionNotFound(f"no session {session_id}")
-            batch, bad = _ResponseBatch.build(responses, n_units)
+            batch, bad = ResponseBatch.build(responses, n_units)
             duplicates, conflicts = batch.drop_repeats()
             inserted, rejected = 0, [pid for pid, _ in bad]
             if len(batch):
                 raw = conn.connection.driver_connection
                 with raw.cursor() as cur:
-                    _ensure_temp_table(
+                    ensure_temp_table(
                         raw,
                         "_incoming_responses (presentation_id int8, counts int4[], baseline_counts int4[],"
                         " window_start_ms float8, window_end_ms float8, baseline_start_ms float8,"
@@ -811,8 +541,14 @@ class Repository:
                     .returning(P.c.id)
                 ).scalar_one()
                 mapping[r.id] = new_id
-            self._log(conn, session_id, "reshow", f"re-showing {len(mapping)} presentations",
-                      {"replaced": {str(k): v for k, v in mapping.items()}}, "info")
+            self._log(
+                conn,
+                session_id,
+                "reshow",
+                f"re-showing {len(mapping)} presentations",
+                {"replaced": {str(k): v for k, v in mapping.items()}},
+                "info",
+            )
         return mapping
 
     def generation_data(self, session_id: uuid.UUID, index: int) -> GenerationData:
@@ -887,7 +623,19 @@ class Repository:
                         raise StorageError(f"presentation {pid} was superseded; score its re-shown attempt")
                     if not r.answered:
                         raise StorageError(f"presentation {pid} has no committed response; cannot score it")
-                conn.execute(SC.insert(), [dict(r, generation_id=gen.id) for r in score_rows])
+                conn.exec_driver_sql(
+                    "INSERT INTO scores (presentation_id, generation_id, distances, front_index, fitness, selected)"
+                    " SELECT p, %(gid)s, d, f, s, sel FROM unnest(%(p)s::int8[], %(d)s::jsonb[], %(f)s::int4[],"
+                    " %(s)s::float8[], %(sel)s::bool[]) AS u(p, d, f, s, sel)",
+                    {
+                        "gid": gen.id,
+                        "p": [r["presentation_id"] for r in score_rows],
+                        "d": [json_dumps(r["distances"]) for r in score_rows],
+                        "f": [r["front_index"] for r in score_rows],
+                        "s": [r["fitness"] for r in score_rows],
+                        "sel": [r["selected"] for r in score_rows],
+                    },
+                )
             conn.execute(
                 G.update()
                 .where(G.c.id == gen.id)
@@ -923,7 +671,9 @@ class Repository:
             ).first()
             in_flight = None
             if flight is not None:
-                data = GenerationData(session_id, flight.index, "proposed", self._presentations(conn, session_id, flight.index))
+                data = GenerationData(
+                    session_id, flight.index, "proposed", self._presentations(conn, session_id, flight.index)
+                )
                 in_flight = InFlightGeneration(
                     flight.index, bytes(flight.optimizer_state_before), flight.rng_state_before, data
                 )
@@ -1037,8 +787,17 @@ class Repository:
         with self.engine.connect() as conn:
             rows = conn.execute(sql, {"sid": session_id, "pos": unit_position + 1}).all()
         return [
-            FrontMember(r.index, r.id, r.order_in_batch, r.code_index, r.distances, r.fitness, r.selected,
-                        r.response, _hex(r.sha256))
+            FrontMember(
+                r.index,
+                r.id,
+                r.order_in_batch,
+                r.code_index,
+                r.distances,
+                r.fitness,
+                r.selected,
+                r.response,
+                _hex(r.sha256),
+            )
             for r in rows
         ]
 
@@ -1083,12 +842,19 @@ class Repository:
             units = [
                 UnitSpec(r.channel, r.unit, r.label)
                 for r in conn.execute(
-                    sa.select(U.c.channel, U.c.unit, U.c.label).where(U.c.session_id == session_id).order_by(U.c.position)
+                    sa.select(U.c.channel, U.c.unit, U.c.label)
+                    .where(U.c.session_id == session_id)
+                    .order_by(U.c.position)
                 )
             ]
             gcols = [G.c.index, G.c.status, G.c.timings, G.c.proposed_at, G.c.completed_at]
             if with_states:
-                gcols += [G.c.optimizer_state_before, G.c.rng_state_before, G.c.optimizer_state_after, G.c.rng_state_after]
+                gcols += [
+                    G.c.optimizer_state_before,
+                    G.c.rng_state_before,
+                    G.c.optimizer_state_after,
+                    G.c.rng_state_after,
+                ]
             generations = [
                 dict(r._mapping)
                 for r in conn.execute(sa.select(*gcols).where(G.c.session_id == session_id).order_by(G.c.index))
@@ -1409,211 +1175,3 @@ def _first_per_id(rows: list[tuple]) -> tuple[list[tuple], int, list[int]]:
         else:
             conflicts.append(r[0])
     return list(seen.values()), dupes, conflicts
-
-
-def _ensure_temp_table(raw: Any, definition: str) -> None:
-    """A session-local staging table, created once per pooled connection and emptied at every commit
-    (cheaper than creating and dropping one per batch, and no catalog churn over a long session)."""
-    name = definition.split(" ", 1)[0]
-    if raw.execute("SELECT to_regclass(%s)", (f"pg_temp.{name}",)).fetchone()[0] is None:
-        raw.execute(f"CREATE TEMP TABLE {definition} ON COMMIT DELETE ROWS")
-
-
-class _ResponseBatch:
-    """Validated responses of one batch as arrays, and their PostgreSQL binary COPY stream.
-
-    Packing rows with numpy instead of psycopg's per-element array dumper is what makes the batched path
-    fast: every row has the same layout (the session's unit count), so the whole stream is a few
-    structured-array assignments.
-    """
-
-    INT4_OID = 23
-    SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
-    TRAILER = b"\xff\xff"
-
-    def __init__(self, pid, counts, base, has_base, window, base_window):
-        self.pid, self.counts, self.base, self.has_base = pid, counts, base, has_base
-        self.window, self.base_window = window, base_window
-
-    def __len__(self) -> int:
-        return len(self.pid)
-
-    @classmethod
-    def build(cls, responses: Sequence[ResponseRecord], n_units: int) -> tuple[_ResponseBatch, list[tuple[int, str]]]:
-        """Validate and pack; rows that fail come back as (presentation id, reason)."""
-        fast = cls._build_uniform(responses, n_units)
-        if fast is not None:
-            return fast, []
-        n = len(responses)
-        pid = np.empty(n, dtype=np.int64)
-        counts = np.zeros((n, n_units), dtype=np.int64)
-        base = np.zeros((n, n_units), dtype=np.int64)
-        has_base = np.zeros(n, dtype=bool)
-        window = np.zeros((n, 2))
-        base_window = np.zeros((n, 2))
-        ok = np.ones(n, dtype=bool)
-        bad: list[tuple[int, str]] = []
-        for i, r in enumerate(responses):
-            pid[i] = r.presentation_id
-            try:
-                counts[i] = _count_vector(r.counts, n_units)
-                window[i] = (r.window_start_ms, r.window_end_ms)
-                if not window[i, 1] > window[i, 0]:
-                    raise ValueError("window_end_ms must be > window_start_ms")
-                if r.baseline_counts is not None:
-                    base[i] = _count_vector(r.baseline_counts, n_units)
-                    if r.baseline_start_ms is None or r.baseline_end_ms is None:
-                        raise ValueError("baseline_counts needs baseline_start_ms and baseline_end_ms")
-                    base_window[i] = (r.baseline_start_ms, r.baseline_end_ms)
-                    if not base_window[i, 1] > base_window[i, 0]:
-                        raise ValueError("baseline_end_ms must be > baseline_start_ms")
-                    has_base[i] = True
-                elif r.baseline_start_ms is not None or r.baseline_end_ms is not None:
-                    raise ValueError("a baseline window needs baseline_counts")
-            except (ValueError, TypeError) as exc:
-                ok[i] = False
-                bad.append((int(r.presentation_id), str(exc)))
-        batch = cls(pid[ok], counts[ok], base[ok], has_base[ok], window[ok], base_window[ok])
-        return batch, bad
-
-    @classmethod
-    def _build_uniform(cls, responses: Sequence[ResponseRecord], n_units: int) -> _ResponseBatch | None:
-        """The common case in one go: every row valid and alike (integer counts, baseline on all or none).
-        None sends the batch through the row-by-row path, which names what is wrong with each row."""
-        n = len(responses)
-        if n == 0:
-            return None
-        try:
-            counts = np.stack([np.asarray(r.counts) for r in responses])
-            with_base = responses[0].baseline_counts is not None
-            if with_base:
-                base = np.stack([np.asarray(r.baseline_counts) for r in responses])
-                base_window = np.array([(r.baseline_start_ms, r.baseline_end_ms) for r in responses], dtype=float)
-            else:
-                if any(r.baseline_counts is not None or r.baseline_start_ms is not None
-                       or r.baseline_end_ms is not None for r in responses):
-                    return None
-                base, base_window = np.zeros((n, n_units), dtype=np.int64), np.zeros((n, 2))
-            window = np.array([(r.window_start_ms, r.window_end_ms) for r in responses], dtype=float)
-            pid = np.array([r.presentation_id for r in responses], dtype=np.int64)
-        except (ValueError, TypeError):
-            return None
-        for a in (counts, base):
-            if a.shape != (n, n_units) or a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > 2**31 - 1)):
-                return None
-        if not (np.all(window[:, 1] > window[:, 0]) and (not with_base or np.all(base_window[:, 1] > base_window[:, 0]))):
-            return None
-        return cls(pid, counts, base, np.full(n, with_base), window, base_window)
-
-    def _same(self, i: int, j: int) -> bool:
-        return (
-            np.array_equal(self.counts[i], self.counts[j])
-            and self.has_base[i] == self.has_base[j]
-            and (not self.has_base[i] or np.array_equal(self.base[i], self.base[j]))
-            and np.array_equal(self.window[i], self.window[j])
-            and np.array_equal(self.base_window[i], self.base_window[j])
-        )
-
-    def drop_repeats(self) -> tuple[int, list[int]]:
-        """Keep the first row per presentation; return (identical repeats, ids whose repeat differed)."""
-        _, first = np.unique(self.pid, return_index=True)
-        if len(first) == len(self.pid):
-            return 0, []
-        keep = np.zeros(len(self.pid), dtype=bool)
-        keep[first] = True
-        index_of = {int(self.pid[i]): int(i) for i in first}
-        dupes, conflicts = 0, []
-        for j in np.flatnonzero(~keep):
-            if self._same(index_of[int(self.pid[j])], j):
-                dupes += 1
-            else:
-                conflicts.append(int(self.pid[j]))
-        order = np.sort(first)
-        for name in ("pid", "counts", "base", "has_base", "window", "base_window"):
-            setattr(self, name, getattr(self, name)[order])
-        return dupes, conflicts
-
-    def copy_binary(self) -> bytes:
-        """The COPY ... (FORMAT BINARY) stream: signature, one tuple per row, trailer."""
-        parts = [self.SIGNATURE]
-        for with_base in (False, True):
-            sel = self.has_base == with_base
-            if sel.any():
-                parts.append(self._tuples(sel, with_base))
-        parts.append(self.TRAILER)
-        return b"".join(parts)
-
-    def _tuples(self, sel: np.ndarray, with_base: bool) -> bytes:
-        n, u = int(sel.sum()), self.counts.shape[1]
-        arr_len = 20 + 8 * u  # ndim, has_null, element oid, dim, lower bound, then (length, value) pairs
-        array = [("len", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"),
-                 ("lbound", ">i4"), ("items", ">i4", (u, 2))]
-        fields = [("nfields", ">i2"), ("pid_len", ">i4"), ("pid", ">i8"), ("counts", array)]
-        fields += [("base", array)] if with_base else [("base_null", ">i4")]
-        fields += [("ws_len", ">i4"), ("ws", ">f8"), ("we_len", ">i4"), ("we", ">f8")]
-        if with_base:
-            fields += [("bs_len", ">i4"), ("bs", ">f8"), ("be_len", ">i4"), ("be", ">f8")]
-        else:
-            fields += [("bs_null", ">i4"), ("be_null", ">i4")]
-        rec = np.zeros(n, dtype=np.dtype(fields))
-        rec["nfields"] = 7
-        rec["pid_len"] = 8
-        rec["pid"] = self.pid[sel]
-        for name, values in (("counts", self.counts[sel]), ("base", self.base[sel])):
-            if name == "base" and not with_base:
-                rec["base_null"] = -1
-                continue
-            a = rec[name]
-            a["len"], a["ndim"], a["hasnull"], a["oid"], a["dim"], a["lbound"] = arr_len, 1, 0, self.INT4_OID, u, 1
-            items = a["items"]
-            items[..., 0] = 4
-            items[..., 1] = values
-            rec[name] = a
-        rec["ws_len"] = rec["we_len"] = 8
-        rec["ws"], rec["we"] = self.window[sel, 0], self.window[sel, 1]
-        if with_base:
-            rec["bs_len"] = rec["be_len"] = 8
-            rec["bs"], rec["be"] = self.base_window[sel, 0], self.base_window[sel, 1]
-        else:
-            rec["bs_null"] = rec["be_null"] = -1
-        return rec.tobytes()
-
-
-def _count_vector(values: Sequence[int] | np.ndarray, n_units: int) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError("spike counts must be a 1-D sequence")
-    if len(arr) != n_units:
-        raise ValueError(f"{len(arr)} counts for {n_units} units")
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind not in "f" or not np.all(np.isfinite(arr)) or not np.all(arr == np.rint(arr)):
-            raise ValueError("spike counts must be integers")
-    if n_units and (arr.min() < 0 or arr.max() > 2**31 - 1):
-        raise ValueError("spike counts must be integers in [0, 2**31)")
-    return arr
-
-
-def group_unit_rows(
-    rows: Iterable[tuple[int, int, int, int | None, float, float]],
-    unit_ids: Sequence[int],
-    baseline_window_ms: tuple[float, float] | None = None,
-) -> list[ResponseRecord]:
-    """Per-unit rows (presentation_id, unit_id, count, baseline_count, window_start_ms, window_end_ms) ->
-    one ResponseRecord per presentation with counts in unit order (``unit_ids`` in position order, as
-    returned by add_units). Every presentation must have every unit."""
-    pos = {u: i for i, u in enumerate(unit_ids)}
-    grouped: dict[int, dict[str, Any]] = {}
-    for pid, uid, count, base, w0, w1 in rows:
-        if uid not in pos:
-            raise ValueError(f"unit {uid} is not a unit of this session")
-        g = grouped.setdefault(pid, {"counts": [None] * len(pos), "base": [None] * len(pos), "w": (w0, w1)})
-        g["counts"][pos[uid]] = count
-        g["base"][pos[uid]] = base
-    out = []
-    for pid, g in grouped.items():
-        if any(c is None for c in g["counts"]):
-            raise ValueError(f"presentation {pid}: counts missing for some units")
-        base = None if all(b is None for b in g["base"]) else g["base"]
-        b0, b1 = baseline_window_ms if base is not None and baseline_window_ms else (None, None)
-        out.append(ResponseRecord(pid, g["counts"], g["w"][0], g["w"][1], base, b0, b1))
-    return out
