@@ -86,6 +86,29 @@ def insilico(
     typer.echo(f"outputs in {paths['summary.json'].parent}")
 
 
+@app.command(help="Finish a stored in-silico session after a crash (even kill -9): it continues from the last "
+             "committed generation with the identical optimizer state, so the result equals an uninterrupted run.")
+def resume(session_id: str = typer.Argument(..., help="the stored session's id (printed by insilico --store)")) -> None:
+    import uuid
+
+    from .db import connect
+    from .insilico import resume_stored
+
+    try:
+        sid = uuid.UUID(session_id)
+    except ValueError:
+        _fail(f"session_id: {session_id!r} is not a session id (a UUID)")
+        return
+    try:
+        phase = resume_stored(connect().repository(), sid)
+    except Exception as err:
+        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
+            _fail(str(err))
+            return
+        raise
+    typer.echo(f"session {sid} completed: {phase.search.generation} generations")
+
+
 @app.command(help="Run the server: HTTP API + operator dashboard, and the ZeroMQ endpoint for the display "
              "and the bridge. The database is DATABASE_URL, or an embedded PostgreSQL in ./.snslab.")
 def server(

@@ -53,6 +53,10 @@ class DatabaseRecorder:
         stored = json.loads(config.model_dump_json()) | {"phase": phase}
         if self.sessions:
             stored["reference_session"] = str(self.sessions[-1][1])
+        if reference_image is not None:
+            code = getattr(search, "reference_code", None)
+            if code is not None:  # exact: JSON floats round-trip float64, so a resume sees the same image
+                stored["reference_code"] = [float(v) for v in code]
         sid = self.repo.create_session(
             config=stored, seed=config.seed, mode="insilico", operator=self.operator,
             subject_id=config.subject.name, rig="insilico",
@@ -152,6 +156,54 @@ def _run_phase(phase: Phase, runner: SessionRunner, rig: InSilicoRig, progress, 
     phase.selection = runner.search.result()
 
 
+def natural_threshold(config: ProbeConfig, generator: ImageGenerator, subject: Subject) -> float | None:
+    """The early-stopping threshold: max (invariance) or min (adversarial) response to natural-like images."""
+    if not config.early_stop.enabled or config.mode == "maximize":
+        return None
+    rng = SeedStreams(config.seed).rng("natural")
+    r = subject.rate(pink_noise_images(config.early_stop.natural_images, generator.image_shape, rng)).mean(1)
+    return float(r.max() if config.mode == "invariance" else r.min())
+
+
+def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
+    """Finish a stored in-silico session after a crash (kill -9 included), from its last committed
+    generation: the result equals an uninterrupted run with the same seed."""
+    point = repository.load_resume_point(session_id)
+    stored = dict(point.config)
+    phase_name = stored.pop("phase", stored.get("mode"))
+    stored.pop("reference_session", None)
+    ref_code = stored.pop("reference_code", None)
+    config = ProbeConfig.model_validate(stored)
+    generator = build_generator(config)
+    subject = build_subject(config, generator)
+    if phase_name == "maximize":
+        gens = config.generations if config.mode == "maximize" else config.reference.generations
+        search = build_search(config, generator, {}, mode="maximize", generations=gens)
+        reference_image = None
+    else:
+        if ref_code is not None:
+            reference_code = np.asarray(ref_code, dtype=np.float64)
+            reference_image = generator.render(reference_code[None])[0]
+        else:
+            reference_code, reference_image = _load_reference(config, generator)
+        search = build_search(config, generator, build_stages(config), reference_code=reference_code,
+                              reference_image=reference_image,
+                              natural_threshold=natural_threshold(config, generator, subject))
+    runner = SessionRunner(search, seed=config.seed, reference_image=reference_image,
+                           reference_repeats=config.reference_repeats, window_s=config.noise.window_ms / 1000.0,
+                           repository=repository, session_id=session_id)
+    rig = InSilicoRig(subject, config, SeedStreams(config.seed).noise_seed(phase_name))
+    phase = Phase(phase_name, search)
+    batch = runner.resume()
+    if batch is not None:
+        report = runner.add_counts(rig.present(Batch(batch.generation, runner.unanswered())))
+        if report is not None:
+            phase.reports.append(report)
+    _run_phase(phase, runner, rig, None, None)
+    repository.set_session_status(session_id, "completed")
+    return phase
+
+
 def build_search(
     config: ProbeConfig,
     generator: ImageGenerator,
@@ -179,9 +231,11 @@ def build_search(
     early = None
     if natural_threshold is not None and mode != "maximize":
         early = EarlyStop(mode, natural_threshold, config.early_stop.min_generation)
-    return SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
-                     reference_image=reference_image if mode != "maximize" else None,
-                     max_generations=generations or config.generations, early_stop=early)
+    search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
+                       reference_image=reference_image if mode != "maximize" else None,
+                       max_generations=generations or config.generations, early_stop=early)
+    search.reference_code = reference_code
+    return search
 
 
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
@@ -221,14 +275,9 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
             reference_code, reference_image = _load_reference(config, generator)
 
         if config.mode != "maximize":
-            threshold = None
-            if config.early_stop.enabled:
-                naturals = pink_noise_images(config.early_stop.natural_images, generator.image_shape,
-                                             streams.rng("natural"))
-                r = subject.rate(naturals).mean(1)
-                threshold = float(r.max() if config.mode == "invariance" else r.min())
             search = build_search(config, generator, stages, reference_code=reference_code,
-                                  reference_image=reference_image, natural_threshold=threshold)
+                                  reference_image=reference_image,
+                                  natural_threshold=natural_threshold(config, generator, subject))
             phase = Phase(config.mode, search)
             task = bar.add_task(config.mode, total=config.generations) if bar else None
             _run_phase(phase, runner(config.mode, search, reference_image), rigs[config.mode], bar, task)

@@ -6,11 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from db_fixtures import private_tmpdir
 
 from server.db.database import DatabaseUnavailable, connect, make_engine, mask_url
 from server.settings import Settings
@@ -44,6 +44,15 @@ def test_unreachable_server_is_one_line_naming_the_url_without_password():
     assert "\n" not in msg
     assert "127.0.0.1:1/snslab" in msg and "lab:***@" in msg and "s3cret" not in msg
     assert "cannot connect" in msg and "refused" in msg.lower()
+
+
+def test_unusable_data_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(DatabaseUnavailable) as err:
+        connect(Settings(data_dir=blocker / "lab", database_url=None))
+    msg = str(err.value)
+    assert "\n" not in msg and "embedded PostgreSQL in" in msg and "did not start" in msg
 
 
 def test_sqlite_is_refused():
@@ -108,7 +117,8 @@ def test_command_line_prints_one_error_line_not_a_traceback():
 def test_embedded_server_starts_in_the_data_folder_keeps_data_and_stops_after_exit():
     """No DATABASE_URL: a real PostgreSQL in data_dir/pgdata, migrated on start; a second start finds the
     data again; the server is stopped when the last process using it exits."""
-    tmp_path = private_tmpdir("snslab-test-embedded-")
+    # not under pytest's basetemp: see db_fixtures.private_tmpdir
+    tmp_path = Path(tempfile.mkdtemp(prefix="snslab-test-embedded-"))
     try:
         _embedded_roundtrip(tmp_path)
     finally:

@@ -24,12 +24,8 @@ def ensure_temp_table(raw: Any, definition: str) -> None:
 
 
 class ResponseBatch:
-    """Validated responses of one batch as arrays, and their PostgreSQL binary COPY stream.
-
-    Packing rows with numpy instead of psycopg's per-element array dumper is what makes the batched path
-    fast: every row has the same layout (the session's unit count), so the whole stream is a few
-    structured-array assignments.
-    """
+    """Validated responses of one batch as arrays (one row per presentation, counts in unit order), and
+    their binary COPY stream."""
 
     INT4_OID = 23
     SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8

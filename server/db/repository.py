@@ -490,8 +490,6 @@ class Repository:
                             else:
                                 conflicts.append(pid)
             self._log_write_problems(conn, session_id, "response", conflicts, rejected, bad)
-            if inserted:
-                conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
         return WriteResult(inserted, duplicates, tuple(conflicts), tuple(rejected))
 
     def reshow_presentations(self, session_id: uuid.UUID, presentation_ids: Sequence[int]) -> dict[int, int]:
