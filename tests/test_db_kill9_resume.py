@@ -61,6 +61,12 @@ def _completed(engine, sid=None):
         return c.execute(text(q + (" AND session_id = :s" if sid else "")), {"s": sid} if sid else {}).scalar()
 
 
+def _proposed(engine, sid):
+    with engine.connect() as c:
+        return c.execute(text("SELECT count(*) FROM generations WHERE session_id = :s AND status = 'proposed'"),
+                         {"s": sid}).scalar()
+
+
 def test_kill9_at_random_moments_then_resume_equals_uninterrupted(db_url, db_engine, tmp_path):
     env = dict(os.environ, DATABASE_URL=db_url.render_as_string(hide_password=False), MPLBACKEND="Agg")
     rng = np.random.default_rng(0)
@@ -87,19 +93,21 @@ def test_kill9_at_random_moments_then_resume_equals_uninterrupted(db_url, db_eng
             time.sleep(0.01)
     assert sid is not None
     kills = in_flight = 0
-    for target in (3, 9, 16):
+    for target, mid_generation in ((3, True), (9, False), (16, True)):
         while _completed(db_engine, sid) < target and p.poll() is None:
             time.sleep(0.005)
-        time.sleep(float(rng.uniform(0, 0.05)))  # somewhere inside the next generation
+        if mid_generation:  # right after a generation's proposals were committed, before its responses
+            while p.poll() is None and not _proposed(db_engine, sid):
+                time.sleep(0.001)
+        else:  # at a moment drawn at random
+            time.sleep(float(rng.uniform(0, 0.05)))
         if p.poll() is not None:
             break
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
         assert _completed(db_engine, sid) < generations
-        with db_engine.connect() as c:
-            in_flight += c.execute(text("SELECT count(*) FROM generations WHERE session_id = :s AND "
-                                        "status = 'proposed'"), {"s": sid}).scalar()
+        in_flight += _proposed(db_engine, sid)
         p = _cli(env, "resume", str(sid))
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
