@@ -34,9 +34,15 @@ from sefficiency.snslab import SnSLab  # noqa: E402
 from sefficiency.zspace import Space  # noqa: E402
 
 WINDOWS = (0.2, 0.05)  # low and high noise
-QUICK_METHODS = ["reference-sepcma", "nsga2", "random-0.25", "random-0.5", "random-1", "snslab"]
+QUICK_METHODS = ["reference-sepcma", "nsga2", "random-0.25", "random-0.5", "random-1", "snslab-engine", "snslab"]
+# snslab's default: the engine's SnSSearch with front confirmation (re-tests + shrunk, conservative
+# estimates) and a smaller population; see docs/benchmarks.md for what each part contributes.
+SNSLAB_DEFAULT = {"popsize": 20, "retests": 10, "kappa": 1.0, "shrink": 1}
 FULL_METHODS = ["reference", *QUICK_METHODS]
-BEGIN, END = "<!-- sample-efficiency:begin -->", "<!-- sample-efficiency:end -->"
+
+
+def markers(block: str) -> tuple[str, str]:
+    return f"<!-- sample-efficiency:{block}:begin -->", f"<!-- sample-efficiency:{block}:end -->"
 
 
 def make_method(spec: str, inst, window_s: float, seed: int, start: str):
@@ -50,8 +56,10 @@ def make_method(spec: str, inst, window_s: float, seed: int, start: str):
         return NSGA2Method(inst, window_s, seed, start=start)
     if spec.startswith("random-"):
         return RandomSearch(inst, window_s, seed, float(spec.removeprefix("random-")))
+    if spec == "snslab-engine":  # the engine exactly as configured today (server.config defaults)
+        return SnSLab(inst, window_s, seed, name=spec, start=start)
     if spec == "snslab" or spec.startswith("snslab:"):
-        overrides = {"start": start}
+        overrides = {"start": start, **SNSLAB_DEFAULT}
         if ":" in spec:
             for kv in spec.split(":", 1)[1].split("+"):
                 k, v = kv.split("=")
@@ -73,8 +81,9 @@ _INSTANCES = None
 
 
 def _job(args):
-    cell_index, window_s, seed, spec, start, budgets = args
+    cell_index, window_s, seed, spec, start, budgets, cap = args
     inst = _INSTANCES[cell_index]
+    budgets = tuple(b for b in budgets if b <= cap) or budgets[:1]
     t0 = time.perf_counter()
     method = make_method(spec, inst, window_s, seed, start)
     res = run(method, inst, window_s, seed, budgets)
@@ -97,6 +106,11 @@ def main(argv=None):
     ap.add_argument("--start", choices=["reference", "published"], default="reference",
                     help="first mean: the reference code for both probes, or the published noise start "
                          "for invariance runs")
+    ap.add_argument("--cap", action="append", default=[], metavar="METHOD=N",
+                    help="run METHOD only up to N presentations (e.g. reference=3000: full CMA is slow)")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="add the runs of an earlier output (same cells and radius), e.g. slow full-CMA runs")
+    ap.add_argument("--block", default="main", help="name of the generated block in --doc")
     ap.add_argument("--comparator", default=None, help="method the claims are tested against")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--front-res", type=int, default=1200, help="exact-front sweep density")
@@ -110,7 +124,6 @@ def main(argv=None):
     methods = a.methods.split(",") if a.methods else (FULL_METHODS if a.full else QUICK_METHODS)
     windows = tuple(float(w) for w in a.windows.split(",")) if a.windows else WINDOWS
     cells = [tuple(c.split("/")) for c in a.cells.split(",")] if a.cells else DEFAULT_CELLS
-    comparator = a.comparator or ("reference" if "reference" in methods else "reference-sepcma")
 
     global _INSTANCES
     t0 = time.perf_counter()
@@ -120,7 +133,8 @@ def main(argv=None):
     for inst in _INSTANCES:
         print(f"  {inst.name:32s} lambda_ref {inst.lam_ref:6.2f} Hz  HV* {inst.front.hv:.4f}", flush=True)
 
-    jobs = [(i, w, s, m, a.start, budgets) for m in methods for i in range(len(cells)) for w in windows
+    caps = {k: int(v) for k, v in (c.split("=") for c in a.cap)}
+    jobs = [(i, w, s, m, a.start, budgets, caps.get(m, budgets[-1])) for m in methods for i in range(len(cells)) for w in windows
             for s in range(seeds)]
     # slowest first, so the pool stays busy
     jobs.sort(key=lambda j: (j[3] != "reference", j[3] != "nsga2"))
@@ -141,25 +155,36 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    for path in a.merge:
+        earlier = json.loads(Path(path).read_text())
+        if earlier["meta"]["radius"] != a.radius:
+            raise SystemExit(f"--merge {path}: radius {earlier['meta']['radius']} differs from {a.radius}")
+        records.extend(earlier["runs"])
+        methods = methods + [m for m in earlier["meta"]["methods"] if m not in methods]
+        command = f"{earlier['meta']['command']}` then `{command}"
     meta = {"command": command, "seeds": seeds, "budgets": budgets, "methods": methods, "radius": a.radius,
-            "start": a.start, "comparator": comparator, "wall_s": time.perf_counter() - t0,
+            "start": a.start, "wall_s": time.perf_counter() - t0,
             "hv_star": {inst.name: inst.front.hv for inst in _INSTANCES}}
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "runs": records}, default=float))
     res = stats.Results(records)
+    comparator = a.comparator or ("reference" if "reference" in methods else "reference-sepcma")
+    meta["comparator"] = comparator
     table = stats.markdown(res, comparator)
+    comparators = [comparator] + [m for m in ("reference", "reference-sepcma") if m in methods and m != comparator]
+    claims = "\n\n".join(stats.claims_markdown(stats.claims(res, c), c) for c in comparators)
     rows = stats.claims(res, comparator)
-    claims = stats.claims_markdown(rows, comparator)
     plot_path = f"{out}.png"
     stats.plot(res, plot_path)
-    block = render_block(meta, table, claims, plot_path, a.doc)
+    block = render_block(meta, table, claims, plot_path, a.doc, a.block)
     Path(f"{out}.md").write_text(block + "\n")
     print(block)
     if a.doc:
-        write_doc(Path(a.doc), block)
+        write_doc(Path(a.doc), block, a.block)
     return res, rows
 
 
-def render_block(meta, table, claims, plot_path, doc):
+def render_block(meta, table, claims, plot_path, doc, name="main"):
+    BEGIN, END = markers(name)
     rel = os.path.relpath(plot_path, Path(doc).parent) if doc else plot_path
     hv = ", ".join(f"{k} {v:.4f}" for k, v in meta["hv_star"].items())
     return "\n".join([
@@ -185,7 +210,8 @@ def render_block(meta, table, claims, plot_path, doc):
     ])
 
 
-def write_doc(path: Path, block: str) -> None:
+def write_doc(path: Path, block: str, name: str = "main") -> None:
+    BEGIN, END = markers(name)
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"

@@ -109,6 +109,35 @@ def resume(session_id: str = typer.Argument(..., help="the stored session's id (
     typer.echo(f"session {sid} completed: {phase.search.generation} generations")
 
 
+@app.command(help="Replay a stored session offline (live or in silico): rebuild its search from the stored "
+             "config and seed, feed it the stored responses, and check that every generation's proposals come "
+             "out bit for bit as stored. Prints the probe's answer as the replayed search sees it.")
+def replay(session_id: str = typer.Argument(..., help="the stored session's id")) -> None:
+    import uuid
+
+    from .db import connect
+    from .stored import replay as replay_session
+
+    try:
+        sid = uuid.UUID(session_id)
+        rep = replay_session(connect().repository(), sid)
+    except ValueError as err:
+        _fail(f"session_id: {err}")
+        return
+    except Exception as err:
+        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
+            _fail(str(err))
+            return
+        raise
+    if not rep.identical:
+        _fail(f"replay differs from the stored session: {rep.mismatch}")
+    typer.echo(f"replayed {rep.generations} generations of session {sid} bit for bit")
+    if rep.generations:
+        sel = rep.session.search.result()
+        dist = ", ".join(f"{k} {v:.3g}" for k, v in sel.distances.items())
+        typer.echo(f"selected: generation {sel.generation}, candidate {sel.index}; {dist}")
+
+
 @app.command(help="Run the server: HTTP API + operator dashboard, and the ZeroMQ endpoint for the display "
              "and the bridge. The database is DATABASE_URL, or an embedded PostgreSQL in ./.snslab.")
 def server(

@@ -168,32 +168,13 @@ def natural_threshold(config: ProbeConfig, generator: ImageGenerator, subject: S
 def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
     """Finish a stored in-silico session after a crash (kill -9 included), from its last committed
     generation: the result equals an uninterrupted run with the same seed."""
-    point = repository.load_resume_point(session_id)
-    stored = dict(point.config)
-    phase_name = stored.pop("phase", stored.get("mode"))
-    stored.pop("reference_session", None)
-    ref_code = stored.pop("reference_code", None)
-    config = ProbeConfig.model_validate(stored)
-    generator = build_generator(config)
-    subject = build_subject(config, generator)
-    if phase_name == "maximize":
-        gens = config.generations if config.mode == "maximize" else config.reference.generations
-        search = build_search(config, generator, {}, mode="maximize", generations=gens)
-        reference_image = None
-    else:
-        if ref_code is not None:
-            reference_code = np.asarray(ref_code, dtype=np.float64)
-            reference_image = generator.render(reference_code[None])[0]
-        else:
-            reference_code, reference_image = _load_reference(config, generator)
-        search = build_search(config, generator, build_stages(config), reference_code=reference_code,
-                              reference_image=reference_image,
-                              natural_threshold=natural_threshold(config, generator, subject))
-    runner = SessionRunner(search, seed=config.seed, reference_image=reference_image,
-                           reference_repeats=config.reference_repeats, window_s=config.noise.window_ms / 1000.0,
-                           repository=repository, session_id=session_id)
-    rig = InSilicoRig(subject, config, SeedStreams(config.seed).noise_seed(phase_name))
-    phase = Phase(phase_name, search)
+    from .stored import rebuild
+
+    stored = rebuild(repository, session_id)
+    runner = stored.runner(repository)
+    subject = build_subject(stored.probe, stored.search.generator)
+    rig = InSilicoRig(subject, stored.probe, SeedStreams(stored.probe.seed).noise_seed(stored.phase))
+    phase = Phase(stored.phase, stored.search)
     batch = runner.resume()
     if batch is not None:
         report = runner.add_counts(rig.present(Batch(batch.generation, runner.unanswered())))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,18 +42,6 @@ class SessionCreate(BaseModel):
     on_ms: float = Field(100.0, gt=0, le=2000)
     off_ms: float = Field(100.0, gt=0, le=2000)
     response_window_ms: tuple[float, float] = (50.0, 200.0)
-
-
-@dataclass
-class SessionStatus:
-    session_id: uuid.UUID
-    status: str
-    mode: str
-    generation: int  # generations completed
-    generations: int  # budget
-    presentations_answered: int
-    clients: list[dict[str, Any]] = field(default_factory=list)
-    last_error: str | None = None
 
 
 class ServiceError(ValueError):
@@ -99,8 +86,10 @@ class SessionService:
         for t in targets:
             if t not in spec.units:
                 raise ServiceError(f"target_units: {t!r} is not among units ({', '.join(spec.units)})")
-        self._reference(spec, generator)  # fails early on a bad reference
+        ref_code, _ = self._reference(spec, generator)  # fails early on a bad reference
         stored = {"session": spec.model_dump(mode="json"), "probe": probe.model_dump(mode="json")}
+        if ref_code is not None:  # exact floats: a restart or a replay sees the very same reference
+            stored["reference_code"] = [float(v) for v in ref_code]
         sid = self.repo.create_session(
             config=stored, seed=probe.seed, mode="simulated" if all(u.startswith("sim:") for u in spec.units) else "live",
             operator=spec.operator, subject_id=spec.subject_id, rig=spec.rig,
@@ -151,10 +140,7 @@ class SessionService:
     # -- run ----------------------------------------------------------------------------------------
     def start(self, session_id: uuid.UUID) -> None:
         """Start (or, after a server restart, resume) a stored session on the rig."""
-        from .config import ProbeConfig
-        from .insilico import build_generator, build_search, build_stages
         from .live import LiveLoop
-        from .session_runner import SessionRunner
 
         with self._lock:
             if self.loop is not None and not self.loop.finished.is_set():
@@ -164,30 +150,30 @@ class SessionService:
             summary = self.repo.session_summary(session_id)
             if summary.status in ("completed", "aborted", "failed"):
                 raise ServiceError(f"session: {session_id} is {summary.status}; it cannot be started again")
+            from .stored import rebuild
+
             point = self.repo.load_resume_point(session_id)
-            spec = SessionCreate.model_validate(point.config["session"])
-            probe = ProbeConfig.model_validate(point.config["probe"])
-            generator = build_generator(probe)
-            stages = build_stages(probe) if probe.mode != "maximize" else {}
-            ref_code, ref_image = self._reference(spec, generator)
-            search = build_search(probe, generator, stages, reference_code=ref_code, reference_image=ref_image)
-            w0, w1 = spec.response_window_ms
-            runner = SessionRunner(search, seed=probe.seed, reference_image=ref_image,
-                                   reference_repeats=probe.reference_repeats, window_s=(w1 - w0) / 1000.0,
-                                   repository=self.repo, session_id=session_id)
-            targets = [spec.units.index(t) for t in (spec.target_units or spec.units)]
-            runner.target_positions = targets
+            stored = rebuild(self.repo, session_id)
+            spec = SessionCreate.model_validate(stored.live)
+            runner = stored.runner(self.repo)
+            targets = stored.runner_kwargs["target_positions"]
             loop = LiveLoop(self.endpoint, runner, session_id=session_id, unit_keys=spec.units,
                             target_positions=targets, on_ms=spec.on_ms, off_ms=spec.off_ms, repository=self.repo,
                             on_done=self._done)
             self.loop = loop
             self.repo.set_session_status(session_id, "running")
+            resumed = point.last_completed is not None or point.in_flight is not None
+            self.repo.log_event(session_id, "operator", "resumed after a restart" if resumed else "started",
+                                {"next_generation": point.next_index})
             batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
             self.endpoint.set_session(loop.wire_session)  # applied in the loop before the start below
             self.endpoint._post(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:
         self.repo.set_session_status(loop.session_id, "completed")
+        self.repo.log_event(loop.session_id, "session", f"completed after {len(loop.runner.reports)} generations",
+                            {"presentations": loop.stats.dispatched, "duplicates": loop.stats.duplicates,
+                             "rejected": loop.stats.rejected})
 
     def _require(self, session_id: uuid.UUID):
         if self.loop is None or self.loop.session_id != session_id or self.loop.finished.is_set():
@@ -198,10 +184,12 @@ class SessionService:
         loop = self._require(session_id)
         self.endpoint._post(loop.pause)
         self.repo.set_session_status(session_id, "paused")
+        self.repo.log_event(session_id, "operator", "paused")
 
     def resume(self, session_id: uuid.UUID) -> None:
         loop = self._require(session_id)
         self.repo.set_session_status(session_id, "running")
+        self.repo.log_event(session_id, "operator", "resumed")
         self.endpoint._post(loop.resume)
 
     def stop(self, session_id: uuid.UUID) -> None:
@@ -213,6 +201,7 @@ class SessionService:
             summary = self.repo.session_summary(session_id)
             if summary.status not in ("completed", "aborted", "failed"):
                 self.repo.set_session_status(session_id, "aborted")
+                self.repo.log_event(session_id, "operator", "stopped by the operator")
 
     def wait(self, session_id: uuid.UUID, timeout_s: float) -> bool:
         loop = self.loop

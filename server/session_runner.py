@@ -75,6 +75,7 @@ class SessionRunner:
         window_s: float = 0.15,
         repository=None,
         session_id: uuid.UUID | None = None,
+        target_positions: list[int] | None = None,
     ):
         self.search = search
         self.seed = seed
@@ -83,6 +84,7 @@ class SessionRunner:
         self.window_s = window_s
         self.repo = repository
         self.session_id = session_id
+        self.target_positions = target_positions  # units the probe targets (all stored, these scored)
         self.open: _Open | None = None
         self.reports: list[GenerationReport] = []
         self._next_local_id = 1
@@ -179,8 +181,9 @@ class SessionRunner:
         op = self.open
         cands = sorted((p for p in op.batch.presentations if p.kind == "candidate"), key=lambda p: p.code_index)
         refs = [p for p in op.batch.presentations if p.kind == "reference"]
-        rates = np.stack([op.answered[p.presentation_id] for p in cands]) / self.window_s
-        ref_rates = np.stack([op.answered[p.presentation_id] for p in refs]) / self.window_s if refs else None
+        t = self.target_positions if self.target_positions is not None else slice(None)
+        rates = np.stack([op.answered[p.presentation_id][t] for p in cands]) / self.window_s
+        ref_rates = np.stack([op.answered[p.presentation_id][t] for p in refs]) / self.window_s if refs else None
         t0 = time.perf_counter()
         report = self.search.tell(rates, ref_rates, images=op.images)
         t_tell = time.perf_counter() - t0

@@ -187,14 +187,14 @@ class TranslationInvariantUnit(Unit):
     name = "transl-inv"
     k = 18
     tau = 0.1
-    shift = 16.0
 
     def _span(self, space):
         c = (space.side - 1) / 2.0
+        shift = space.side / 4.0  # 16 px on the 64 px image
         rows = []
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
-                rows.append(space.gabor_pair_codes(centre=(c + dy * self.shift, c + dx * self.shift)))
+                rows.append(space.gabor_pair_codes(centre=(c + dy * shift, c + dx * shift)))
         q = np.concatenate(rows)
         # centre pair first, so the MEI is c = e_0
         order = [8, 9] + [i for i in range(18) if i not in (8, 9)]

@@ -66,9 +66,19 @@ class Results:
         order = ["reference", "reference-sepcma", "nsga2", "random", "snslab"]
         return [m for m in order if m in names] + sorted(names - set(order))
 
-    def budgets(self):
-        r = self.records[0]
-        return [c["budget"] for c in r["checkpoints"]]
+    def budgets(self, method: str | None = None):
+        """Checkpoint budgets present in any run (of ``method``, if given)."""
+        out = set()
+        for r in self.records:
+            if method is None or r["method"] == method or (method == "random" and r["method"].startswith(RANDOM_PREFIX)):
+                out.update(c["budget"] for c in r["checkpoints"])
+        return sorted(out)
+
+    def common_budget(self, a: str, b: str, at_most: int | None = None) -> int | None:
+        both = sorted(set(self.budgets(a)) & set(self.budgets(b)))
+        if at_most is not None:
+            both = [x for x in both if x <= at_most]
+        return both[-1] if both else None
 
     def values(self, cell, method, budget, metric) -> dict[int, float]:
         runs = self.by[cell].get(method, {})
@@ -102,14 +112,15 @@ def _fmt(vals) -> str:
 
 def claims(res: Results, reference: str, target: str = "snslab", ratio: float = 1.2) -> list[dict]:
     """The issue's claims, one row per (probe, noise) group, Holm-corrected within each claim."""
-    budgets = res.budgets()
     groups = sorted({(c[0].split("/")[1], c[1]) for c in res.cells}, key=lambda g: (g[0], -g[1]))
     rows = []
-    mid = 3000 if 3000 in budgets else budgets[len(budgets) // 2]
-    last = budgets[-1]
+    gate_at = res.common_budget(reference, "random")
+    mid = res.common_budget(target, reference, at_most=3000)
+    last = res.common_budget(target, reference)
     for probe, window in groups:
         row = {"probe": probe, "window_s": window}
-        a, b = res.paired(probe, window, reference, "random", last, "hv_found")
+        a, b = res.paired(probe, window, reference, "random", gate_at, "hv_found")
+        row["gate_budget"] = gate_at
         row["gate_n"] = len(a)
         row["gate_ref_minus_random"] = float(np.median(a - b)) if len(a) else np.nan
         row["gate_p"] = paired_greater(a, b) if len(a) else np.nan
@@ -134,7 +145,7 @@ def markdown(res: Results, reference: str, target: str = "snslab") -> str:
     budgets = res.budgets()
     lines = []
     head = ["cell", "T (s)", "method"]
-    head += [f"found {b // 1000}k" for b in budgets] + [f"reported {b // 1000}k" for b in budgets]
+    head += [f"found {b / 1000:g}k" for b in budgets] + [f"reported {b / 1000:g}k" for b in budgets]
     head += ["retention", "stretch", "opt ms/gen"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
@@ -148,8 +159,9 @@ def markdown(res: Results, reference: str, target: str = "snslab") -> str:
             row = [cell[0], f"{cell[1]:g}", label]
             row += [_fmt(res.values(cell, m, b, "hv_found").values()) for b in budgets]
             row += [_fmt(res.values(cell, m, b, "hv_reported").values()) for b in budgets]
-            row += [_fmt(res.values(cell, m, budgets[-1], "retention").values()),
-                    _fmt(res.values(cell, m, budgets[-1], "stretch").values())]
+            own_last = res.budgets(m)[-1]
+            row += [_fmt(res.values(cell, m, own_last, "retention").values()),
+                    _fmt(res.values(cell, m, own_last, "stretch").values())]
             t = [r["opt_seconds_per_generation"] * 1000 for r in res.by[cell][m].values()]
             row.append(f"{np.mean(t):.0f}")
             lines.append("| " + " | ".join(row) + " |")
@@ -157,7 +169,8 @@ def markdown(res: Results, reference: str, target: str = "snslab") -> str:
 
 
 def claims_markdown(rows: list[dict], reference: str, target: str = "snslab", ratio: float = 1.2) -> str:
-    out = ["| probe | T (s) | pairs | gate: median HV found, " + reference + " - random | p (Holm) "
+    out = [f"| probe | T (s) | pairs | gate: median HV found at {rows[0]['gate_budget']}, {reference} - random "
+           "| p (Holm) "
            f"| {target} / {reference} reported HV at {rows[0]['win_budget']} (median) "
            f"| p({target} > {ratio:g}x, Holm) | median {target} - {reference} at {rows[0]['worse_budget']} "
            f"| p({target} worse, Holm) |",

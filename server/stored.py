@@ -1,0 +1,118 @@
+"""Stored sessions brought back to life: the search a session ran, rebuilt from its stored config, for
+resuming it after a crash (live or in silico) and for replaying it offline bit for bit.
+
+A session's config is stored in one of two shapes: a live session ``{"session": SessionCreate, "probe":
+ProbeConfig, "reference_code": [...]}``; an in-silico phase ``ProbeConfig + {"phase", "reference_code"}``.
+The reference code is stored as exact floats, so the rebuilt search sees the very same reference image.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import ProbeConfig
+from .engine.search import GenerationReport, SnSSearch
+from .insilico import _load_reference, build_generator, build_search, build_stages, build_subject, natural_threshold
+from .session_runner import Counts, SessionRunner
+
+
+@dataclass
+class StoredSession:
+    session_id: uuid.UUID
+    phase: str  # maximize | invariance | adversarial
+    probe: ProbeConfig
+    search: SnSSearch
+    reference_image: np.ndarray | None
+    runner_kwargs: dict[str, Any]
+    unit_keys: list[str]
+    live: dict[str, Any] | None = None  # the SessionCreate of a live session
+
+    def runner(self, repository=None) -> SessionRunner:
+        return SessionRunner(self.search, repository=repository,
+                             session_id=self.session_id if repository is not None else None, **self.runner_kwargs)
+
+
+def rebuild(repository, session_id: uuid.UUID) -> StoredSession:
+    cfg = dict(repository.load_resume_point(session_id).config)
+    ref_code = cfg.pop("reference_code", None)
+    if "probe" in cfg:  # live session
+        live = cfg["session"]
+        probe = ProbeConfig.model_validate(cfg["probe"])
+        phase = probe.mode
+        w0, w1 = live.get("response_window_ms", (50.0, 200.0))
+        window_s = (w1 - w0) / 1000.0
+        units = list(live["units"])
+        targets = [units.index(t) for t in (live.get("target_units") or units)]
+    else:  # in-silico phase
+        live = None
+        phase = cfg.pop("phase", cfg.get("mode"))
+        cfg.pop("reference_session", None)
+        probe = ProbeConfig.model_validate(cfg)
+        window_s = probe.noise.window_ms / 1000.0
+        units = [u.label for _, u in repository.units(session_id)]
+        targets = None
+    generator = build_generator(probe)
+    if phase == "maximize":
+        gens = probe.generations if probe.mode == "maximize" else probe.reference.generations
+        search = build_search(probe, generator, {}, mode="maximize", generations=gens)
+        reference_image = None
+    else:
+        if ref_code is not None:
+            reference_code = np.asarray(ref_code, dtype=np.float64)
+            reference_image = generator.render(reference_code[None])[0]
+        else:
+            reference_code, reference_image = _load_reference(probe, generator)
+        threshold = None
+        if live is None:
+            threshold = natural_threshold(probe, generator, build_subject(probe, generator))
+        search = build_search(probe, generator, build_stages(probe), mode=phase, reference_code=reference_code,
+                              reference_image=reference_image, natural_threshold=threshold)
+    kwargs = dict(seed=probe.seed, reference_image=reference_image, reference_repeats=probe.reference_repeats,
+                  window_s=window_s, target_positions=targets)
+    return StoredSession(session_id, phase, probe, search, reference_image, kwargs, units, live)
+
+
+@dataclass
+class Replay:
+    """What replaying a stored session showed: whether every generation's proposals were re-created bit
+    for bit from the stored seed and responses, and the search as it stood at the end."""
+
+    session: StoredSession
+    generations: int = 0
+    identical: bool = True
+    mismatch: str | None = None
+    reports: list[GenerationReport] = field(default_factory=list)
+
+
+def replay(repository, session_id: uuid.UUID) -> Replay:
+    """Re-run a stored session's optimizer offline from its stored responses (no rig, no writes)."""
+    stored = rebuild(repository, session_id)
+    runner = stored.runner()
+    h = repository.load_history(session_id)
+    out = Replay(stored)
+    active = ~h.superseded if len(h) else np.zeros(0, bool)
+    for g in sorted(set(int(x) for x in h.generation[active])):
+        rows = np.flatnonzero(active & (h.generation == g))
+        if (h.counts[rows] < 0).any():
+            break  # the in-flight generation of an unfinished session
+        if runner.done:
+            break
+        batch = runner.next_batch()
+        by_slot = {int(h.order_in_batch[i]): i for i in rows}
+        stored_codes = {int(h.code_index[i]): h.codes[i] for i in rows if h.kind[i] == "candidate"}
+        for p in batch.presentations:
+            i = by_slot.get(p.order)
+            if i is None or h.kind[i] != p.kind:
+                out.identical, out.mismatch = False, f"generation {g} slot {p.order}: stored {h.kind[i] if i is not None else 'nothing'}, replay {p.kind}"
+                return out
+            if p.kind == "candidate" and not np.array_equal(stored_codes[p.code_index], runner.open.codes[p.code_index]):
+                out.identical, out.mismatch = False, f"generation {g} candidate {p.code_index}: codes differ"
+                return out
+        report = runner.add_counts([Counts(p.presentation_id, h.counts[by_slot[p.order]]) for p in batch.presentations])
+        out.reports.append(report)
+        out.generations += 1
+    return out
