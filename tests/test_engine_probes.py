@@ -1,0 +1,65 @@
+"""Probe objectives, bounds and early stopping against natural images (the reference's rules, defects fixed)."""
+
+import numpy as np
+import pytest
+
+from server.config import parse_config
+from server.engine.base import ConfigError
+from server.engine.probes import Bound, EarlyStop, Probe, stage_distances, unit_distances
+from server.insilico import run_probe
+
+
+def test_objective_signs_follow_the_probe():
+    d = {"pixel": np.array([1.0, 2.0]), "unit": np.array([3.0, 4.0])}
+    inv = Probe("invariance", ("pixel",)).objectives(d, {})
+    adv = Probe("adversarial", ("pixel",)).objectives(d, {})
+    assert inv.tolist() == [[1.0, -3.0], [2.0, -4.0]]  # stretch pixels, squeeze the unit
+    assert adv.tolist() == [[-1.0, 3.0], [-2.0, 4.0]]  # squeeze pixels, stretch the unit
+
+
+def test_bounds_parse_and_test_the_right_side():
+    # The reference's ">t%" tested "<"; here ">" means greater.
+    above = Bound.parse("pixel", ">50%")
+    below = Bound.parse("unit", "<2.5")
+    assert above.satisfied(np.array([4.0, 6.0]), reference_norm=10.0).tolist() == [False, True]
+    assert below.satisfied(np.array([2.0, 3.0]), reference_norm=1.0).tolist() == [True, False]
+    probe = Probe("invariance", ("pixel",), bounds=(below,))
+    F = probe.objectives({"pixel": np.array([1.0, 9.0]), "unit": np.array([1.0, 5.0])}, {})
+    assert np.isfinite(F[0]).all() and np.isneginf(F[1]).all()  # the violator is dominated by everyone
+    with pytest.raises(ConfigError, match="bounds.pixel: cannot parse"):
+        Bound.parse("pixel", "about 5")
+    with pytest.raises(ConfigError, match="bounds.layer4"):
+        Probe("invariance", ("pixel",), bounds=(Bound.parse("layer4", "<1"),))
+
+
+def test_early_stop_counts_candidates_past_the_natural_threshold_from_generation_5():
+    inv = EarlyStop("invariance", threshold=50.0)
+    high = np.full(50, 60.0)
+    high[:5] = 10.0  # 5 of 50 still below the best natural image
+    assert not inv.should_stop(4, high)  # too early
+    assert inv.should_stop(5, high)
+    high[:6] = 10.0
+    assert not inv.should_stop(6, high)  # 6 > 5 remaining
+    adv = EarlyStop("adversarial", threshold=5.0)
+    low = np.full(50, 1.0)
+    low[:5] = 20.0  # 5 of 50 still above the weakest natural image
+    assert adv.should_stop(7, low)
+
+
+def test_early_stop_ends_an_invariance_run_before_its_budget():
+    cfg = parse_config({
+        "mode": "invariance", "seed": 2, "population": 16, "generations": 80, "noise": {"kind": "none"},
+        "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1},
+        "subject": {"name": "complex-cell", "wavelength": 6.0}, "reference": {"source": "maximize", "generations": 10},
+        "early_stop": {"enabled": True, "natural_images": 50},
+    })
+    res = run_probe(cfg)
+    assert 5 <= len(res.probe.reports) < 80
+    last = res.probe.reports[-1]
+    assert last.stop and res.probe.search.early_stop.remaining(last.responses) <= 1  # 10% of 16
+
+
+def test_distances():
+    f = np.array([[3.0, 4.0], [0.0, 0.0]])
+    assert stage_distances(f, np.zeros(2)).tolist() == [5.0, 0.0]
+    assert unit_distances(np.array([[1.0, 1.0]]), np.array([4.0, 5.0])).tolist() == [5.0]
