@@ -9,6 +9,7 @@ COPY wire ./wire
 COPY recording_bridge ./recording_bridge
 COPY stimulus_client ./stimulus_client
 COPY migrations ./migrations
-RUN pip install --no-cache-dir ".[server,bridge]"
+# editable: Alembic finds migrations/ next to the server package
+RUN pip install --no-cache-dir -e ".[server,bridge]"
 EXPOSE 8000 5555
 CMD ["snslab", "server", "--host", "0.0.0.0", "--wire", "tcp://*:5555"]

@@ -136,23 +136,29 @@ def main(argv=None):
     caps = {k: int(v) for k, v in (c.split("=") for c in a.cap)}
     jobs = [(i, w, s, m, a.start, budgets, caps.get(m, budgets[-1])) for m in methods for i in range(len(cells)) for w in windows
             for s in range(seeds)]
-    # slowest first, so the pool stays busy
-    jobs.sort(key=lambda j: (j[3] != "reference", j[3] != "nsga2"))
+    # seed by seed (an interrupted run still holds complete seeds), slowest methods first within a seed
+    jobs.sort(key=lambda j: (j[2], j[3] != "reference", j[3] != "nsga2"))
     records = []
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(f"{out}.jsonl").open("w")  # one line per finished run, as they finish
     t0 = time.perf_counter()
     if a.jobs > 1:
         with mp.get_context("fork").Pool(a.jobs) as pool:
-            for k, rec in enumerate(pool.imap_unordered(_job, jobs), 1):
+            for k, rec in enumerate(pool.imap(_job, jobs), 1):
                 records.append(rec)
+                partial.write(json.dumps(rec, default=float) + "\n")
+                partial.flush()
                 _progress(k, len(jobs), rec, t0)
     else:
         for k, job in enumerate(jobs, 1):
             rec = _job(job)
             records.append(rec)
+            partial.write(json.dumps(rec, default=float) + "\n")
+            partial.flush()
             _progress(k, len(jobs), rec, t0)
+    partial.close()
 
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     command = "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     for path in a.merge:
