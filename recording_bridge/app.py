@@ -93,6 +93,8 @@ class Bridge:
         self._display_to_sim: float | None = None
         self._last_onset: float | None = None
         self._lock = threading.Lock()  # handlers run in the wire thread, step() in the main loop
+        self._in_flight: dict[str, CountsBatch] = {}
+        peer.on_give_up = self._gave_up
         peer.on("stimulus_batch", self._on_batch)
         peer.on("presentation_report", self._on_report)
 
@@ -154,9 +156,22 @@ class Bridge:
                 valid=pc.valid and bool(pc.counts), qc_reasons=list(pc.qc_reasons)[:20],
             ))
         self.seq += 1
-        self.peer.send("counts_batch", CountsBatch(seq=self.seq, units=units, items=items))
+        self._send(CountsBatch(seq=self.seq, units=units, items=items))
         self.sent += len(items)
         return len(items)
+
+    def _send(self, batch: CountsBatch) -> None:
+        mid = self.peer.send("counts_batch", batch)
+        self._in_flight[mid] = batch
+        while len(self._in_flight) > 10_000:  # acknowledged long ago: forget the oldest
+            self._in_flight.pop(next(iter(self._in_flight)))
+
+    def _gave_up(self, mid: str, type: str) -> None:
+        """Counts are never dropped: a batch the server did not acknowledge in time is sent again."""
+        batch = self._in_flight.pop(mid, None)
+        if batch is not None:
+            log.error("counts batch %d was not acknowledged; sending it again", batch.seq)
+            self._send(batch)
 
 
 def make_bridge(args, peer_timing=None) -> Bridge:

@@ -5,7 +5,7 @@
     pipe.expect(["p1", "p2"])                 # ids the server dispatched
     ...
     for pc in pipe.step(timeout_s=0.05):      # call in a loop; returns counts the rig data has passed
-        outbox.put([pc])
+        send(pc)
 
 Onsets for presentation ids the server never dispatched are rejected with a logged reason (the source
 keeps running); ``check_ids=False`` turns that off (offline replay).

@@ -167,7 +167,7 @@ class SessionService:
                                 {"next_generation": point.next_index})
             batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
             self.endpoint.set_session(loop.wire_session)  # applied in the loop before the start below
-            self.endpoint._post(lambda: loop.start(batch))
+            self.endpoint.call_soon(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:
         self.repo.set_session_status(loop.session_id, "completed")
@@ -182,7 +182,7 @@ class SessionService:
 
     def pause(self, session_id: uuid.UUID) -> None:
         loop = self._require(session_id)
-        self.endpoint._post(loop.pause)
+        self.endpoint.call_soon(loop.pause)
         self.repo.set_session_status(session_id, "paused")
         self.repo.log_event(session_id, "operator", "paused")
 
@@ -190,14 +190,14 @@ class SessionService:
         loop = self._require(session_id)
         self.repo.set_session_status(session_id, "running")
         self.repo.log_event(session_id, "operator", "resumed")
-        self.endpoint._post(loop.resume)
+        self.endpoint.call_soon(loop.resume)
 
     def stop(self, session_id: uuid.UUID) -> None:
         """Stop for good: nothing more is shown; what was stored stays."""
         with self._lock:
             if self.loop is not None and self.loop.session_id == session_id and not self.loop.finished.is_set():
                 loop = self.loop
-                self.endpoint._post(lambda: (loop.pause(), loop.finished.set()))
+                self.endpoint.call_soon(lambda: (loop.pause(), loop.finished.set()))
             summary = self.repo.session_summary(session_id)
             if summary.status not in ("completed", "aborted", "failed"):
                 self.repo.set_session_status(session_id, "aborted")

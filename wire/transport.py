@@ -248,6 +248,10 @@ class _Endpoint:
         self._waker_r.close()
         self._waker_w.close()
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the loop's thread (thread-safe): how other threads touch what handlers own."""
+        self._post(fn)
+
     def flush(self, timeout_s: float) -> bool:
         """Wait until nothing is pending (acknowledged or given up). True when empty."""
         deadline = time.monotonic() + timeout_s
