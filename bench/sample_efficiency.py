@@ -52,6 +52,11 @@ def make_method(spec: str, inst, window_s: float, seed: int, start: str):
         return ReferenceSnS(inst, window_s, seed, "cma", start=start)
     if spec == "reference-sepcma":
         return ReferenceSnS(inst, window_s, seed, "sepcma", start=start)
+    if spec.startswith("reference-sepcma:"):  # ablations, e.g. reference-sepcma:tell=projected
+        kw = {k: _value(v) for k, v in (kv.split("=") for kv in spec.split(":", 1)[1].split("+"))}
+        m = ReferenceSnS(inst, window_s, seed, "sepcma", start=start, **kw)
+        m.name = spec
+        return m
     if spec == "nsga2":
         return NSGA2Method(inst, window_s, seed, start=start)
     if spec.startswith("random-"):

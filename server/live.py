@@ -132,8 +132,17 @@ class LiveLoop:
         if msg.envelope.session != self.wire_session:
             raise Reject(f"session: {msg.envelope.session!r} is not the running session {self.wire_session!r}")
 
+    def _check_sender(self, msg, role: str) -> None:
+        """Reports come from displays and counts from bridges: another client's would be stored as theirs."""
+        info = next((c for c in self.endpoint.clients() if c.client_id == msg.peer), None)
+        if info is None or info.role != role:
+            self.stats.rejected += 1
+            raise Reject(f"sender: {msg.peer!r} is a {info.role if info else 'unknown'} client; "
+                         f"{msg.type} is accepted from a {role} only")
+
     def _on_report(self, msg) -> None:
         self._check_session(msg)
+        self._check_sender(msg, "display")
         rep: PresentationReport = msg.payload
         status = self.ledger.record(rep)
         if status == "unknown":
@@ -148,7 +157,9 @@ class LiveLoop:
 
     def _on_counts(self, msg) -> None:
         self._check_session(msg)
+        self._check_sender(msg, "bridge")
         batch: CountsBatch = msg.payload
+        self._check_items(batch)
         positions = []
         for key in batch.units:
             if key not in self.unit_position:
@@ -159,18 +170,17 @@ class LiveLoop:
             self.stats.rejected += 1
             raise Reject(f"units: the batch must carry every unit of the session ({len(self.unit_keys)})")
         open_ids = set(self.runner.open.batch.ids) if self.runner.open is not None else set()
-        items, invalid = [], []
-        for it in batch.items:
-            try:
-                pid = int(it.presentation_id)
-            except ValueError:
-                pid = -1
-            if pid not in open_ids:
-                if pid in self._dispatched:
-                    self.stats.duplicates += 1  # an answer to an earlier generation: already counted
-                    continue
+        for it in batch.items:  # the whole batch is checked before anything is stored or counted
+            pid = self._pid(it.presentation_id)
+            if pid not in open_ids and pid not in self._dispatched:
                 self.stats.rejected += 1
                 raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+        items, invalid = [], []
+        for it in batch.items:
+            pid = self._pid(it.presentation_id)
+            if pid not in open_ids:
+                self.stats.duplicates += 1  # an answer to an earlier generation: already counted
+                continue
             counts = np.zeros(len(self.unit_keys), dtype=np.int64)
             counts[positions] = it.counts
             baseline = None
@@ -194,6 +204,26 @@ class LiveLoop:
             elif not self.paused:
                 self._next(t_last)
 
+    @staticmethod
+    def _pid(text: str) -> int:
+        """The database id a wire id names; -1 unless it is the id exactly as dispatched ("012" is not 12)."""
+        return int(text) if text.isascii() and text.isdigit() and str(int(text)) == text else -1
+
+    def _check_items(self, batch: CountsBatch) -> None:
+        """What the database would refuse only after part of the batch was written (or what would make the
+        same batch fail on every re-send and stall the generation) is refused here, naming the field."""
+        seen: set[str] = set()
+        for i, it in enumerate(batch.items):
+            if it.presentation_id in seen:
+                self.stats.rejected += 1
+                raise Reject(f"items[{i}].presentation_id: {it.presentation_id!r} appears twice in one batch")
+            seen.add(it.presentation_id)
+            for name in ("window_ms", "baseline_window_ms"):
+                w = getattr(it, name)
+                if w is not None and not w[1] > w[0]:
+                    self.stats.rejected += 1
+                    raise Reject(f"items[{i}].{name}: the end must be after the start (got {list(w)})")
+
     def _record_timings(self, items) -> None:
         """Each presentation's onset, stored with its counts: the display's flip time, the rig's onset and
         where that came from (photodiode, TTL, or the flip time as a flagged fallback)."""
@@ -210,6 +240,8 @@ class LiveLoop:
             source = it.onset_source if it.onset_source != "none" else "flip"
             if source == "flip" and "onset is the display flip time" not in " ".join(reasons):
                 reasons.append("onset is the display flip time (no photodiode or TTL)")
+            if not it.valid and not reasons:  # the database needs a reason for every invalid presentation
+                reasons.append("marked invalid by the bridge (no reason given)")
             rows.append(PresentationTiming(
                 presentation_id=int(it.presentation_id), onset_source=source,
                 display_onset=None if rep is None else rep.flip_time, rig_onset=it.onset_rig_s,

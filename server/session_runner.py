@@ -190,7 +190,10 @@ class SessionRunner:
         if self.repo is not None:
             from .db import ScoreRecord
 
-            sel = report.fronts == 0
+            if self.search.probe.mode == "maximize":  # the generation's best is what the pool keeps
+                sel = np.arange(len(report.fitness)) == int(np.argmax(report.fitness))
+            else:
+                sel = report.fronts == 0
             scores = [
                 ScoreRecord(
                     p.presentation_id,
@@ -230,7 +233,30 @@ class SessionRunner:
         return out
 
     def _state(self) -> bytes:
-        return self.search.state()
+        # Stored sessions keep their pool in the scores table; the state blob stays small at n = 4096.
+        return self.search.state(include_pool=self.repo is None)
+
+    def _rebuild_pool(self, last_completed: int) -> None:
+        """The selection pool from stored scores: each completed generation's first-front candidates."""
+        h = self.repo.load_history(self.session_id)
+        probe = self.search.probe
+        t = self.target_positions if self.target_positions is not None else slice(None)
+        self.search.pool = type(self.search.pool)()
+        rows = [i for i in range(len(h)) if h.kind[i] == "candidate" and not h.superseded[i]
+                and h.generation[i] <= last_completed and h.front_index[i] >= 0]
+        rows.sort(key=lambda i: (int(h.generation[i]), int(h.code_index[i])))
+        for i in rows:
+            dist = dict(h.distances[i] or {})
+            if probe.mode == "maximize":
+                objectives = np.zeros(0)
+            else:
+                objectives = probe.objectives({k: np.array([v]) for k, v in dist.items()},
+                                              self.search.reference_norms)[0]
+            if self.search.pooled(int(h.generation[i]), objectives, int(h.front_index[i])) and (
+                probe.mode != "maximize" or h.selected[i]
+            ):
+                self.search.add_to_pool(int(h.generation[i]), int(h.code_index[i]), h.codes[i],
+                                        h.counts[i][t] / self.window_s, dist, float(h.fitness[i]))
 
     # -- resume ------------------------------------------------------------------------------------
     def resume(self) -> Batch | None:
@@ -239,6 +265,8 @@ class SessionRunner:
         point = self.repo.load_resume_point(self.session_id)
         if point.last_completed is not None:
             self.search.load_state(point.optimizer_state)
+            if not self.search.pool.codes:
+                self._rebuild_pool(point.last_completed)
         if point.in_flight is None:
             return None if self.done else self.next_batch()
         flight = point.in_flight

@@ -54,3 +54,25 @@ def test_replay_command_reports_unknown_session_in_one_line(db_url, monkeypatch)
     out = CliRunner().invoke(app, ["replay", str(uuid.uuid4())])
     assert out.exit_code == 2
     assert "no session" in out.output and len(out.output.strip().splitlines()) == 1
+
+
+def test_resumed_selection_pool_is_rebuilt_from_stored_scores(repo):
+    """States are stored without the growing selection pool; a resume rebuilds it from the scores table
+    and selects exactly what the uninterrupted run selected."""
+    from server.session_runner import SessionRunner
+    from server.stored import rebuild
+
+    for mode, extra in (("adversarial", {}), ("maximize", {"reference": {"source": "maximize", "generations": 4}})):
+        rec = DatabaseRecorder(repo)
+        result = run_probe(parse_config(PROBE | {"mode": mode} | extra), recorder=rec)
+        sid = rec.sessions[-1][1]
+        stored = rebuild(repo, sid)
+        runner = stored.runner(repo)
+        assert isinstance(runner, SessionRunner)
+        runner.resume()  # nothing in flight: loads the last state and rebuilds the pool
+        pool, twin = runner.search.pool, result.probe.search.pool
+        assert pool.generation == twin.generation and pool.index == twin.index
+        assert all(np.array_equal(a, b) for a, b in zip(pool.codes, twin.codes))
+        assert pool.distances == twin.distances and pool.fitness == twin.fitness
+        assert np.array_equal(runner.search.result().code, result.probe.selection.code)
+        assert len(runner.search.state(include_pool=False)) < len(runner.search.state()) or not pool.codes

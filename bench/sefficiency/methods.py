@@ -139,12 +139,18 @@ class ReferenceSnS(Method):
     """The published scheme (see module docstring). ``optimizer`` is "cma" (full) or "sepcma"."""
 
     def __init__(self, inst, window_s, seed, optimizer: str = "cma", ordering: str | None = None,
-                 start: str = "reference", early_stop: bool | None = None):
+                 start: str = "reference", early_stop: bool | None = None, tell: str = "raw",
+                 reference_estimate: str = "generation", popsize: int = POPSIZE):
         super().__init__(inst, window_s, seed)
+        # Ablation switches (defaults = the published scheme): tell the optimizer the projected codes it
+        # scored instead of its raw samples; estimate the reference rate from the whole session.
+        self.tell_projected = tell == "projected"
+        self.session_reference = reference_estimate == "session"
+        self._ref_sum, self._ref_n = 0.0, 0
         self.name = "reference" if optimizer == "cma" else f"reference-{optimizer}"
         self.ordering = ordering or ("onevar" if inst.probe == "invariance" else "random")
         x0 = reference_x0(inst, self.rng, start)
-        self.opt = make_optimizer(optimizer, x0, 1.0, POPSIZE, seed=int(seed))
+        self.opt = make_optimizer(optimizer, x0, 1.0, int(popsize), seed=int(seed))
         if early_stop is None:
             # The invariance rule ("stop once 45 of 50 respond above the natural maximum") marks arrival
             # from a noise start; from the reference code it would fire at generation 5, so it applies
@@ -160,12 +166,16 @@ class ReferenceSnS(Method):
     def tell(self, counts, ref_counts):
         rates = counts / self.window_s
         ref_rate = ref_counts.mean() / self.window_s  # this generation's presentations only
+        self._ref_sum += float(ref_counts.sum() / self.window_s)
+        self._ref_n += len(ref_counts)
+        if self.session_reference:
+            ref_rate = self._ref_sum / self._ref_n
         d_low = np.linalg.norm(self._codes - self.inst.z_ref, axis=1)
         F = objectives_max(d_low, np.abs(rates - ref_rate), self.probe)
         fronts = nondominated_sort(F)
         key = within_front_key(self.ordering, F, fronts, self.probe == "invariance", 1, self.rng)
         fitness = scalar_fitness(fronts, key)
-        self.opt.tell(self._raw, fitness)
+        self.opt.tell(self._codes if self.tell_projected else self._raw, fitness)
         self._record(self._codes, rates, ref_rate, fitness)
         if self.stopper is not None and self.stopper.should_stop(self.generation, rates):
             self.done = True

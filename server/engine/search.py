@@ -174,8 +174,9 @@ class SnSSearch:
                 self.probe.ordering, objectives, fronts, self.probe.squeezes_unit, len(self.probe.stages), self.rng
             )
             fitness = scalar_fitness(fronts, key)
-            for i in np.flatnonzero((fronts == 0) & np.isfinite(objectives).all(1)):
-                self._keep(int(i), codes, r, distances, fitness)
+            for i in range(len(codes)):
+                if self.pooled(self.generation, objectives[i], int(fronts[i])):
+                    self._keep(i, codes, r, distances, fitness)
 
         self.optimizer.tell(codes, fitness)
         stop = False
@@ -191,12 +192,22 @@ class SnSSearch:
         return report
 
     def _keep(self, i, codes, r, distances, fitness):
-        self.pool.generation.append(self.generation)
-        self.pool.index.append(i)
-        self.pool.codes.append(codes[i].copy())
-        self.pool.responses.append(r[i].copy())
-        self.pool.distances.append({k: float(v[i]) for k, v in distances.items()})
-        self.pool.fitness.append(float(fitness[i]))
+        self.add_to_pool(self.generation, i, codes[i], r[i], {k: float(v[i]) for k, v in distances.items()},
+                         float(fitness[i]))
+
+    def add_to_pool(self, generation: int, index: int, code, response, distances: dict[str, float],
+                    fitness: float) -> None:
+        """Remember a scored candidate for the final selection (also used to rebuild the pool from storage)."""
+        self.pool.generation.append(int(generation))
+        self.pool.index.append(int(index))
+        self.pool.codes.append(np.array(code, dtype=np.float64))
+        self.pool.responses.append(np.array(response, dtype=np.float64))
+        self.pool.distances.append(dict(distances))
+        self.pool.fitness.append(float(fitness))
+
+    def pooled(self, generation: int, objectives_row: np.ndarray, front: int) -> bool:
+        """Whether a scored candidate belongs in the pool: its generation's first front, within bounds."""
+        return front == 0 and bool(np.isfinite(objectives_row).all())
 
     # -- the answer ------------------------------------------------------------------------------
     def result(self) -> Selection:
@@ -228,7 +239,9 @@ class SnSSearch:
         return [(g, np.array(v)) for g, v in sorted(out.items())]
 
     # -- persistence -----------------------------------------------------------------------------
-    def state(self) -> bytes:
+    def state(self, include_pool: bool = True) -> bytes:
+        """Everything needed to continue bit for bit. Without the pool (which grows every generation) when
+        the caller can rebuild it from storage (``add_to_pool``), which keeps per-generation states small."""
         return pickle.dumps(
             {
                 "optimizer": self.optimizer.state(),
@@ -238,7 +251,7 @@ class SnSSearch:
                 "pending": self._pending,
                 "ref_sum": self._ref_sum,
                 "ref_count": self._ref_count,
-                "pool": self.pool,
+                "pool": self.pool if include_pool else None,
                 "early_stop": None if self.early_stop is None else list(self.early_stop.history),
             },
             protocol=5,
@@ -253,6 +266,7 @@ class SnSSearch:
         self._pending = s["pending"]
         self._ref_sum = s["ref_sum"]
         self._ref_count = s["ref_count"]
-        self.pool = s["pool"]
+        if s["pool"] is not None:
+            self.pool = s["pool"]
         if self.early_stop is not None and s["early_stop"] is not None:
             self.early_stop.history = list(s["early_stop"])
