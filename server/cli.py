@@ -45,7 +45,12 @@ def insilico(
     config: Path = typer.Argument(..., help="TOML config file"),
     output: Path | None = typer.Option(None, "--output", "-o", help="override the config's output folder"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
-    store: bool = typer.Option(False, "--store", help="also store the run in the database (DATABASE_URL or embedded)"),
+    store: bool = typer.Option(
+        True, "--store/--no-store",
+        help="store every presentation in the database (DATABASE_URL, or the embedded PostgreSQL in ./.snslab), "
+        "like a rig session, so the dashboard, replay and resume work on it; runs with noise.kind = 'none' "
+        "have no spike counts and are never stored",
+    ),
 ) -> None:
     from .engine.base import ConfigError
     from .config import load_config
@@ -56,7 +61,7 @@ def insilico(
         if output is not None:
             cfg = cfg.model_copy(update={"output": output})
         recorder = None
-        if store:
+        if store and cfg.noise.kind == "poisson":
             from .db import connect
             from .insilico import DatabaseRecorder
 

@@ -38,7 +38,7 @@ generations = 5
 def test_insilico_command_writes_summary_and_plots(tmp_path):
     cfg = tmp_path / "probe.toml"
     cfg.write_text(SMALL.replace('stages = ["pixel"]', f'stages = ["pixel"]\noutput = "{tmp_path / "out"}"'))
-    result = CliRunner().invoke(app, ["insilico", str(cfg), "--quiet"])
+    result = CliRunner().invoke(app, ["insilico", str(cfg), "--quiet", "--no-store"])
     assert result.exit_code == 0, result.output
     assert "invariance: 6 generations, 96 presentations" in result.output  # 6 x (12 + 4 reference repeats)
     out = tmp_path / "out"
