@@ -24,7 +24,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import numpy as np  # noqa: E402
 
 from sefficiency import stats  # noqa: E402
 from sefficiency.fronts import DEFAULT_CELLS, build_instances  # noqa: E402
@@ -103,6 +102,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 seeds, budgets 1k/3k, sep-CMA reference")
     ap.add_argument("--full", action="store_true", help="10 seeds, budgets 1k/3k/10k, full-CMA reference")
     ap.add_argument("--seeds", type=int, help="number of paired seeds (0..k-1)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first..first+seeds-1")
     ap.add_argument("--budgets", type=str, help="checkpoints in presentations, e.g. 1000,3000,10000")
     ap.add_argument("--methods", type=str, help="comma-separated method specs")
     ap.add_argument("--cells", type=str, help="comma-separated unit/probe/reference cells (default: all 8)")
@@ -113,8 +113,11 @@ def main(argv=None):
                          "for invariance runs")
     ap.add_argument("--cap", action="append", default=[], metavar="METHOD=N",
                     help="run METHOD only up to N presentations (e.g. reference=3000: full CMA is slow)")
-    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
-                    help="add the runs of an earlier output (same cells and radius), e.g. slow full-CMA runs")
+    ap.add_argument("--merge", action="append", default=[], metavar="FILE[:seeds=K]",
+                    help="add the runs of an earlier output (.json, or the .jsonl an interrupted run leaves), "
+                         "same cells and radius; ':seeds=K' keeps seeds 0..K-1. With --methods none, only "
+                         "merged runs are reported")
+    ap.add_argument("--note", default="", help="text put under the command line in the generated block")
     ap.add_argument("--block", default="main", help="name of the generated block in --doc")
     ap.add_argument("--comparator", default=None, help="method the claims are tested against")
     ap.add_argument("--jobs", type=int, default=1)
@@ -127,6 +130,8 @@ def main(argv=None):
     budgets = tuple(int(b) for b in a.budgets.split(",")) if a.budgets else (
         (1000, 3000, 10000) if a.full else (1000, 3000))
     methods = a.methods.split(",") if a.methods else (FULL_METHODS if a.full else QUICK_METHODS)
+    if methods == ["none"]:
+        methods = []
     windows = tuple(float(w) for w in a.windows.split(",")) if a.windows else WINDOWS
     cells = [tuple(c.split("/")) for c in a.cells.split(",")] if a.cells else DEFAULT_CELLS
 
@@ -140,7 +145,7 @@ def main(argv=None):
 
     caps = {k: int(v) for k, v in (c.split("=") for c in a.cap)}
     jobs = [(i, w, s, m, a.start, budgets, caps.get(m, budgets[-1])) for m in methods for i in range(len(cells)) for w in windows
-            for s in range(seeds)]
+            for s in range(a.first_seed, a.first_seed + seeds)]
     # seed by seed (an interrupted run still holds complete seeds), slowest methods first within a seed
     jobs.sort(key=lambda j: (j[2], j[3] != "reference", j[3] != "nsga2"))
     records = []
@@ -166,15 +171,22 @@ def main(argv=None):
 
     command = "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
-    for path in a.merge:
-        earlier = json.loads(Path(path).read_text())
-        if earlier["meta"]["radius"] != a.radius:
-            raise SystemExit(f"--merge {path}: radius {earlier['meta']['radius']} differs from {a.radius}")
-        records.extend(earlier["runs"])
-        methods = methods + [m for m in earlier["meta"]["methods"] if m not in methods]
-        command = f"{earlier['meta']['command']}` then `{command}"
-    meta = {"command": command, "seeds": seeds, "budgets": budgets, "methods": methods, "radius": a.radius,
+    for spec in a.merge:
+        path, _, keep = spec.partition(":seeds=")
+        if path.endswith(".jsonl"):
+            runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        else:
+            earlier = json.loads(Path(path).read_text())
+            if earlier["meta"]["radius"] != a.radius:
+                raise SystemExit(f"--merge {path}: radius {earlier['meta']['radius']} differs from {a.radius}")
+            runs = earlier["runs"]
+        if keep:
+            runs = [r for r in runs if r["seed"] < int(keep)]
+        records.extend(runs)
+        methods = methods + sorted({r["method"] for r in runs} - set(methods))
+    meta = {"command": command, "note": a.note, "seeds": seeds, "budgets": budgets, "methods": methods, "radius": a.radius,
             "start": a.start, "wall_s": time.perf_counter() - t0,
+            "run_s": sum(r.get("wall_s", 0.0) for r in records),
             "hv_star": {inst.name: inst.front.hv for inst in _INSTANCES}}
     Path(f"{out}.json").write_text(json.dumps({"meta": meta, "runs": records}, default=float))
     res = stats.Results(records)
@@ -200,8 +212,9 @@ def render_block(meta, table, claims, plot_path, doc, name="main"):
     hv = ", ".join(f"{k} {v:.4f}" for k, v in meta["hv_star"].items())
     return "\n".join([
         BEGIN,
-        f"Produced by `{meta['command']}` ({meta['wall_s'] / 60:.1f} min wall, {os.cpu_count()} cores; "
-        f"R = {meta['radius']:g}, start = {meta['start']}, seeds 0..{meta['seeds'] - 1}).",
+        f"Produced by `{meta['command']}` ({meta['run_s'] / 60:.0f} min of single-process run time in all; "
+        f"R = {meta['radius']:g}, start = {meta['start']}).",
+        *([meta["note"]] if meta.get("note") else []),
         "",
         f"HV* of the exact fronts: {hv}.",
         "",

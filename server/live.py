@@ -130,6 +130,7 @@ class LiveLoop:
     # -- reports and counts --------------------------------------------------------------------------
     def _check_session(self, msg) -> None:
         if msg.envelope.session != self.wire_session:
+            self.stats.rejected += 1
             raise Reject(f"session: {msg.envelope.session!r} is not the running session {self.wire_session!r}")
 
     def _check_sender(self, msg, role: str) -> None:

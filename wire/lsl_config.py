@@ -15,7 +15,6 @@ import os
 import tempfile
 from pathlib import Path
 
-# Byte-identical to recording_bridge/lsl_config.py's, so both helpers share one file without rewriting it.
 LOOPBACK_CONFIG = """\
 [ports]
 IPv6 = disable

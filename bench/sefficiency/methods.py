@@ -17,9 +17,6 @@ own noisy estimates) and the single image it would hand back. Indices refer to t
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
 
 from server.engine.optimizers import make_optimizer
@@ -217,16 +214,3 @@ class NSGA2Method(Method):
         self._record(self._codes, rates, ref_rate, None)
         self.generation += 1
 
-
-@dataclass
-class Timing:
-    seconds: float = 0.0
-    generations: int = 0
-
-    def add(self, t0: float) -> None:
-        self.seconds += time.perf_counter() - t0
-        self.generations += 1
-
-    @property
-    def per_generation(self) -> float:
-        return self.seconds / max(self.generations, 1)

@@ -205,7 +205,7 @@ def plot(res: Results, path: str, metric: str = "hv_reported") -> None:
         ax.set_title(f"{probe}, T = {window:g} s")
         ax.set_xlabel("presentations")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"HV/HV* ({metric.removeprefix('hv_')}), mean over units and seeds")
+    axes[0][0].set_ylabel(f"{metric.removeprefix('hv_')} HV/HV* (mean)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -38,7 +38,7 @@ from server.engine.base import ConfigError
 
 from ..alignment import Edge, OnsetAligner
 from ..base import Marker, Onset, Rejections, SpikeEvent, SpikeSource
-from ..lsl_config import ensure_loopback_config
+from wire.lsl_config import use_loopback_lsl
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class LslSource(SpikeSource):
         if not spike_stream or not marker_stream:
             raise ConfigError("spike_stream", "stream names must be non-empty")
         if loopback:
-            ensure_loopback_config()
+            use_loopback_lsl()
         import pylsl  # after LSLAPICFG is settled: liblsl reads it on first use
 
         self._lsl = pylsl
