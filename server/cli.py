@@ -165,7 +165,7 @@ def server(
              "A maximize session finds the neuron's most exciting image; an invariance probe follows.")
 def demo(
     generations: int = typer.Option(12, help="generations of the invariance probe"),
-    maximize_generations: int = typer.Option(8, help="generations of the maximize session"),
+    maximize_generations: int = typer.Option(12, help="generations of the maximize session"),
     population: int = typer.Option(16, help="candidates per generation"),
     seed: int = typer.Option(1, help="session seed"),
     port: int = typer.Option(0, help="dashboard port (0: a free one)"),

@@ -101,7 +101,7 @@ def display_environment(display: str, home: Path) -> dict:
     return env
 
 
-def run_demo(*, max_generations: int = 8, generations: int = 12, population: int = 16, seed: int = 1,
+def run_demo(*, max_generations: int = 12, generations: int = 12, population: int = 16, seed: int = 1,
              port: int | None = None, exit_when_done: bool = False, out=print) -> dict:
     import uvicorn
 
