@@ -79,9 +79,16 @@ class ProbeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: str = Field("invariance", description="maximize | invariance | adversarial")
     seed: int = Field(0, ge=0, description="session seed; every random choice derives from it")
-    population: int = Field(40, ge=4, le=1000, description="candidates per generation")
+    population: int = Field(20, ge=4, le=1000, description="new candidates per generation (more generations "
+                            "beat wider ones at a fixed number of presentations: docs/benchmarks.md)")
     generations: int = Field(40, ge=1, description="budget of generations for the probe")
     reference_repeats: int = Field(4, ge=1, description="reference presentations per generation")
+    confirm: bool = Field(True, description="report the front that survives spike noise (shrunk rate estimates, "
+                          "conservative bounds) instead of the front of single noisy measurements")
+    retests: int = Field(10, ge=0, le=1000, description="presentations per generation that re-test plausible "
+                         "front candidates (only under noise; 0: none)")
+    confirm_kappa: float = Field(1.0, ge=0, description="standard errors by which the reported front is made "
+                                 "conservative")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     output: Path = Field(Path("runs/insilico"), description="folder for summary.json and the plots")

@@ -23,6 +23,7 @@ from .engine.evaluation import (
     pink_noise_images,
     retention_and_stretch,
 )
+from .engine.confirm import FrontConfirmation
 from .engine.generators import make_generator
 from .engine.optimizers import make_optimizer
 from .engine.probes import UNIT, Bound, EarlyStop, Probe
@@ -212,9 +213,13 @@ def build_search(
     early = None
     if natural_threshold is not None and mode != "maximize":
         early = EarlyStop(mode, natural_threshold, config.early_stop.min_generation)
+    confirmation = None
+    if mode != "maximize" and config.confirm:
+        confirmation = FrontConfirmation(mode, config.retests, config.confirm_kappa)
     search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
                        reference_image=reference_image if mode != "maximize" else None,
-                       max_generations=generations or config.generations, early_stop=early)
+                       max_generations=generations or config.generations, early_stop=early,
+                       confirmation=confirmation)
     search.reference_code = reference_code
     return search
 

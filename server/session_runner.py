@@ -203,6 +203,7 @@ class SessionRunner:
                     bool(sel[p.code_index]),
                 )
                 for p in cands
+                if p.code_index < len(report.fitness)  # re-tests of earlier candidates carry no new score
             ]
             self.repo.complete_generation(
                 self.session_id, op.batch.generation, scores, optimizer_state=self._state(),
@@ -239,6 +240,9 @@ class SessionRunner:
     def _rebuild_pool(self, last_completed: int) -> None:
         """The selection pool from stored scores: each completed generation's first-front candidates."""
         h = self.repo.load_history(self.session_id)
+        where = {(int(g), int(i)): k for k, (g, i, kind, sup) in
+                 enumerate(zip(h.generation, h.code_index, h.kind, h.superseded)) if kind == "candidate" and not sup}
+        self.search.restore_confirmation_codes(lambda g, i: h.codes[where[(g, i)]].copy())
         probe = self.search.probe
         t = self.target_positions if self.target_positions is not None else slice(None)
         self.search.pool = type(self.search.pool)()

@@ -115,7 +115,7 @@ def test_kill9_at_random_moments_then_resume_equals_uninterrupted(db_url, db_eng
 
     a, b = _session_rows(db_engine, full_sid), _session_rows(db_engine, sid)
     active_b = [r for r in b if not r.superseded]
-    assert len(a) == len(active_b) == generations * 44
+    assert len(a) == len(active_b) >= generations * 44  # 40 candidates + 4 references, + any re-tests
     assert len({(r.gen, r.slot) for r in active_b}) == len(active_b)  # no slot twice
     assert all(r.counts is not None for r in active_b)  # nothing lost
     for x, y in zip(a, active_b):

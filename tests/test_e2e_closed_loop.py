@@ -64,7 +64,8 @@ def test_closed_loop_with_psychopy_survives_a_display_kill_and_matches_in_silico
             " LEFT JOIN responses r ON r.presentation_id = p.id WHERE p.session_id = :s"), {"s": sid}).all()
     active = [r for r in rows if not r.superseded]
     slots = {(r.gen, r.slot) for r in active}
-    assert len(active) == len(slots) == GENERATIONS * (8 + 2)  # one active presentation per slot
+    shown = sum(len(r.responses) for r in loop.runner.reports) + GENERATIONS * 2  # + 2 references each
+    assert len(active) == len(slots) == shown >= GENERATIONS * (8 + 2)  # one active presentation per slot
     assert all(r.counts is not None for r in active)  # every one answered
     assert all(r.display_onset is not None and r.onset_source == "photodiode" for r in active)
     assert sum(r.counts is not None for r in rows) == len(active)  # no response stored twice

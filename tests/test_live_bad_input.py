@@ -191,13 +191,14 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         loop = service.loop
         # quiet: the display holds, and every presentation it showed has its counts stored
         wait_until(lambda: len(display.reported) >= HOLD_AFTER and loop.stats.counts >= HOLD_AFTER, 60, "the hold")
-        before = snapshot(db_engine)
+        before, quiet = snapshot(db_engine), False
         for _ in range(100):
             time.sleep(0.3)
             now = snapshot(db_engine)
-            if now == before:
+            quiet, before = now == before, now
+            if quiet:
                 break
-            before = now
+        assert quiet, "the database kept changing while the display held"
         open_gen = loop.runner.open
         assert open_gen is not None and open_gen.batch.generation == 1 and len(loop.runner.reports) == 1
         target = loop.runner.unanswered()[0].presentation_id  # real, open, not yet shown
@@ -292,7 +293,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with TestClient(app) as http:
             for method, url, headers, body, status, field in [
-                ("post", f"/api/sessions/{sid}/stop", {"Authorization": "Bearer wrong"}, None, 401, "wrong operator token"),
+                ("post", f"/api/sessions/{sid}/stop", {"Authorization": "Bearer x"}, None, 401, "wrong operator token"),
                 ("post", f"/api/sessions/{sid}/stop", {}, None, 401, "operator token required"),
                 ("post", f"/api/sessions/{uuid.uuid4()}/pause", auth, None, 404, "no session"),
                 ("post", "/api/sessions/not-a-uuid/pause", auth, None, 422, "path.session_id"),

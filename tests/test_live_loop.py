@@ -141,4 +141,5 @@ def test_live_session_on_the_simulated_rig_matches_the_in_silico_twin(service, t
         n_resp = c.execute(text("SELECT count(*) FROM responses r JOIN presentations p ON p.id = r.presentation_id"
                                 " WHERE p.session_id = :s"), {"s": sid}).scalar()
         status = c.execute(text("SELECT status FROM sessions WHERE id = :s"), {"s": sid}).scalar()
-    assert n_pres == 5 * (8 + 2) and n_resp == n_pres and status == "completed"
+    shown = sum(len(r.responses) for r in live.reports) + 5 * 2  # candidates and re-tests, + 2 references each
+    assert n_pres == shown >= 5 * (8 + 2) and n_resp == n_pres and status == "completed"

@@ -14,12 +14,15 @@ and subject are rebuilt from the session's config, not pickled).
 
 from __future__ import annotations
 
+import copy
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .base import ImageGenerator, Stage
+from .confirm import FrontConfirmation
 from .optimizers import Optimizer
 from .pareto import newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
 from .probes import UNIT, EarlyStop, Probe, stage_distances, unit_distances
@@ -30,6 +33,11 @@ class Proposal:
     generation: int
     codes: np.ndarray  # (P, n) the codes that will be scored (after the generator's projection)
     images: np.ndarray  # (P, H, W, 3) float32 in [0, 1]
+    n_new: int = -1  # rows [:n_new] are the optimizer's; the rest re-test earlier front candidates
+
+    def __post_init__(self):
+        if self.n_new < 0:
+            self.n_new = len(self.codes)
 
 
 @dataclass
@@ -53,6 +61,15 @@ class Selection:
     code: np.ndarray
     response: np.ndarray  # (U,)
     distances: dict[str, float]
+
+
+def _without_codes(confirmation: FrontConfirmation | None) -> FrontConfirmation | None:
+    """A copy that remembers which candidates it keeps but not their codes (storage has them)."""
+    if confirmation is None:
+        return None
+    c = copy.copy(confirmation)
+    c.codes = sorted(confirmation.codes)
+    return c
 
 
 @dataclass
@@ -79,6 +96,7 @@ class SnSSearch:
         reference_image: np.ndarray | None = None,
         max_generations: int | None = None,
         early_stop: EarlyStop | None = None,
+        confirmation: FrontConfirmation | None = None,
     ):
         missing = [s for s in probe.stages if s not in stages]
         if missing:
@@ -91,6 +109,10 @@ class SnSSearch:
         self.optimizer = optimizer
         self.max_generations = max_generations
         self.early_stop = early_stop
+        self.confirmation = confirmation if probe.mode != "maximize" else None
+        self._confirm_where: list[tuple[int, int]] = []  # confirmation id -> (generation, row)
+        self._n_new = 0
+        self._retest_ids = np.zeros(0, dtype=np.int64)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
         self.generation = 0
         self.stopped = False
@@ -114,9 +136,16 @@ class SnSSearch:
 
     def ask(self) -> Proposal:
         if self._pending is None:
-            self._pending = self.generator.project(self.optimizer.ask())
+            new = self.generator.project(self.optimizer.ask())
+            self._n_new = len(new)
+            self._retest_ids = np.zeros(0, dtype=np.int64)
+            if self.confirmation is not None:
+                self._retest_ids, again = self.confirmation.choose_retests()
+                if len(self._retest_ids):
+                    new = np.concatenate([new, again])
+            self._pending = new
         codes = self._pending
-        return Proposal(self.generation, codes, self.generator.render(codes))
+        return Proposal(self.generation, codes, self.generator.render(codes), self._n_new)
 
     @property
     def reference_response(self) -> np.ndarray | None:
@@ -136,20 +165,26 @@ class SnSSearch:
         """
         if self._pending is None:
             raise RuntimeError("tell() without a pending ask()")
-        codes = self._pending
-        r = np.asarray(responses, dtype=np.float64)
-        if r.ndim == 1:
-            r = r[:, None]
-        if r.shape[0] != len(codes):
-            raise ValueError(f"responses: expected {len(codes)} rows (one per candidate), got {r.shape[0]}")
-        if not np.all(np.isfinite(r)) or (r < 0).any():
+        all_codes = self._pending
+        r_all = np.asarray(responses, dtype=np.float64)
+        if r_all.ndim == 1:
+            r_all = r_all[:, None]
+        if r_all.shape[0] != len(all_codes):
+            raise ValueError(f"responses: expected {len(all_codes)} rows (one per candidate), got {r_all.shape[0]}")
+        if not np.all(np.isfinite(r_all)) or (r_all < 0).any():
             raise ValueError("responses: must be finite and non-negative (spike counts or rates)")
+        n_new = self._n_new or len(all_codes)
+        codes, r = all_codes[:n_new], r_all[:n_new]
+        if images is not None:
+            images = images[:n_new]
         if reference_responses is not None:
             rr = np.asarray(reference_responses, dtype=np.float64).reshape(-1, r.shape[1])
             if not np.all(np.isfinite(rr)) or (rr < 0).any():
                 raise ValueError("reference_responses: must be finite and non-negative")
             self._ref_sum = rr.sum(0) if self._ref_sum is None else self._ref_sum + rr.sum(0)
             self._ref_count += len(rr)
+            if self.confirmation is not None:
+                self.confirmation.add_reference(rr.mean(axis=1))
 
         if self.probe.mode == "maximize":
             fitness = r.mean(axis=1)
@@ -179,11 +214,15 @@ class SnSSearch:
                     self._keep(i, codes, r, distances, fitness)
 
         self.optimizer.tell(codes, fitness)
+        if self.confirmation is not None:
+            ids = self.confirmation.add(codes, distances[self.probe.stages[0]], r.mean(axis=1))
+            self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
+            self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))
         stop = False
         if self.early_stop is not None and self.probe.mode != "maximize":
             stop = self.early_stop.should_stop(self.generation, r)
         report = GenerationReport(
-            self.generation, r, distances, objectives, fronts, fitness,
+            self.generation, r_all, distances, objectives, fronts, fitness,
             self.reference_response if self.reference_response is not None else np.zeros(r.shape[1]), stop,
         )
         self._pending = None
@@ -217,8 +256,17 @@ class SnSSearch:
         response estimate, and the code returned is the one that was scored (not the next generation's).
         """
         pool = self.pool
-        if not pool.codes:
+        if not pool.codes and not self._confirm_where:
             raise RuntimeError("result() before any generation was scored")
+        if self.confirmation is not None and self._confirm_where:
+            cid = self.confirmation.selected()
+            code = self.confirmation.codes.get(int(cid))
+            if code is not None:  # (codes far from every front are forgotten; then fall back to the pool)
+                g, i = self._confirm_where[cid]
+                d_low, d_high, _ = self.confirmation._estimates()
+                rate = self.confirmation.rate_sum[cid] / self.confirmation.shows[cid]
+                return Selection(g, i, code.copy(), np.array([rate]),
+                                 {self.probe.stages[0]: float(d_low[cid]), UNIT: float(d_high[cid])})
         if self.probe.mode == "maximize":
             k = int(np.argmax(pool.fitness))
         else:
@@ -253,9 +301,21 @@ class SnSSearch:
                 "ref_count": self._ref_count,
                 "pool": self.pool if include_pool else None,
                 "early_stop": None if self.early_stop is None else list(self.early_stop.history),
+                "confirmation": self.confirmation if include_pool else _without_codes(self.confirmation),
+                "confirm_where": self._confirm_where,
+                "n_new": self._n_new,
+                "retest_ids": self._retest_ids,
             },
             protocol=5,
         )
+
+    def restore_confirmation_codes(self, code_of: "Callable[[int, int], np.ndarray]") -> None:
+        """After ``load_state`` of a state saved without the pool: fetch the kept candidates' codes
+        (``code_of(generation, row)``, from storage)."""
+        c = self.confirmation
+        if c is None or not isinstance(c.codes, list):
+            return
+        c.codes = {int(i): code_of(*self._confirm_where[int(i)]) for i in c.codes}
 
     def load_state(self, blob: bytes) -> None:
         s = pickle.loads(blob)
@@ -268,5 +328,9 @@ class SnSSearch:
         self._ref_count = s["ref_count"]
         if s["pool"] is not None:
             self.pool = s["pool"]
+        self.confirmation = s["confirmation"]
+        self._confirm_where = list(s["confirm_where"])
+        self._n_new = s["n_new"]
+        self._retest_ids = s["retest_ids"]
         if self.early_stop is not None and s["early_stop"] is not None:
             self.early_stop.history = list(s["early_stop"])
