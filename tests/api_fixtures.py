@@ -40,6 +40,7 @@ INSILICO = {
     "subject": {"name": "complex-cell", "wavelength": 6},
     "population": 12,
     "generations": 6,
+    "retests": 0,  # exact presentation counts per generation (12 candidates + 4 references)
     "reference": {"source": "maximize", "generations": 4},
     "noise": {"kind": "poisson"},
 }

@@ -12,6 +12,7 @@ import uuid
 
 import numpy as np
 import pytest
+import zmq
 from display_fixtures import DisplayProcess, display_env, requires_display_stack, wait_until, xvfb  # noqa: F401
 
 from wire import messages as m
@@ -33,9 +34,17 @@ class FakeServer:
         self.statuses: list[str] = []
         self.hellos: list[tuple] = []
         self.resent: list[list[str]] = []
-        self.ep = ServerEndpoint(
-            f"tcp://127.0.0.1:{port or '*'}", session="S1", timing=TIMING, on_hello=self._on_hello
-        )
+        deadline = time.monotonic() + 10.0
+        while True:  # a restart on the same port: ZeroMQ releases the old listener asynchronously
+            try:
+                self.ep = ServerEndpoint(
+                    f"tcp://127.0.0.1:{port or '*'}", session="S1", timing=TIMING, on_hello=self._on_hello
+                )
+                break
+            except zmq.ZMQError:
+                if port is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.ep.on("presentation_report", self._on_report)
         self.ep.start()
 
