@@ -72,6 +72,7 @@ class LiveLoop:
         self.stats = LiveStats()
         self.paused = False
         self.finished = threading.Event()
+        self._finishing = False
         self._batch_seq = 0
         self._dispatched: set[int] = set()
         endpoint.on("presentation_report", self._on_report)
@@ -258,10 +259,15 @@ class LiveLoop:
             self.stats.overhead_s.append(time.perf_counter() - t_last)
 
     def _finish(self) -> None:
-        if not self.finished.is_set():
-            self.finished.set()
+        """Record the end (on_done stores the status) before ``finished`` wakes whoever waits for it."""
+        if self.finished.is_set() or self._finishing:
+            return
+        self._finishing = True
+        try:
             if self.on_done is not None:
                 self.on_done(self)
+        finally:
+            self.finished.set()
 
     # -- operator ------------------------------------------------------------------------------------
     def pause(self) -> None:
