@@ -30,7 +30,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading

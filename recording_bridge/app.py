@@ -18,7 +18,7 @@ import threading
 import time
 
 from wire.messages import CountsBatch, CountsItem, blob_to_image
-from wire.transport import Peer, Reject
+from wire.transport import Peer
 
 from server.engine.base import as_displayed
 

@@ -13,7 +13,6 @@ database is quiet. Every table's row count and content digest is compared before
 
 import json
 import logging
-import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from sqlalchemy import text
 
 from server.db.models import Base
 from server.service import SessionCreate, SessionService
-from test_live_loop import FAST, _bridge
+from test_live_loop import FAST, ScriptedDisplay, _bridge
 from wire.messages import Envelope, decode, encode
 
 pytest_plugins = ["db_fixtures"]
@@ -37,60 +36,6 @@ PROBE = {
 }
 FORGED = 777  # a count the simulated neuron cannot produce in a 150 ms window
 TOKEN = "bad-input-token"
-
-
-class HoldingDisplay:
-    """A display peer that shows in real time (100 ms on, 100 ms off), reports each presentation, and
-    holds (shows nothing more) after ``hold_after`` reports until released."""
-
-    def __init__(self, address, hold_after):
-        from wire import Peer
-
-        self.peer = Peer(address, client_id="display-test", role="display", timing=FAST)
-        self.reported: list[str] = []
-        self.queue: list = []
-        self.hold_after = hold_after
-        self.released = threading.Event()
-        self.lock = threading.Lock()
-        self.peer.on("stimulus_batch", self._batch)
-        self.peer.on("control", lambda msg: None)
-        self.peer.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._show, daemon=True)
-        self.thread.start()
-
-    def _batch(self, msg):
-        b = msg.payload
-        with self.lock:
-            self.queue.extend((b, p) for p in sorted(b.presentations, key=lambda p: p.order))
-
-    def _show(self):
-        while not self.stop.is_set():
-            if len(self.reported) >= self.hold_after and not self.released.is_set():
-                time.sleep(0.01)
-                continue
-            with self.lock:
-                item = self.queue.pop(0) if self.queue else None
-            if item is None:
-                time.sleep(0.01)
-                continue
-            b, p = item
-            if p.presentation_id in self.reported:
-                continue
-            t = time.monotonic()
-            time.sleep(0.2)
-            self.reported.append(p.presentation_id)
-            self.peer.send("presentation_report", {
-                "presentation_id": p.presentation_id, "batch_id": b.batch_id, "generation": b.generation,
-                "stimulus_id": p.stimulus_id, "order": p.order, "attempt": p.attempt,
-                "flip_time": t, "offset_time": t + 0.1, "frames_on": 6, "frames_off": 6,
-                "refresh_hz": 60.0, "on_duration_s": 0.1, "dropped_frames": 0, "marker_sent": False,
-            })
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(2)
-        self.peer.close()
 
 
 class RawClient:
@@ -182,7 +127,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
                                                                           tmp_path):
     caplog.set_level(logging.INFO)
     sid = service.create(SessionCreate(operator="tester", subject_id="M1", probe=PROBE, units=["sim:0"]))
-    display = HoldingDisplay(service.wire_address, HOLD_AFTER)
+    display = ScriptedDisplay(service.wire_address, hold_after=HOLD_AFTER)
     bridge, stop, th = _bridge(service.wire_address, PROBE["seed"], "maximize")
     rogues = []
     try:

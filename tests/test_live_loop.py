@@ -7,7 +7,6 @@ plain wire Peer, so the server's write order, deduplication and bad-input handli
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -31,12 +30,15 @@ PROBE = {
 
 
 class ScriptedDisplay:
-    """A display peer that 'shows' each presentation for 100 ms on / 100 ms off in real time and reports it."""
+    """A display peer that 'shows' each presentation for 100 ms on / 100 ms off in real time and reports it;
+    with ``hold_after`` it stops showing after that many reports until ``released`` is set."""
 
-    def __init__(self, address, client_id="display-test"):
+    def __init__(self, address, client_id="display-test", hold_after=None):
         self.peer = Peer(address, client_id=client_id, role="display", timing=FAST)
         self.reported: list[str] = []
         self.queue: list = []
+        self.hold_after = hold_after
+        self.released = threading.Event()
         self.lock = threading.Lock()
         self.peer.on("stimulus_batch", self._batch)
         self.peer.on("control", lambda msg: None)
@@ -52,6 +54,9 @@ class ScriptedDisplay:
 
     def _show(self):
         while not self.stop.is_set():
+            if self.hold_after is not None and len(self.reported) >= self.hold_after and not self.released.is_set():
+                time.sleep(0.01)
+                continue
             with self.lock:
                 item = self.queue.pop(0) if self.queue else None
             if item is None:
