@@ -169,7 +169,8 @@ def main(argv=None):
             _progress(k, len(jobs), rec, t0)
     partial.close()
 
-    command = "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ)
+    command = (env + " " if env else "") + "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     for spec in a.merge:
         path, _, keep = spec.partition(":seeds=")
