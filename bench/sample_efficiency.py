@@ -29,14 +29,12 @@ from sefficiency import stats  # noqa: E402
 from sefficiency.fronts import DEFAULT_CELLS, build_instances  # noqa: E402
 from sefficiency.harness import run  # noqa: E402
 from sefficiency.methods import NSGA2Method, RandomSearch, ReferenceSnS  # noqa: E402
-from sefficiency.snslab import SnSLab  # noqa: E402
+from sefficiency.snslab import BEFORE_STUDY, SnSLab  # noqa: E402
 from sefficiency.zspace import Space  # noqa: E402
 
 WINDOWS = (0.2, 0.05)  # low and high noise
 QUICK_METHODS = ["reference-sepcma", "nsga2", "random-0.25", "random-0.5", "random-1", "snslab-engine", "snslab"]
-# snslab's default: the engine's SnSSearch with front confirmation (re-tests + shrunk, conservative
-# estimates) and a smaller population; see docs/benchmarks.md for what each part contributes.
-SNSLAB_DEFAULT = {"popsize": 20, "retests": 10, "kappa": 1.0, "shrink": 1}
+
 FULL_METHODS = ["reference", *QUICK_METHODS]
 
 
@@ -60,10 +58,10 @@ def make_method(spec: str, inst, window_s: float, seed: int, start: str):
         return NSGA2Method(inst, window_s, seed, start=start)
     if spec.startswith("random-"):
         return RandomSearch(inst, window_s, seed, float(spec.removeprefix("random-")))
-    if spec == "snslab-engine":  # the engine exactly as configured today (server.config defaults)
-        return SnSLab(inst, window_s, seed, name=spec, start=start)
-    if spec == "snslab" or spec.startswith("snslab:"):
-        overrides = {"start": start, **SNSLAB_DEFAULT}
+    if spec == "snslab-engine":  # the engine as it was before this study
+        return SnSLab(inst, window_s, seed, name=spec, start=start, **BEFORE_STUDY)
+    if spec == "snslab" or spec.startswith("snslab:"):  # the engine's defaults (server.config.ProbeConfig)
+        overrides = {"start": start}
         if ":" in spec:
             for kv in spec.split(":", 1)[1].split("+"):
                 k, v = kv.split("=")
@@ -113,7 +111,7 @@ def main(argv=None):
                          "for invariance runs")
     ap.add_argument("--cap", action="append", default=[], metavar="METHOD=N",
                     help="run METHOD only up to N presentations (e.g. reference=3000: full CMA is slow)")
-    ap.add_argument("--merge", action="append", default=[], metavar="FILE[:seeds=K]",
+    ap.add_argument("--merge", action="append", default=[], metavar="FILE[:seeds=K][:drop=M1+M2]",
                     help="add the runs of an earlier output (.json, or the .jsonl an interrupted run leaves), "
                          "same cells and radius; ':seeds=K' keeps seeds 0..K-1. With --methods none, only "
                          "merged runs are reported")
@@ -173,6 +171,7 @@ def main(argv=None):
     command = (env + " " if env else "") + "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     for spec in a.merge:
+        spec, _, drop = spec.partition(":drop=")
         path, _, keep = spec.partition(":seeds=")
         if path.endswith(".jsonl"):
             runs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -183,6 +182,8 @@ def main(argv=None):
             runs = earlier["runs"]
         if keep:
             runs = [r for r in runs if r["seed"] < int(keep)]
+        if drop:
+            runs = [r for r in runs if r["method"] not in drop.split("+")]
         records.extend(runs)
         methods = methods + sorted({r["method"] for r in runs} - set(methods))
     meta = {"command": command, "note": a.note, "seeds": seeds, "budgets": budgets, "methods": methods, "radius": a.radius,

@@ -1,8 +1,9 @@
 """snslab's own method, through the engine's real code path (server.engine.search.SnSSearch).
 
 The benchmark owns only the glue: a pixel stage on the grey image (exact: its distances are scale * ||dz||
-times a constant), the start code and the engine defaults read from server.config.ProbeConfig, and the
-mapping from the search's pool of scored candidates back to presentation order for the report.
+times a constant), the start code, the engine defaults read from server.config.ProbeConfig (front
+confirmation included: server/engine/confirm.py), and the mapping from the search's candidates back to
+presentation order for the report.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from server.engine.pareto import first_front
 from server.engine.probes import UNIT, Probe, unit_distances
 from server.engine.search import SnSSearch
 
-from .confirm import FrontConfirmation
+from server.engine.confirm import FrontConfirmation
 from .methods import Method, reference_x0
 
 
@@ -34,11 +35,17 @@ def engine_defaults() -> dict:
 
     cfg = ProbeConfig()
     return {"optimizer": cfg.optimizer.name, "sigma0": cfg.optimizer.sigma0, "popsize": cfg.population,
-            "ordering": cfg.ordering}
+            "ordering": cfg.ordering, "confirm": int(cfg.confirm), "retests": cfg.retests,
+            "kappa": cfg.confirm_kappa}
+
+
+# The engine as it was before this study (popsize 40, raw single measurements, the published orderings).
+BEFORE_STUDY = {"popsize": 40, "confirm": 0, "retests": 0, "ordering": "published"}
 
 
 class SnSLab(Method):
-    """SnSSearch with the engine's defaults; ``overrides`` change single settings for experiments."""
+    """SnSSearch with the engine's defaults (server.config.ProbeConfig); ``overrides`` change single settings
+    for experiments (``ordering="published"``: onevar for invariance, random for adversarial)."""
 
     def __init__(self, inst, window_s, seed, name: str = "snslab", **overrides):
         super().__init__(inst, window_s, seed)
@@ -46,63 +53,47 @@ class SnSLab(Method):
         cfg = engine_defaults()
         cfg.update(overrides)
         self.cfg = cfg
-        space = inst.space
-        gen = space.generator
+        gen = inst.space.generator
         x0 = reference_x0(inst, self.rng, cfg.get("start", "reference"))
         opt = make_optimizer(cfg["optimizer"], x0, float(cfg["sigma0"]), int(cfg["popsize"]), seed=int(seed),
                              **cfg.get("optimizer_options", {}))
-        probe = Probe(inst.probe, ("pixel",), cfg.get("ordering") or "")
-        ref_image = gen.render(inst.z_ref[None])[0]
-        self.search = SnSSearch(gen, {"pixel": GreyPixelStage()}, probe, opt, seed=int(seed),
-                                reference_image=ref_image)
-        self._offsets: list[int] = []
-        self._presented = 0
-        retests = int(cfg.get("retests", 0))
-        self.confirm = None
-        if retests > 0 or int(cfg.get("confirm", 0)):
-            self.confirm = FrontConfirmation(inst.probe, retests, float(cfg.get("kappa", 1.0)),
+        ordering = cfg.get("ordering") or ""
+        if ordering == "published":
+            ordering = "onevar" if inst.probe == "invariance" else "random"
+        probe = Probe(inst.probe, ("pixel",), ordering)
+        confirmation = None
+        if int(cfg.get("confirm", 0)):
+            confirmation = FrontConfirmation(inst.probe, int(cfg["retests"]), float(cfg["kappa"]),
                                              shrink=bool(int(cfg.get("shrink", 1))))
-            self._first_index: list[int] = []  # confirmation id -> presentation index of its first showing
+        self.search = SnSSearch(gen, {"pixel": GreyPixelStage()}, probe, opt, seed=int(seed),
+                                reference_image=gen.render(inst.z_ref[None])[0], confirmation=confirmation)
+        self._offsets: list[int] = []  # presentation index of each generation's first row
+        self._presented = 0
 
     def ask(self):
         self._proposal = self.search.ask()
-        codes = self._proposal.codes
-        self._retest_ids = np.zeros(0, dtype=np.int64)
-        if self.confirm is not None:
-            self._retest_ids, again = self.confirm.choose_retests()
-            if len(self._retest_ids):
-                codes = np.concatenate([codes, again])
-        return codes
+        return self._proposal.codes  # the optimizer's new codes, then the engine's re-tests
 
     def tell(self, counts, ref_counts):
-        P = len(self._proposal.codes)
         rates = (counts / self.window_s)[:, None]
         refs = (ref_counts / self.window_s)[:, None]
-        self.search.tell(rates[:P], reference_responses=refs, images=self._proposal.images)
-        if self.confirm is not None:
-            self.confirm.add_reference(refs[:, 0])
-            d_low = np.linalg.norm(self._proposal.codes - self.inst.z_ref, axis=1)
-            ids = self.confirm.add(self._proposal.codes, d_low, rates[:P, 0])
-            self._first_index.extend((self._presented + np.arange(len(ids))).tolist())
-            self.confirm.update(self._retest_ids, rates[P:, 0])
+        self.search.tell(rates, reference_responses=refs, images=self._proposal.images)
         self._offsets.append(self._presented)
         self._presented += len(rates)
         self.generation += 1
 
     def report(self):
-        if self.confirm is not None:
-            first = np.asarray(self._first_index)
-            return first[self.confirm.front()], int(first[self.confirm.selected()])
-        return self._search_report()
-
-    def _search_report(self):
-        pool = self.search.pool
         s = self.search
+        offsets = np.asarray(self._offsets)
+        sel = s.result()
+        selected = int(offsets[sel.generation] + sel.index)
+        if s.confirmation is not None:
+            where = np.asarray(s._confirm_where)  # confirmation id -> (generation, row)
+            ids = s.confirmation.front()
+            return offsets[where[ids, 0]] + where[ids, 1], selected
+        pool = s.pool
         distances = {"pixel": np.array([d["pixel"] for d in pool.distances])}
         distances[UNIT] = unit_distances(np.array(pool.responses), s.reference_response)
         F = s.probe.objectives(distances, s.reference_norms)
-        offsets = np.asarray(self._offsets)
         where = offsets[np.asarray(pool.generation)] + np.asarray(pool.index)
-        front = where[first_front(F)]
-        sel = s.result()
-        return front, int(self._offsets[sel.generation] + sel.index)
+        return where[first_front(F)], selected

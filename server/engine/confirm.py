@@ -143,7 +143,7 @@ class FrontConfirmation:
         if len(self.codes) < 2000:
             return
         F = self.objectives("optimistic")
-        alive = set()
+        alive = set(self.front().tolist())  # the reported front (and so the selected image) is never forgotten
         remaining = np.arange(len(F))
         for _ in range(keep_every):  # the first few optimistic fronts
             if remaining.size == 0:
