@@ -83,6 +83,9 @@ class ProbeConfig(BaseModel):
                             "beat wider ones at a fixed number of presentations: docs/benchmarks.md)")
     generations: int = Field(40, ge=1, description="budget of generations for the probe")
     reference_repeats: int = Field(4, ge=1, description="reference presentations per generation")
+    lead_in: int = Field(2, ge=0, description="of the reference repeats, how many open each generation and are "
+                         "planned ahead: the display shows them while the previous generation's last answers "
+                         "arrive, so it never waits for the server (0: all repeats shuffled, display waits)")
     confirm: bool = Field(True, description="report the front that survives spike noise (shrunk rate estimates, "
                           "conservative bounds) instead of the front of single noisy measurements")
     retests: int = Field(10, ge=0, le=1000, description="presentations per generation that re-test plausible "
@@ -107,6 +110,14 @@ class ProbeConfig(BaseModel):
     def _mode(cls, v: str) -> str:
         if v not in MODES:
             raise ValueError(f"unknown mode {v!r} (allowed: {', '.join(MODES)})")
+        return v
+
+    @field_validator("lead_in")
+    @classmethod
+    def _lead_in(cls, v: int, info) -> int:
+        repeats = info.data.get("reference_repeats")
+        if repeats is not None and v > repeats:
+            raise ValueError(f"{v} is more than reference_repeats ({repeats}) (allowed: 0..reference_repeats)")
         return v
 
     @field_validator("stages", mode="before")

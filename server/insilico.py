@@ -65,8 +65,8 @@ class DatabaseRecorder:
         self.repo.add_units(sid, [(0, u, f"{config.subject.name}#{u}") for u in range(search_units(config))])
         self.sessions.append((phase, sid))
         return SessionRunner(search, seed=config.seed, reference_image=reference_image,
-                             reference_repeats=config.reference_repeats, window_s=config.noise.window_ms / 1000.0,
-                             repository=self.repo, session_id=sid)
+                             reference_repeats=config.reference_repeats, lead_in=config.lead_in,
+                             window_s=config.noise.window_ms / 1000.0, repository=self.repo, session_id=sid)
 
     def finish(self, status: str = "completed") -> None:
         for _, sid in self.sessions:
@@ -138,7 +138,7 @@ class InSilicoRig:
         out = []
         for p, r in zip(batch.presentations, rates):
             if self.noisy:
-                rng = presentation_rng(self.seed, batch.generation, p.order, p.attempt)
+                rng = presentation_rng(self.seed, p.generation, p.order, p.attempt)
                 c = presentation_counts(r, self.window_s, rng)
             else:
                 c = r * self.window_s
@@ -235,7 +235,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
         if recorder is not None:
             return recorder.runner_for(name, search, ref, config)
         return SessionRunner(search, seed=config.seed, reference_image=ref,
-                             reference_repeats=config.reference_repeats,
+                             reference_repeats=config.reference_repeats, lead_in=config.lead_in,
                              window_s=config.noise.window_ms / 1000.0)
     phases: list[Phase] = []
 

@@ -84,7 +84,7 @@ class LiveLoop:
         """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``."""
         batch = batch or (None if self.runner.done else self.runner.next_batch())
         if batch is not None:
-            self._dispatch(batch.presentations, batch.generation)
+            self._dispatch(batch.presentations)
         else:
             self._finish()
 
@@ -92,7 +92,16 @@ class LiveLoop:
         blob = image_to_blob(image)
         return hashlib.sha256(blob).hexdigest()[:32], blob
 
-    def _dispatch(self, presentations, generation: int) -> None:
+    def _dispatch(self, presentations) -> None:
+        """One stimulus_batch per generation, in display order (a generation's lead-in travels with the
+        generation before it)."""
+        groups: dict[int, list] = {}
+        for p in presentations:
+            groups.setdefault(p.generation, []).append(p)
+        for generation, group in groups.items():
+            self._send_batch(group, generation)
+
+    def _send_batch(self, presentations, generation: int) -> None:
         images: list[ImageSpec] = []
         blobs: list[bytes] = []
         index: dict[str, int] = {}
@@ -171,7 +180,7 @@ class LiveLoop:
         if sorted(positions) != list(range(len(self.unit_keys))):
             self.stats.rejected += 1
             raise Reject(f"units: the batch must carry every unit of the session ({len(self.unit_keys)})")
-        open_ids = set(self.runner.open.batch.ids) if self.runner.open is not None else set()
+        open_ids = self.runner.pending_ids()
         for it in batch.items:  # the whole batch is checked before anything is stored or counted
             pid = self._pid(it.presentation_id)
             if pid not in open_ids and pid not in self._dispatched:
@@ -197,8 +206,8 @@ class LiveLoop:
         self._record_timings(batch.items)
         t_last = time.perf_counter()
         report = self.runner.add_counts(items)
-        if invalid and report is None:
-            self._dispatch(self.runner.reshow(invalid), self.runner.open.batch.generation)
+        if invalid:  # of the open generation, or of the lead-in ahead (which outlives a completed generation)
+            self._dispatch(self.runner.reshow([pid for pid in invalid if pid in self.runner.pending_ids()]))
         if report is not None:
             log.info("session %s generation %d scored", self.session_id, report.generation)
             if self.runner.done:
@@ -254,7 +263,7 @@ class LiveLoop:
 
     def _next(self, t_last: float | None = None) -> None:
         batch = self.runner.next_batch()
-        self._dispatch(batch.presentations, batch.generation)
+        self._dispatch(batch.presentations)
         if t_last is not None:
             self.stats.overhead_s.append(time.perf_counter() - t_last)
 

@@ -3,6 +3,11 @@
     ask -> render -> plan the batch -> persist -> (caller dispatches) -> present -> count
         -> persist responses -> score -> tell -> persist the state after tell -> next generation
 
+A generation opens with ``lead_in`` of its reference repeats (slots 0..lead_in-1; the other repeats are
+shuffled among the candidates). They need no optimizer, so they are planned, committed and dispatched
+together with the previous generation: the display shows them while that generation's last answers are
+still on their way and the server scores it and proposes the next, and never waits for the server.
+
 The runner owns the search and the write order; the caller moves data between it and a rig (an in-silico
 subject, or the display client and recording bridge over ZeroMQ). Without a repository it runs the same
 steps in memory (quick in-silico runs and tests). With one, a run killed at any moment resumes from its
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,11 +32,15 @@ class PlannedPresentation:
     kind: str  # "candidate" | "reference"
     code_index: int | None  # row in the generation's code matrix (candidates)
     image: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    attempt: int = 0
+    attempt: int
+    generation: int
 
 
 @dataclass
 class Batch:
+    """What to dispatch now, in display order: generation ``generation``'s presentations, then (when
+    planned) the next generation's lead-in. Each presentation carries its own generation."""
+
     generation: int
     presentations: list[PlannedPresentation]
 
@@ -55,11 +64,21 @@ class Counts:
 
 @dataclass
 class _Open:
-    batch: Batch
+    batch: Batch  # every presentation of the open generation (its lead-in included)
     codes: np.ndarray
     images: np.ndarray
     answered: dict[int, np.ndarray] = field(default_factory=dict)
     t_proposed: float = 0.0
+    outgoing: Batch | None = None  # what next_batch handed out for dispatch
+
+
+@dataclass
+class _Ahead:
+    """The next generation's lead-in: committed and dispatched before that generation is asked for."""
+
+    generation: int
+    presentations: list[PlannedPresentation]
+    answered: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class SessionRunner:
@@ -72,6 +91,7 @@ class SessionRunner:
         seed: int,
         reference_image: np.ndarray | None,
         reference_repeats: int = 4,
+        lead_in: int = 0,
         window_s: float = 0.15,
         repository=None,
         session_id: uuid.UUID | None = None,
@@ -81,11 +101,14 @@ class SessionRunner:
         self.seed = seed
         self.reference_image = None if reference_image is None else np.asarray(reference_image, np.float32)
         self.reference_repeats = reference_repeats if reference_image is not None else 0
+        self.lead_in = min(lead_in, self.reference_repeats)
+        self._reference_png: bytes | None = None
         self.window_s = window_s
         self.repo = repository
         self.session_id = session_id
         self.target_positions = target_positions  # units the probe targets (all stored, these scored)
         self.open: _Open | None = None
+        self.ahead: _Ahead | None = None
         self.reports: list[GenerationReport] = []
         self._next_local_id = 1
         self.on_generation = None  # optional callback(report, batch, counts matrix) for progress and plots
@@ -96,61 +119,98 @@ class SessionRunner:
 
     # -- propose -----------------------------------------------------------------------------------
     def _plan(self, generation: int, n_candidates: int) -> list[tuple[str, int | None]]:
-        """Candidates and reference repeats, shuffled by a generator derived from (seed, generation)."""
-        slots = [("candidate", i) for i in range(n_candidates)] + [("reference", None)] * self.reference_repeats
+        """Slot order of a generation: its lead-in references first, then the candidates and the other
+        reference repeats shuffled by a generator derived from (seed, generation)."""
+        slots = [("candidate", i) for i in range(n_candidates)] + [("reference", None)] * (
+            self.reference_repeats - self.lead_in)
         order = np.random.default_rng([self.seed, 0x5EED, generation]).permutation(len(slots))
-        return [slots[i] for i in order]
+        return [("reference", None)] * self.lead_in + [slots[i] for i in order]
+
+    def _plans_ahead(self, generation: int) -> bool:
+        """Whether generation+1 gets its lead-in now: only if the search can still reach it (an early stop
+        after this generation leaves it planned but never proposed)."""
+        limit = self.search.max_generations
+        return self.lead_in > 0 and (limit is None or generation + 1 < limit)
+
+    def _proposal_image(self, image: np.ndarray, kind: str):
+        """The reference's PNG is encoded once per session, not at every repeat of every generation."""
+        if kind != "reference":
+            return image
+        if self._reference_png is None:
+            from .db.repository import encode_png
+
+            self._reference_png = encode_png(self.reference_image)
+        return self._reference_png
 
     def next_batch(self) -> Batch:
-        """Ask for the next generation and commit it before anyone shows it. Idempotent while open."""
+        """Ask for the next generation and commit it (and the lead-in of the one after) before anyone shows
+        it. Idempotent while open."""
         if self.open is not None:
-            return self.open.batch
+            return self.open.outgoing or self.open.batch
         if self.done:
             raise RuntimeError("the search is done; no more generations")
         t0 = time.perf_counter()
         state_before = self._state()
         proposal = self.search.ask()
-        plan = self._plan(proposal.generation, len(proposal.codes))
-        images = [proposal.images[i] if kind == "candidate" else self.reference_image for kind, i in plan]
+        g = proposal.generation
+        plan = list(enumerate(self._plan(g, len(proposal.codes))))
+        lead = self.ahead.presentations if self.ahead is not None and self.ahead.generation == g else []
+        answered = dict(self.ahead.answered) if lead else {}
+        self.ahead = None
+        body = plan[len(lead):]
+        ahead_plan = [(k, ("reference", None)) for k in range(self.lead_in)] if self._plans_ahead(g) else []
+        image = lambda kind, i: proposal.images[i] if kind == "candidate" else self.reference_image  # noqa: E731
         if self.repo is not None:
             from .db import Proposal
 
             ids = self.repo.begin_generation(
-                self.session_id,
-                proposal.generation,
-                [
-                    Proposal(image=img, kind=kind, order_in_batch=k,
-                             code=proposal.codes[i] if kind == "candidate" else None, code_index=i)
-                    for k, ((kind, i), img) in enumerate(zip(plan, images))
-                ],
+                self.session_id, g,
+                [Proposal(image=self._proposal_image(image(kind, i), kind), kind=kind, order_in_batch=k,
+                          code=proposal.codes[i] if kind == "candidate" else None, code_index=i)
+                 for k, (kind, i) in body],
                 optimizer_state=state_before,
                 timings={"ask_s": time.perf_counter() - t0},
+                next_lead_in=[Proposal(image=self._proposal_image(self.reference_image, kind), kind=kind,
+                                       order_in_batch=k, code=None, code_index=None)
+                              for k, (kind, _) in ahead_plan],
             )
         else:
-            ids = list(range(self._next_local_id, self._next_local_id + len(plan)))
-            self._next_local_id += len(plan)
-        batch = Batch(
-            proposal.generation,
-            [PlannedPresentation(pid, k, kind, i, img) for k, (pid, (kind, i), img) in enumerate(zip(ids, plan, images))],
-        )
-        self.open = _Open(batch, proposal.codes, proposal.images, t_proposed=t0)
-        return batch
+            ids = list(range(self._next_local_id, self._next_local_id + len(body) + len(ahead_plan)))
+            self._next_local_id += len(ids)
+        mine = [PlannedPresentation(pid, k, kind, i, image(kind, i), 0, g) for pid, (k, (kind, i)) in zip(ids, body)]
+        nxt = [PlannedPresentation(pid, k, kind, None, self.reference_image, 0, g + 1)
+               for pid, (k, (kind, _)) in zip(ids[len(body):], ahead_plan)]
+        if nxt:
+            self.ahead = _Ahead(g + 1, nxt)
+        self.open = _Open(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0,
+                          outgoing=Batch(g, mine + nxt))
+        return self.open.outgoing
 
     # -- collect -----------------------------------------------------------------------------------
+    def pending_ids(self) -> set[int]:
+        """Presentations whose counts are still wanted: the open generation's and the lead-in ahead."""
+        out = set(self.open.batch.ids) if self.open is not None else set()
+        if self.ahead is not None:
+            out.update(p.presentation_id for p in self.ahead.presentations)
+        return out
+
     def add_counts(self, items: list[Counts]) -> GenerationReport | None:
-        """Take counts for the open generation (repeats are ignored, never counted twice); once every
-        presentation is answered, score and tell. Returns the generation's report when it completed."""
-        if self.open is None:
+        """Take counts for the open generation or the lead-in ahead (repeats are ignored, never counted
+        twice); once every presentation of the open generation is answered, score and tell. Returns the
+        generation's report when it completed."""
+        if self.open is None and self.ahead is None:
             raise RuntimeError("no generation is open")
-        known = set(self.open.batch.ids)
+        open_ids = set(self.open.batch.ids) if self.open is not None else set()
+        ahead_ids = {p.presentation_id for p in self.ahead.presentations} if self.ahead is not None else set()
         fresh = []
         for c in items:
             counts = np.asarray(c.counts)
-            if c.presentation_id not in known:
+            if c.presentation_id not in open_ids and c.presentation_id not in ahead_ids:
                 raise ValueError(f"presentation_id: {c.presentation_id} is not in the open generation")
             if counts.ndim != 1 or not np.all(np.isfinite(counts)) or (counts < 0).any():
                 raise ValueError(f"counts: presentation {c.presentation_id} has {counts!r} (allowed: finite, >= 0)")
-            if c.presentation_id in self.open.answered or not c.valid:
+            book = self.open.answered if c.presentation_id in open_ids else self.ahead.answered
+            if c.presentation_id in book or not c.valid:
                 continue
             fresh.append(c)
         if self.repo is not None and fresh:
@@ -167,15 +227,20 @@ class SessionRunner:
                 raise ValueError(f"counts: the database refused presentations {list(result.rejected)} "
                                  f"and found conflicting repeats for {list(result.conflicts)}")
         for c in fresh:
-            self.open.answered[c.presentation_id] = np.asarray(c.counts, dtype=np.float64)
-        if len(self.open.answered) < len(known):
+            book = self.open.answered if c.presentation_id in open_ids else self.ahead.answered
+            book[c.presentation_id] = np.asarray(c.counts, dtype=np.float64)
+        if self.open is None or len(self.open.answered) < len(open_ids):
             return None
         return self._score()
 
     def unanswered(self) -> list[PlannedPresentation]:
-        if self.open is None:
-            return []
-        return [p for p in self.open.batch.presentations if p.presentation_id not in self.open.answered]
+        """Presentations still waiting for counts, in display order (the lead-in ahead last)."""
+        out = []
+        if self.open is not None:
+            out += [p for p in self.open.batch.presentations if p.presentation_id not in self.open.answered]
+        if self.ahead is not None:
+            out += [p for p in self.ahead.presentations if p.presentation_id not in self.ahead.answered]
+        return out
 
     def _score(self) -> GenerationReport:
         op = self.open
@@ -217,20 +282,25 @@ class SessionRunner:
 
     def reshow(self, presentation_ids: list[int]) -> list[PlannedPresentation]:
         """Replace unanswered (or invalid) presentations by new attempts of the same slot, to be shown again."""
-        if self.open is None:
+        books = [(b.presentations, ans) for b, ans in (
+            (self.open.batch if self.open else None, self.open.answered if self.open else None),
+            (self.ahead, self.ahead.answered if self.ahead else None)) if b is not None]
+        if not books:
             raise RuntimeError("no generation is open")
-        ids = [i for i in presentation_ids if i not in self.open.answered]
+        pending = {p.presentation_id for plist, ans in books for p in plist if p.presentation_id not in ans}
+        ids = [i for i in presentation_ids if i in pending]
         if self.repo is not None:
             mapping = self.repo.reshow_presentations(self.session_id, ids)
         else:
             mapping = {i: self._next_local_id + k for k, i in enumerate(ids)}
             self._next_local_id += len(ids)
         out = []
-        for k, p in enumerate(self.open.batch.presentations):
-            if p.presentation_id in mapping:
-                p = PlannedPresentation(mapping[p.presentation_id], p.order, p.kind, p.code_index, p.image, p.attempt + 1)
-                self.open.batch.presentations[k] = p
-                out.append(p)
+        for plist, _ in books:
+            for k, p in enumerate(plist):
+                if p.presentation_id in mapping:
+                    p = replace(p, presentation_id=mapping[p.presentation_id], attempt=p.attempt + 1)
+                    plist[k] = p
+                    out.append(p)
         return out
 
     def _state(self) -> bytes:
@@ -265,26 +335,43 @@ class SessionRunner:
     # -- resume ------------------------------------------------------------------------------------
     def resume(self) -> Batch | None:
         """After a crash: restore the state saved after the last completed generation, re-open the
-        in-flight generation with the answers already committed, and return what must still be shown."""
+        in-flight generation (and the lead-in planned ahead) with the answers already committed, and
+        return what must be dispatched again (the display skips what it already showed)."""
         point = self.repo.load_resume_point(self.session_id)
         if point.last_completed is not None:
             self.search.load_state(point.optimizer_state)
             if not self.search.pool.codes:
                 self._rebuild_pool(point.last_completed)
+        self.ahead = None
+        if point.planned is not None:
+            presentations, answered = self._stored(point.planned, None)
+            self.ahead = _Ahead(point.planned.index, presentations, answered)
         if point.in_flight is None:
-            return None if self.done else self.next_batch()
+            if self.done:
+                return None
+            waiting = [p for p in (self.ahead.presentations if self.ahead else []) if p.presentation_id not in
+                       self.ahead.answered]
+            batch = self.next_batch()
+            return Batch(batch.generation, waiting + batch.presentations)
         flight = point.in_flight
         proposal = self.search.ask()
         stored = flight.data.candidate_codes()
         if not np.array_equal(stored, proposal.codes):
             raise RuntimeError(f"generation {flight.index}: the restored optimizer proposes different codes")
-        presentations = []
-        answered = {}
-        for p in flight.data.presentations:
-            img = proposal.images[p.code_index] if p.kind == "candidate" else self.reference_image
-            presentations.append(PlannedPresentation(p.id, p.order_in_batch, p.kind, p.code_index, img, p.attempt))
-            if p.counts is not None:
-                answered[p.id] = np.asarray(p.counts, dtype=np.float64)
+        presentations, answered = self._stored(flight.data, proposal.images)
         self.open = _Open(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
                           time.perf_counter())
-        return self.open.batch
+        if self.ahead is not None and self.ahead.generation != flight.index + 1:
+            self.ahead = None  # a lead-in not following the open generation cannot be shown in order
+        self.open.outgoing = Batch(flight.index, presentations + (self.ahead.presentations if self.ahead else []))
+        return self.open.outgoing
+
+    def _stored(self, data, images) -> tuple[list[PlannedPresentation], dict[int, np.ndarray]]:
+        presentations, answered = [], {}
+        for p in data.presentations:
+            img = images[p.code_index] if p.kind == "candidate" else self.reference_image
+            presentations.append(PlannedPresentation(p.id, p.order_in_batch, p.kind, p.code_index, img, p.attempt,
+                                                     data.index))
+            if p.counts is not None:
+                answered[p.id] = np.asarray(p.counts, dtype=np.float64)
+        return presentations, answered

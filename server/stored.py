@@ -71,8 +71,11 @@ def rebuild(repository, session_id: uuid.UUID) -> StoredSession:
             threshold = natural_threshold(probe, generator, build_subject(probe, generator))
         search = build_search(probe, generator, build_stages(probe), mode=phase, reference_code=reference_code,
                               reference_image=reference_image, natural_threshold=threshold)
+    stored_probe = cfg["probe"] if live is not None else cfg
+    # sessions stored before lead-ins existed shuffled every reference repeat: replay them that way
+    lead_in = probe.lead_in if "lead_in" in stored_probe else 0
     kwargs = dict(seed=probe.seed, reference_image=reference_image, reference_repeats=probe.reference_repeats,
-                  window_s=window_s, target_positions=targets)
+                  lead_in=lead_in, window_s=window_s, target_positions=targets)
     return StoredSession(session_id, phase, probe, search, reference_image, kwargs, units, live)
 
 
@@ -95,24 +98,32 @@ def replay(repository, session_id: uuid.UUID) -> Replay:
     h = repository.load_history(session_id)
     out = Replay(stored)
     active = ~h.superseded if len(h) else np.zeros(0, bool)
+    slot = {(int(h.generation[i]), int(h.order_in_batch[i])): i for i in np.flatnonzero(active)}
     for g in sorted(set(int(x) for x in h.generation[active])):
         rows = np.flatnonzero(active & (h.generation == g))
-        if (h.counts[rows] < 0).any():
-            break  # the in-flight generation of an unfinished session
+        if (h.counts[rows] < 0).any() or not (h.kind[rows] == "candidate").any():
+            break  # the in-flight generation of an unfinished session, or only the lead-in of the next one
         if runner.done:
             break
         batch = runner.next_batch()
-        by_slot = {int(h.order_in_batch[i]): i for i in rows}
-        stored_codes = {int(h.code_index[i]): h.codes[i] for i in rows if h.kind[i] == "candidate"}
+        counts = []
         for p in batch.presentations:
-            i = by_slot.get(p.order)
+            i = slot.get((p.generation, p.order))
+            if i is None and p.generation != g:
+                continue  # the next generation's lead-in, never stored (the session ended first)
             if i is None or h.kind[i] != p.kind:
-                out.identical, out.mismatch = False, f"generation {g} slot {p.order}: stored {h.kind[i] if i is not None else 'nothing'}, replay {p.kind}"
+                out.identical, out.mismatch = False, (f"generation {p.generation} slot {p.order}: stored "
+                                                      f"{h.kind[i] if i is not None else 'nothing'}, replay {p.kind}")
                 return out
-            if p.kind == "candidate" and not np.array_equal(stored_codes[p.code_index], runner.open.codes[p.code_index]):
+            if p.kind == "candidate" and not np.array_equal(h.codes[i], runner.open.codes[p.code_index]):
                 out.identical, out.mismatch = False, f"generation {g} candidate {p.code_index}: codes differ"
                 return out
-        report = runner.add_counts([Counts(p.presentation_id, h.counts[by_slot[p.order]]) for p in batch.presentations])
+            if h.counts[i].min() >= 0:
+                counts.append(Counts(p.presentation_id, h.counts[i]))
+        report = runner.add_counts(counts)
+        if report is None:
+            out.identical, out.mismatch = False, f"generation {g}: its stored responses did not complete it"
+            return out
         out.reports.append(report)
         out.generations += 1
     return out

@@ -43,8 +43,19 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         rel = _relations(engine)
         assert rel["r"] == TABLES | {"alembic_version"}
         assert rel["v"] == {"unit_responses"}
-        assert {"uq_generations_in_flight", "uq_presentations_active_slot", "uq_stimuli_sha256"} <= rel["i"]
-        assert current_revision(engine) == "0001"
+        assert {"uq_generations_in_flight", "uq_generations_planned", "uq_presentations_active_slot",
+                "uq_stimuli_sha256"} <= rel["i"]
+        assert current_revision(engine) == "0002"
+        with engine.connect() as conn:  # PNG bytes and float64 codes are stored without a compression attempt
+            storage = dict(conn.execute(sa.text(
+                "SELECT attrelid::regclass::text || '.' || attname, attstorage FROM pg_attribute"
+                " WHERE (attrelid = 'stimuli'::regclass AND attname = 'data')"
+                " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
+        assert storage == {"stimuli.data": "e", "presentations.code": "e"}
+
+        migrate(engine, "-1")  # one step down and up again keeps the first revision's schema intact
+        assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
+        migrate(engine, "head")
 
         migrate(engine, "base")
         rel = _relations(engine)
@@ -98,7 +109,7 @@ def test_two_processes_migrating_at_once_both_succeed(empty_db_url):
         t.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0001"
+        assert current_revision(engines[0]) == "0002"
     finally:
         for e in engines:
             e.dispose()

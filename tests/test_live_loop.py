@@ -37,6 +37,7 @@ class ScriptedDisplay:
         self.peer = Peer(address, client_id=client_id, role="display", timing=FAST)
         self.reported: list[str] = []
         self.queue: list = []
+        self.shown: list[tuple[int, set[int]]] = []  # (generation shown, generations waiting in the queue)
         self.hold_after = hold_after
         self.released = threading.Event()
         self.lock = threading.Lock()
@@ -59,6 +60,9 @@ class ScriptedDisplay:
                 continue
             with self.lock:
                 item = self.queue.pop(0) if self.queue else None
+                waiting = {b.generation for b, _ in self.queue}
+            if item is not None and item[1].presentation_id not in self.reported:
+                self.shown.append((item[0].generation, waiting))
             if item is None:
                 time.sleep(0.01)
                 continue
@@ -148,3 +152,17 @@ def test_live_session_on_the_simulated_rig_matches_the_in_silico_twin(service, t
         status = c.execute(text("SELECT status FROM sessions WHERE id = :s"), {"s": sid}).scalar()
     shown = sum(len(r.responses) for r in live.reports) + 5 * 2  # candidates and re-tests, + 2 references each
     assert n_pres == shown >= 5 * (8 + 2) and n_resp == n_pres and status == "completed"
+
+    # No waiting at generation boundaries: when the display took the last presentation of generation g, the
+    # next generation's lead-in (its reference repeats, slots 0..1) was already queued behind it.
+    last_of = {g: waiting for g, waiting in display.shown}
+    assert sorted(last_of) == [0, 1, 2, 3, 4]
+    assert all(g + 1 in last_of[g] for g in range(4)), last_of
+    with db_engine.connect() as c:
+        lead = c.execute(text(
+            "SELECT g.index, p.order_in_batch, p.kind FROM presentations p JOIN generations g"
+            " ON g.id = p.generation_id WHERE p.session_id = :s AND p.order_in_batch < 2 ORDER BY 1, 2"),
+            {"s": sid}).all()
+        statuses = c.execute(text("SELECT status FROM generations WHERE session_id = :s"), {"s": sid}).scalars().all()
+    assert [(g, o, k) for g, o, k in lead] == [(g, o, "reference") for g in range(5) for o in range(2)]
+    assert statuses == ["completed"] * 5  # the last generation planned nothing ahead

@@ -43,7 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SESSION_MODES = ("live", "simulated", "insilico")
 SESSION_STATUSES = ("running", "paused", "completed", "aborted", "failed")
-GENERATION_STATUSES = ("proposed", "completed")
+GENERATION_STATUSES = ("planned", "proposed", "completed")
 STIMULUS_KINDS = ("candidate", "reference", "natural", "control")
 ONSET_SOURCES = ("photodiode", "ttl", "marker", "flip", "simulated")
 EVENT_LEVELS = ("debug", "info", "warning", "error")
@@ -118,7 +118,9 @@ class Unit(Base):
 
 
 class Generation(Base):
-    """One ask/tell cycle. Proposed (committed before dispatch) -> completed (scores + optimizer state)."""
+    """One ask/tell cycle. Planned (its lead-in reference repeats, committed and shown while the previous
+    generation is still being answered) -> proposed (candidates committed before dispatch) -> completed
+    (scores + optimizer state). A generation may also start at proposed (no lead-in)."""
 
     __tablename__ = "generations"
 
@@ -126,7 +128,7 @@ class Generation(Base):
     session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text, server_default="proposed")
-    optimizer_state_before: Mapped[bytes] = mapped_column(LargeBinary)
+    optimizer_state_before: Mapped[bytes | None] = mapped_column(LargeBinary)  # known once it is proposed
     rng_state_before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     optimizer_state_after: Mapped[bytes | None] = mapped_column(LargeBinary)
     rng_state_after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
@@ -145,8 +147,10 @@ class Generation(Base):
             name="completed",
         ),
         CheckConstraint("jsonb_typeof(timings) = 'object'", name="timings"),
-        # at most one generation in flight per session
+        CheckConstraint("status = 'planned' OR optimizer_state_before IS NOT NULL", name="state_before"),
+        # at most one generation in flight and one planned ahead per session
         Index("uq_generations_in_flight", "session_id", unique=True, postgresql_where=text("status = 'proposed'")),
+        Index("uq_generations_planned", "session_id", unique=True, postgresql_where=text("status = 'planned'")),
     )
 
 

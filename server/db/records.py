@@ -190,7 +190,8 @@ class ResumePoint:
     """Where to continue a session after a crash.
 
     ``last_completed`` is the index of the newest completed generation (None: none yet), with the optimizer
-    and RNG state saved after its tell(); ``in_flight`` is the generation begun after it, if any.
+    and RNG state saved after its tell(); ``in_flight`` is the generation begun after it, if any, and
+    ``planned`` the one after that, when its lead-in reference repeats were committed ahead.
     """
 
     session_id: uuid.UUID
@@ -201,6 +202,7 @@ class ResumePoint:
     optimizer_state: bytes | None
     rng_state: dict[str, Any] | None
     in_flight: InFlightGeneration | None
+    planned: GenerationData | None = None  # the next generation's lead-in, committed ahead (maybe shown)
 
     @property
     def next_index(self) -> int:

@@ -33,12 +33,13 @@ import os
 import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from server.db.bulk import ResponseBatch, ensure_temp_table
@@ -99,6 +100,24 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def _png_pool() -> ThreadPoolExecutor:
+    """zlib and PIL's encoder release the GIL: a generation's PNGs encode in parallel, off the loop's path."""
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="snslab-png")
+
+
+def encode_pngs(images: Sequence[Any]) -> list[bytes]:
+    """PNG bytes for each image (bytes pass through); an image object repeated (reference repeats) is
+    encoded once."""
+    unique: dict[int, Any] = {}
+    for im in images:
+        if not isinstance(im, (bytes, bytearray, memoryview)):
+            unique.setdefault(id(im), im)
+    encoded = dict(zip(unique, _png_pool().map(encode_png, unique.values()))) if len(unique) > 1 else {
+        k: encode_png(v) for k, v in unique.items()}
+    return [bytes(im) if isinstance(im, (bytes, bytearray, memoryview)) else encoded[id(im)] for im in images]
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -256,21 +275,31 @@ class Repository:
         optimizer_state: bytes,
         rng_state: Mapping[str, Any] | None = None,
         timings: Mapping[str, float] | None = None,
+        next_lead_in: Sequence[Proposal] = (),
     ) -> list[int]:
         """Store a generation's proposals and the optimizer state they came from, in ONE committed
         transaction, and return one presentation id per proposal (same order). Dispatch only after this.
 
-        Generation ``index`` must follow the last completed one. Repeating the call for a generation that
-        is still in flight with the same proposals returns the same ids (a restart that re-asks an optimizer
-        restored from ``optimizer_state`` gets the same batch); different proposals raise
-        GenerationStateError.
+        Generation ``index`` must follow the last completed one. If it was planned (its lead-in stored
+        ahead), the proposals join the lead-in. ``next_lead_in`` plans generation ``index + 1`` in the same
+        transaction: presentations that need no optimizer (reference repeats), shown while this generation's
+        last answers are still on their way; their ids follow the proposals' in the returned list.
+
+        Repeating the call for a generation that is still in flight with the same proposals returns the same
+        ids (a restart that re-asks an optimizer restored from ``optimizer_state`` gets the same batch);
+        different proposals raise GenerationStateError.
         """
         if not proposals:
             raise ValueError("a generation needs at least one proposal")
-        prepared = [self._prepare_proposal(p) for p in proposals]
-        orders = [p["order_in_batch"] for p in prepared]
-        if len(set(orders)) != len(orders):
-            raise ValueError("order_in_batch must be unique within a generation")
+        pngs = encode_pngs([p.image for p in [*proposals, *next_lead_in]])
+        prepared = [self._prepare_proposal(p, png) for p, png in zip(proposals, pngs)]
+        ahead = [self._prepare_proposal(p, png) for p, png in zip(next_lead_in, pngs[len(proposals):])]
+        for batch in (prepared, ahead):
+            orders = [p["order_in_batch"] for p in batch]
+            if len(set(orders)) != len(orders):
+                raise ValueError("order_in_batch must be unique within a generation")
+        if any(p["kind"] == "candidate" for p in ahead):
+            raise ValueError("next_lead_in: only presentations without a code (reference repeats) can be planned ahead")
         conflict = False
         with self.engine.begin() as conn:
             session = self._lock_session(conn, session_id)
@@ -281,13 +310,27 @@ class Repository:
             existing = conn.execute(
                 sa.select(G.c.id, G.c.status).where(G.c.session_id == session_id, G.c.index == index)
             ).first()
-            if existing is not None:
+            if existing is not None and existing.status != "planned":
                 same_ids = self._repeated_begin(conn, index, existing, prepared)
                 if same_ids is not None:
-                    return same_ids
+                    planned = self._planned_ids(conn, session_id, index + 1, ahead)
+                    if planned is not None:
+                        return same_ids + planned
                 conflict = True
             else:
-                ids = self._insert_generation(conn, session_id, index, prepared, optimizer_state, rng_state, timings)
+                self._check_next(conn, session_id, index)
+                if existing is not None:
+                    self._check_slots(conn, existing.id, index, prepared)
+                gen_id = self._propose_generation(conn, session_id, index, existing, optimizer_state, rng_state,
+                                                  timings)
+                ids = self._insert_presentations(conn, session_id, gen_id, prepared)
+                if ahead:
+                    gen_next = conn.execute(
+                        G.insert().values(session_id=session_id, index=index + 1, status="planned", timings={})
+                        .returning(G.c.id)
+                    ).scalar_one()
+                    ids += self._insert_presentations(conn, session_id, gen_next, ahead)
+                conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
         if conflict:  # logged after the read-only transaction ended, then refused
             self.log_event(
                 session_id,
@@ -299,18 +342,13 @@ class Repository:
             raise GenerationStateError(f"generation {index} is in flight with different proposals")
         return ids
 
-    def _insert_generation(
-        self,
-        conn: Connection,
-        session_id: uuid.UUID,
-        index: int,
-        prepared: list[dict[str, Any]],
-        optimizer_state: bytes,
-        rng_state: Mapping[str, Any] | None,
-        timings: Mapping[str, float] | None,
-    ) -> list[int]:
+    def _check_next(self, conn: Connection, session_id: uuid.UUID, index: int) -> None:
+        """Generation ``index`` may be proposed only right after the last completed one."""
         last = conn.execute(
-            sa.select(G.c.index, G.c.status).where(G.c.session_id == session_id).order_by(G.c.index.desc()).limit(1)
+            sa.select(G.c.index, G.c.status)
+            .where(G.c.session_id == session_id, G.c.status != "planned")
+            .order_by(G.c.index.desc())
+            .limit(1)
         ).first()
         expected = 0 if last is None else last.index + 1
         if last is not None and last.status != "completed":
@@ -318,24 +356,53 @@ class Repository:
         if index != expected:
             raise GenerationStateError(f"next generation must be {expected}, got {index}")
 
-        stimulus_ids = self._store_stimuli(conn, list({p["sha256"]: p for p in prepared}.values()))
-        gen_id = conn.execute(
-            G.insert()
-            .values(
-                session_id=session_id,
-                index=index,
-                optimizer_state_before=bytes(optimizer_state),
-                rng_state_before=dict(rng_state) if rng_state is not None else None,
-                timings=dict(timings or {}),
-            )
-            .returning(G.c.id)
+    def _propose_generation(self, conn, session_id, index, planned, optimizer_state, rng_state, timings) -> int:
+        """The generation row, new or promoted from planned, with the optimizer state it is asked from."""
+        values = dict(
+            status="proposed",
+            optimizer_state_before=bytes(optimizer_state),
+            rng_state_before=dict(rng_state) if rng_state is not None else None,
+            timings=dict(timings or {}),
+        )
+        if planned is not None:
+            conn.execute(G.update().where(G.c.id == planned.id).values(**values, proposed_at=sa.func.now()))
+            return planned.id
+        return conn.execute(
+            G.insert().values(session_id=session_id, index=index, **values).returning(G.c.id)
         ).scalar_one()
-        # one statement with array parameters: far cheaper than a many-row VALUES list for large batches
+
+    def _check_slots(self, conn: Connection, gen_id: int, index: int, prepared: list[dict[str, Any]]) -> None:
+        """A planned generation's proposals must not take a slot of its lead-in."""
+        taken = set(conn.execute(
+            sa.select(P.c.order_in_batch).where(P.c.generation_id == gen_id, P.c.superseded.is_(False))
+        ).scalars())
+        clash = sorted(taken & {p["order_in_batch"] for p in prepared})
+        if clash:
+            raise GenerationStateError(f"generation {index}: proposals reuse slots {clash} of its lead-in")
+
+    def _planned_ids(self, conn, session_id, index: int, ahead: list[dict[str, Any]]) -> list[int] | None:
+        """Ids of a repeated lead-in (same presentations as stored); None if they differ."""
+        row = conn.execute(
+            sa.select(G.c.id, G.c.status).where(G.c.session_id == session_id, G.c.index == index)
+        ).first()
+        if row is None:
+            return [] if not ahead else None
+        stored = self._active_rows(conn, row.id)
+        by_order = {r.order_in_batch: r for r in stored}
+        if not all(self._same(by_order.get(p["order_in_batch"]), p) for p in ahead):
+            return None
+        return [by_order[p["order_in_batch"]].id for p in ahead]
+
+    def _insert_presentations(self, conn, session_id, gen_id: int, prepared: list[dict[str, Any]]) -> list[int]:
+        if not prepared:
+            return []
+        stimulus_ids = self._store_stimuli(conn, list({p["sha256"]: p for p in prepared}.values()))
+        # one statement with array parameters (binary: codes are not text-escaped on the way)
         rows = conn.exec_driver_sql(
             "INSERT INTO presentations (session_id, generation_id, stimulus_id, kind, order_in_batch, code,"
             " code_size, code_index)"
             " SELECT %(sid)s, %(gid)s, * FROM unnest(%(stimulus)s::int8[], %(kind)s::text[], %(order)s::int4[],"
-            " %(code)s::bytea[], %(code_size)s::int4[], %(code_index)s::int4[])"
+            " %(code)b::bytea[], %(code_size)s::int4[], %(code_index)s::int4[])"
             " RETURNING id, order_in_batch",
             {
                 "sid": session_id,
@@ -349,9 +416,7 @@ class Repository:
             },
         ).all()
         id_of = {order: pid for pid, order in rows}
-        ids = [id_of[p["order_in_batch"]] for p in prepared]
-        conn.execute(S.update().where(S.c.id == session_id).values(updated_at=sa.func.now()))
-        return list(ids)
+        return [id_of[p["order_in_batch"]] for p in prepared]
 
     def record_timings(self, session_id: uuid.UUID, timings: Sequence[PresentationTiming]) -> WriteResult:
         """Store when presentations were shown (batched). First write wins; repeats are compared."""
@@ -493,7 +558,7 @@ class Repository:
         return WriteResult(inserted, duplicates, tuple(conflicts), tuple(rejected))
 
     def reshow_presentations(self, session_id: uuid.UUID, presentation_ids: Sequence[int]) -> dict[int, int]:
-        """Supersede unanswered presentations of the in-flight generation with new attempts (same slot,
+        """Supersede unanswered presentations of the in-flight (or planned) generation with new attempts (same slot,
         stimulus and code) and return {old id: new id}. A late answer to an old id is still stored, but
         only the new attempt counts for the optimizer, so nothing is counted twice."""
         mapping: dict[int, int] = {}
@@ -516,7 +581,7 @@ class Repository:
                 r = found.get(int(pid))
                 if r is None:
                     raise StorageError(f"presentation {pid} is not part of session {session_id}")
-                if r.superseded or r.status != "proposed" or r.answered:
+                if r.superseded or r.status not in ("proposed", "planned") or r.answered:
                     why = "superseded" if r.superseded else ("answered" if r.answered else "in a completed generation")
                     raise StorageError(f"presentation {pid} cannot be re-shown: it is {why}")
             for pid in presentation_ids:
@@ -600,6 +665,8 @@ class Repository:
                 if bytes(gen.optimizer_state_after) == bytes(optimizer_state):
                     return
                 raise GenerationStateError(f"generation {index} was already completed with another state")
+            if gen.status != "proposed":
+                raise GenerationStateError(f"generation {index} is {gen.status}: it has no proposals to score yet")
             if score_rows:
                 ids = [r["presentation_id"] for r in score_rows]
                 if len(set(ids)) != len(ids):
@@ -667,6 +734,14 @@ class Repository:
                     G.c.session_id == session_id, G.c.status == "proposed"
                 )
             ).first()
+            planned_index = conn.execute(
+                sa.select(G.c.index).where(G.c.session_id == session_id, G.c.status == "planned")
+            ).scalar()
+            planned = None
+            if planned_index is not None:
+                planned = GenerationData(
+                    session_id, planned_index, "planned", self._presentations(conn, session_id, planned_index)
+                )
             in_flight = None
             if flight is not None:
                 data = GenerationData(
@@ -684,6 +759,7 @@ class Repository:
             optimizer_state=None if done is None else bytes(done.optimizer_state_after),
             rng_state=None if done is None else done.rng_state_after,
             in_flight=in_flight,
+            planned=planned,
         )
 
     # --- events -----------------------------------------------------------------------------------------
@@ -938,12 +1014,11 @@ class Repository:
             raise SessionNotFound(f"no session {session_id}")
         return row
 
-    def _prepare_proposal(self, p: Proposal) -> dict[str, Any]:
+    def _prepare_proposal(self, p: Proposal, png: bytes) -> dict[str, Any]:
         if p.kind not in STIMULUS_KINDS:
             raise ValueError(f"kind: unknown stimulus kind {p.kind!r} (allowed: {', '.join(STIMULUS_KINDS)})")
         if p.order_in_batch < 0:
             raise ValueError("order_in_batch must be >= 0")
-        png = bytes(p.image) if isinstance(p.image, (bytes, bytearray, memoryview)) else encode_png(p.image)
         height, width = png_size(png)
         code, code_size = (None, None) if p.code is None else _code_bytes(p.code)
         if p.kind == "candidate" and (code is None or p.code_index is None):
@@ -969,21 +1044,21 @@ class Repository:
         known = {bytes(k): v for k, v in rows}
         new = [im for im in images if im["sha256"] not in known]
         if new:
-            values = []
-            for im in new:
-                path = self._write_stimulus_file(im["sha256"], im["png"]) if self.stimulus_dir else None
-                values.append(
-                    dict(
-                        sha256=im["sha256"],
-                        height=im["height"],
-                        width=im["width"],
-                        nbytes=len(im["png"]),
-                        data=None if path else im["png"],
-                        path=path,
-                    )
-                )
-            stmt = pg_insert(ST).on_conflict_do_nothing(index_elements=["sha256"])
-            conn.execute(stmt, values)
+            paths = [self._write_stimulus_file(im["sha256"], im["png"]) if self.stimulus_dir else None for im in new]
+            # one statement with binary array parameters (PNG bytes are not text-escaped on the way)
+            conn.exec_driver_sql(
+                "INSERT INTO stimuli (sha256, height, width, nbytes, data, path)"
+                " SELECT * FROM unnest(%(sha)b::bytea[], %(h)s::int4[], %(w)s::int4[], %(n)s::int4[],"
+                " %(data)b::bytea[], %(path)s::text[]) ON CONFLICT (sha256) DO NOTHING",
+                {
+                    "sha": [im["sha256"] for im in new],
+                    "h": [im["height"] for im in new],
+                    "w": [im["width"] for im in new],
+                    "n": [len(im["png"]) for im in new],
+                    "data": [None if path else im["png"] for im, path in zip(new, paths)],
+                    "path": paths,
+                },
+            )
             rows = conn.execute(
                 sa.select(ST.c.sha256, ST.c.id).where(ST.c.sha256.in_([im["sha256"] for im in new]))
             ).all()
@@ -1024,26 +1099,36 @@ class Repository:
     def _repeated_begin(
         self, conn: Connection, index: int, existing: Any, prepared: list[dict[str, Any]]
     ) -> list[int] | None:
-        """Ids of an in-flight generation begun again with the same proposals; None if they differ."""
+        """Ids of an in-flight generation begun again with the same proposals; None if they differ. Slots
+        stored but not among the proposals must be its lead-in (reference repeats planned ahead)."""
         if existing.status != "proposed":
             raise GenerationStateError(f"generation {index} is already completed")
-        stored = conn.execute(
-            sa.select(P.c.id, P.c.order_in_batch, P.c.kind, P.c.code, P.c.code_index, ST.c.sha256)
-            .join(ST, ST.c.id == P.c.stimulus_id)
-            .where(P.c.generation_id == existing.id, P.c.superseded.is_(False))
-        ).all()
+        stored = self._active_rows(conn, existing.id)
         by_order = {r.order_in_batch: r for r in stored}
-        same = len(stored) == len(prepared) and all(
-            (r := by_order.get(p["order_in_batch"])) is not None
-            and r.kind == p["kind"]
-            and bytes(r.sha256) == p["sha256"]
-            and (None if r.code is None else bytes(r.code)) == p["code"]
-            and r.code_index == p["code_index"]
-            for p in prepared
+        asked = {p["order_in_batch"] for p in prepared}
+        same = all(self._same(by_order.get(p["order_in_batch"]), p) for p in prepared) and all(
+            r.kind == "reference" for r in stored if r.order_in_batch not in asked
         )
         if not same:
             return None
         return [by_order[p["order_in_batch"]].id for p in prepared]
+
+    def _active_rows(self, conn: Connection, gen_id: int) -> list[Any]:
+        return conn.execute(
+            sa.select(P.c.id, P.c.order_in_batch, P.c.kind, P.c.code, P.c.code_index, ST.c.sha256)
+            .join(ST, ST.c.id == P.c.stimulus_id)
+            .where(P.c.generation_id == gen_id, P.c.superseded.is_(False))
+        ).all()
+
+    @staticmethod
+    def _same(r: Any, p: dict[str, Any]) -> bool:
+        return (
+            r is not None
+            and r.kind == p["kind"]
+            and bytes(r.sha256) == p["sha256"]
+            and (None if r.code is None else bytes(r.code)) == p["code"]
+            and r.code_index == p["code_index"]
+        )
 
     def _presentations(self, conn: Connection, session_id: uuid.UUID, index: int) -> list[PresentationState]:
         rows = conn.execute(
