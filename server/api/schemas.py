@@ -90,7 +90,8 @@ class SessionDetailOut(SessionOut):
 
 class GenerationOut(BaseModel):
     index: int
-    status: str = Field(description="proposed (in flight) | completed")
+    status: str = Field(description="planned (only its lead-in reference repeats so far) | proposed (in flight)"
+                        " | completed")
     presentations: int
     answered: int
     invalid: int

@@ -1166,7 +1166,8 @@ class Repository:
                 """
                 SELECT s.id, s.operator, s.subject_id, s.rig, s.mode, s.status, s.seed, s.software_version,
                        s.created_at, s.updated_at, s.finished_at, s.n_units,
-                       (SELECT count(*) FROM generations g WHERE g.session_id = s.id) AS n_generations,
+                       (SELECT count(*) FROM generations g WHERE g.session_id = s.id
+                        AND g.status <> 'planned') AS n_generations,
                        (SELECT count(*) FROM generations g WHERE g.session_id = s.id AND g.status = 'completed')
                            AS n_completed,
                        pc.n_presentations, pc.n_answered, pc.n_invalid,
