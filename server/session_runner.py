@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 
 from .engine.search import GenerationReport, SnSSearch
+
+
+@lru_cache(maxsize=1)
+def _writer() -> ThreadPoolExecutor:
+    """One thread for database writes that overlap the loop's own work (see ``SessionRunner._score``)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snslab-db")
 
 
 @dataclass
@@ -73,6 +81,16 @@ class _Open:
 
 
 @dataclass
+class _Prepared:
+    """The next generation asked for right after tell, its PNGs encoding while the scores are written."""
+
+    state_before: bytes
+    proposal: object
+    pngs: list | None  # futures of PNG bytes per code row (with a repository)
+    ask_s: float
+
+
+@dataclass
 class _Ahead:
     """The next generation's lead-in: committed and dispatched before that generation is asked for."""
 
@@ -109,6 +127,7 @@ class SessionRunner:
         self.target_positions = target_positions  # units the probe targets (all stored, these scored)
         self.open: _Open | None = None
         self.ahead: _Ahead | None = None
+        self._prepared: _Prepared | None = None
         self.reports: list[GenerationReport] = []
         self._next_local_id = 1
         self.on_generation = None  # optional callback(report, batch, counts matrix) for progress and plots
@@ -132,15 +151,24 @@ class SessionRunner:
         limit = self.search.max_generations
         return self.lead_in > 0 and (limit is None or generation + 1 < limit)
 
-    def _proposal_image(self, image: np.ndarray, kind: str):
+    def _reference_png_bytes(self) -> bytes:
         """The reference's PNG is encoded once per session, not at every repeat of every generation."""
-        if kind != "reference":
-            return image
         if self._reference_png is None:
             from .db.repository import encode_png
 
             self._reference_png = encode_png(self.reference_image)
         return self._reference_png
+
+    def _prepare(self, state_before: bytes) -> _Prepared:
+        """Ask for the next generation; with a repository, start encoding its PNGs on worker threads."""
+        t0 = time.perf_counter()
+        proposal = self.search.ask()
+        pngs = None
+        if self.repo is not None:
+            from .db.repository import encode_png, png_pool
+
+            pngs = [png_pool().submit(encode_png, im) for im in proposal.images]
+        return _Prepared(state_before, proposal, pngs, time.perf_counter() - t0)
 
     def next_batch(self) -> Batch:
         """Ask for the next generation and commit it (and the lead-in of the one after) before anyone shows
@@ -150,8 +178,9 @@ class SessionRunner:
         if self.done:
             raise RuntimeError("the search is done; no more generations")
         t0 = time.perf_counter()
-        state_before = self._state()
-        proposal = self.search.ask()
+        prepared = self._prepared or self._prepare(self._state() if self.repo is not None else b"")
+        self._prepared = None
+        proposal, state_before = prepared.proposal, prepared.state_before
         g = proposal.generation
         plan = list(enumerate(self._plan(g, len(proposal.codes))))
         lead = self.ahead.presentations if self.ahead is not None and self.ahead.generation == g else []
@@ -165,13 +194,14 @@ class SessionRunner:
 
             ids = self.repo.begin_generation(
                 self.session_id, g,
-                [Proposal(image=self._proposal_image(image(kind, i), kind), kind=kind, order_in_batch=k,
-                          code=proposal.codes[i] if kind == "candidate" else None, code_index=i)
+                [Proposal(image=prepared.pngs[i].result() if kind == "candidate" else self._reference_png_bytes(),
+                          kind=kind, order_in_batch=k, code=proposal.codes[i] if kind == "candidate" else None,
+                          code_index=i)
                  for k, (kind, i) in body],
                 optimizer_state=state_before,
-                timings={"ask_s": time.perf_counter() - t0},
-                next_lead_in=[Proposal(image=self._proposal_image(self.reference_image, kind), kind=kind,
-                                       order_in_batch=k, code=None, code_index=None)
+                timings={"ask_s": prepared.ask_s},
+                next_lead_in=[Proposal(image=self._reference_png_bytes(), kind=kind, order_in_batch=k, code=None,
+                                       code_index=None)
                               for k, (kind, _) in ahead_plan],
             )
         else:
@@ -253,32 +283,43 @@ class SessionRunner:
         report = self.search.tell(rates, ref_rates, images=op.images)
         t_tell = time.perf_counter() - t0
         if self.repo is not None:
-            from .db import ScoreRecord
-
-            if self.search.probe.mode == "maximize":  # the generation's best is what the pool keeps
-                sel = np.arange(len(report.fitness)) == int(np.argmax(report.fitness))
-            else:
-                sel = report.fronts == 0
-            scores = [
-                ScoreRecord(
-                    p.presentation_id,
-                    {k: float(v[p.code_index]) for k, v in report.distances.items() if np.isfinite(v[p.code_index])},
-                    int(report.fronts[p.code_index]),
-                    float(report.fitness[p.code_index]),
-                    bool(sel[p.code_index]),
-                )
-                for p in cands
-                if p.code_index < len(report.fitness)  # re-tests of earlier candidates carry no new score
-            ]
-            self.repo.complete_generation(
-                self.session_id, op.batch.generation, scores, optimizer_state=self._state(),
-                timings={"tell_s": t_tell, "generation_s": time.perf_counter() - op.t_proposed},
-            )
+            state = self._state()
+            # The scores and the state after tell are committed on a worker thread while this thread asks
+            # for the next generation (the state before that ask is this state) and its PNGs encode: the
+            # three overlap instead of adding up at every generation boundary. Joined before returning,
+            # so the generation is complete in the database before anything of the next one is stored.
+            committed = _writer().submit(
+                self.repo.complete_generation, self.session_id, op.batch.generation, self._score_records(report, cands),
+                optimizer_state=state, timings={"tell_s": t_tell, "generation_s": time.perf_counter() - op.t_proposed})
+            try:
+                if not self.search.done:
+                    self._prepared = self._prepare(state)
+            finally:
+                committed.result()
         self.reports.append(report)
         self.open = None
         if self.on_generation is not None:
             self.on_generation(report)
         return report
+
+    def _score_records(self, report: GenerationReport, cands: list[PlannedPresentation]) -> list:
+        from .db import ScoreRecord
+
+        if self.search.probe.mode == "maximize":  # the generation's best is what the pool keeps
+            sel = np.arange(len(report.fitness)) == int(np.argmax(report.fitness))
+        else:
+            sel = report.fronts == 0
+        return [
+            ScoreRecord(
+                p.presentation_id,
+                {k: float(v[p.code_index]) for k, v in report.distances.items() if np.isfinite(v[p.code_index])},
+                int(report.fronts[p.code_index]),
+                float(report.fitness[p.code_index]),
+                bool(sel[p.code_index]),
+            )
+            for p in cands
+            if p.code_index < len(report.fitness)  # re-tests of earlier candidates carry no new score
+        ]
 
     def reshow(self, presentation_ids: list[int]) -> list[PlannedPresentation]:
         """Replace unanswered (or invalid) presentations by new attempts of the same slot, to be shown again."""
@@ -338,6 +379,7 @@ class SessionRunner:
         in-flight generation (and the lead-in planned ahead) with the answers already committed, and
         return what must be dispatched again (the display skips what it already showed)."""
         point = self.repo.load_resume_point(self.session_id)
+        self._prepared = None
         if point.last_completed is not None:
             self.search.load_state(point.optimizer_state)
             if not self.search.pool.codes:
