@@ -63,3 +63,35 @@ def test_distances():
     f = np.array([[3.0, 4.0], [0.0, 0.0]])
     assert stage_distances(f, np.zeros(2)).tolist() == [5.0, 0.0]
     assert unit_distances(np.array([[1.0, 1.0]]), np.array([4.0, 5.0])).tolist() == [5.0]
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_reported_front_names_scored_images_and_holds_the_selection(confirm):
+    """`SnSSearch.reported_front()` gives (generation, row) of the front the probe reports; the selected
+    image is on it, and without confirmation it is the non-dominated set of the pool."""
+    from server.engine.pareto import first_front
+
+    cfg = parse_config({
+        "mode": "invariance", "seed": 2, "population": 8, "generations": 6, "confirm": confirm,
+        "retests": 3 if confirm else 0,
+        "generator": {"name": "dct", "code_size": 32, "image_size": 8, "channels": 1},
+        "stages": ["pixel"], "noise": {"kind": "poisson", "window_ms": 100},
+        "subject": {"name": "complex-cell", "image_size": 8, "wavelength": 4.0},
+        "reference": {"source": "maximize", "generations": 3},
+    })
+    res = run_probe(cfg)
+    search = res.probe.search
+    front = search.reported_front()
+    assert front.ndim == 2 and front.shape[1] == 2 and len(front) >= 1
+    sizes = {r.generation: len(r.fitness) for r in res.probe.reports}
+    assert all(0 <= i < sizes[g] for g, i in front)  # every member is a scored candidate of its generation
+    sel = search.result()
+    assert (sel.generation, sel.index) in {tuple(x) for x in front}
+    if not confirm:
+        pool = search.pool
+        distances = {"pixel": np.array([d["pixel"] for d in pool.distances]),
+                     "unit": unit_distances(np.array(pool.responses), search.reference_response)}
+        rows = first_front(search.probe.objectives(distances, search.reference_norms))
+        assert sorted(map(tuple, front)) == sorted(zip(np.array(pool.generation)[rows], np.array(pool.index)[rows]))
+    with pytest.raises(ValueError, match="maximize run has no front"):
+        res.phases[0].search.reported_front()

@@ -12,8 +12,7 @@ import numpy as np
 
 from server.engine.base import Stage
 from server.engine.optimizers import make_optimizer
-from server.engine.pareto import first_front
-from server.engine.probes import UNIT, Probe, unit_distances
+from server.engine.probes import Probe
 from server.engine.search import SnSSearch
 
 from server.engine.confirm import FrontConfirmation
@@ -87,13 +86,5 @@ class SnSLab(Method):
         offsets = np.asarray(self._offsets)
         sel = s.result()
         selected = int(offsets[sel.generation] + sel.index)
-        if s.confirmation is not None:
-            where = np.asarray(s._confirm_where)  # confirmation id -> (generation, row)
-            ids = s.confirmation.front()
-            return offsets[where[ids, 0]] + where[ids, 1], selected
-        pool = s.pool
-        distances = {"pixel": np.array([d["pixel"] for d in pool.distances])}
-        distances[UNIT] = unit_distances(np.array(pool.responses), s.reference_response)
-        F = s.probe.objectives(distances, s.reference_norms)
-        where = offsets[np.asarray(pool.generation)] + np.asarray(pool.index)
-        return where[first_front(F)], selected
+        front = s.reported_front()  # (generation, row) -> presentation index
+        return offsets[front[:, 0]] + front[:, 1], selected

@@ -24,7 +24,7 @@ import numpy as np
 from .base import ImageGenerator, Stage
 from .confirm import FrontConfirmation
 from .optimizers import Optimizer
-from .pareto import newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
+from .pareto import first_front, newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
 from .probes import UNIT, EarlyStop, Probe, stage_distances, unit_distances
 
 
@@ -278,6 +278,22 @@ class SnSSearch:
         if self.probe.mode != "maximize":
             dist[UNIT] = float(unit_distances(pool.responses[k][None], self.reference_response)[0])
         return Selection(pool.generation[k], pool.index[k], pool.codes[k].copy(), pool.responses[k].copy(), dist)
+
+    def reported_front(self) -> np.ndarray:
+        """(generation, row) of each image on the front the probe reports: under noise the conservative
+        confirmed front (``FrontConfirmation``), otherwise the global first front over every generation's
+        first front, with the final reference response estimate."""
+        if self.probe.mode == "maximize":
+            raise ValueError("mode: a maximize run has no front (allowed: invariance, adversarial)")
+        if self.confirmation is not None and self._confirm_where:
+            return np.asarray(self._confirm_where, dtype=np.int64).reshape(-1, 2)[self.confirmation.front()]
+        pool = self.pool
+        if not pool.codes:
+            return np.zeros((0, 2), dtype=np.int64)
+        distances = {s: np.array([d[s] for d in pool.distances]) for s in self.probe.stages}
+        distances[UNIT] = unit_distances(np.array(pool.responses), self.reference_response)
+        rows = first_front(self.probe.objectives(distances, self.reference_norms))
+        return np.stack([np.asarray(pool.generation)[rows], np.asarray(pool.index)[rows]], axis=1)
 
     def front_history(self) -> list[tuple[int, np.ndarray]]:
         """Per generation, the (stretch, squeeze) distances of its first front, for plots."""
