@@ -108,9 +108,7 @@ def replay(repository, session_id: uuid.UUID) -> Replay:
         batch = runner.next_batch()
         counts = []
         for p in batch.presentations:
-            i = slot.get((p.generation, p.order))
-            if i is None and p.generation != g:
-                continue  # the next generation's lead-in, never stored (the session ended first)
+            i = slot.get((p.generation, p.order))  # the next generation's lead-in is stored with this one
             if i is None or h.kind[i] != p.kind:
                 out.identical, out.mismatch = False, (f"generation {p.generation} slot {p.order}: stored "
                                                       f"{h.kind[i] if i is not None else 'nothing'}, replay {p.kind}")
