@@ -170,7 +170,6 @@ class LiveLoop:
         self._check_session(msg)
         self._check_sender(msg, "bridge")
         batch: CountsBatch = msg.payload
-        self._check_items(batch)
         positions = []
         for key in batch.units:
             if key not in self.unit_position:
@@ -219,21 +218,6 @@ class LiveLoop:
     def _pid(text: str) -> int:
         """The database id a wire id names; -1 unless it is the id exactly as dispatched ("012" is not 12)."""
         return int(text) if text.isascii() and text.isdigit() and str(int(text)) == text else -1
-
-    def _check_items(self, batch: CountsBatch) -> None:
-        """What the database would refuse only after part of the batch was written (or what would make the
-        same batch fail on every re-send and stall the generation) is refused here, naming the field."""
-        seen: set[str] = set()
-        for i, it in enumerate(batch.items):
-            if it.presentation_id in seen:
-                self.stats.rejected += 1
-                raise Reject(f"items[{i}].presentation_id: {it.presentation_id!r} appears twice in one batch")
-            seen.add(it.presentation_id)
-            for name in ("window_ms", "baseline_window_ms"):
-                w = getattr(it, name)
-                if w is not None and not w[1] > w[0]:
-                    self.stats.rejected += 1
-                    raise Reject(f"items[{i}].{name}: the end must be after the start (got {list(w)})")
 
     def _record_timings(self, items) -> None:
         """Each presentation's onset, stored with its counts: the display's flip time, the rig's onset and

@@ -195,7 +195,8 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         big = counts_payload(target, qc_reasons=["x" * 100] * 12000)
         case(rb, (rb.header("counts_batch", big)[0], None), "header", "error")
         many = {"seq": 1, "units": ["sim:0"], "items": [
-            {"presentation_id": str(target), "counts": [1], "onset_source": "flip", "valid": True}] * 4097}
+            {"presentation_id": str(target + k), "counts": [1], "onset_source": "flip", "valid": True}
+            for k in range(4097)]}
         # (a header over 64 KiB has its id left unread, so the answer is an error without ref, not a nack)
         case(rb, (rb.header("counts_batch", many)[0], None), "payload.items", "error")
         # who and which session
@@ -213,14 +214,14 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         case(rb, counts(target, units=["sim:0", "sim:0"], counts=[1, 1]), "units")
         dup = counts_payload(target)
         dup["items"] = dup["items"] * 2
-        case(rb, rb.header("counts_batch", dup), "items[1].presentation_id")
+        case(rb, rb.header("counts_batch", dup), "payload.items[1].presentation_id")
         # counts and windows
         case(rb, counts(target, counts=[-1]), "payload.items[0].counts[0]")
         case(rb, counts(target, counts=[float("nan")]), "payload.items[0].counts[0]")
         case(rb, counts(target, baseline_counts=[-3]), "payload.items[0].baseline_counts[0]")
         case(rb, counts(target, seq=-1), "payload.seq")
         case(rb, counts(target, window_ms=[float("nan"), 200.0]), "payload.items[0].window_ms[0]")
-        case(rb, counts(target, window_ms=[200.0, 50.0]), "items[0].window_ms")
+        case(rb, counts(target, window_ms=[200.0, 50.0]), "payload.items[0].window_ms")
         # reports
         case(rd, rd.header("presentation_report", report_payload(987654321)), "presentation_id")
         case(rd, rd.header("presentation_report", report_payload(target), session="idle"), "session")
@@ -257,7 +258,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         assert loop.stats.counts == counts_before and not loop.finished.is_set()
         # every case was counted once by the endpoint; the 12 that passed the wire's checks by the live loop
         assert service.endpoint.stats["rejected"] - rejected_before[1] == n_cases == 30
-        assert loop.stats.rejected - rejected_before[0] == 12
+        assert loop.stats.rejected - rejected_before[0] == 10
 
         display.released.set()
         assert service.wait(sid, 60.0), f"session did not finish: {loop.stats}"

@@ -267,12 +267,22 @@ class CountsBatch(Payload):
 
     @model_validator(mode="after")
     def _consistent(self) -> "CountsBatch":
+        """What would make a receiver store part of a batch and refuse the rest (or refuse the same batch
+        on every re-send) is refused as a whole here, naming the item."""
         n = len(self.units)
+        seen: set[str] = set()
         for i, item in enumerate(self.items):
+            if item.presentation_id in seen:
+                raise ValueError(f"items[{i}].presentation_id: {item.presentation_id!r} appears twice in one batch")
+            seen.add(item.presentation_id)
             if len(item.counts) != n:
                 raise ValueError(f"items[{i}].counts: {len(item.counts)} values for {n} units")
             if item.baseline_counts is not None and len(item.baseline_counts) != n:
                 raise ValueError(f"items[{i}].baseline_counts: {len(item.baseline_counts)} values for {n} units")
+            for name in ("window_ms", "baseline_window_ms"):
+                w = getattr(item, name)
+                if w is not None and not w[1] > w[0]:
+                    raise ValueError(f"items[{i}].{name}: the end must be after the start (got {list(w)})")
         return self
 
     def check_blobs(self, blobs: Sequence[bytes | memoryview], limits: Limits) -> None:

@@ -157,7 +157,7 @@ function renderDetail(d) {
 function renderGenerations(d, gens) {
   $("plots").hidden = false;
   $("response-unit").textContent = d.units.length ? `(spike counts, ${d.units[0].label || "unit 0"})` : "";
-  const done = gens.filter(g => g.answered > 0);
+  const done = gens.filter(g => g.answered > 0 && g.status !== "planned");  // planned: a lead-in only
   const xs = done.map(g => g.index);
   const budget = d.generations_budget || (xs.length ? xs[xs.length - 1] + 1 : 1);
   const series = [
