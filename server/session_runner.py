@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .engine.search import GenerationReport, SnSSearch
+from .engine.search import GenerationReport, Proposal, SnSSearch
 
 
 @lru_cache(maxsize=1)
@@ -85,7 +85,7 @@ class _Prepared:
     """The next generation asked for right after tell, its PNGs encoding while the scores are written."""
 
     state_before: bytes
-    proposal: object
+    proposal: Proposal
     pngs: list | None  # futures of PNG bytes per code row (with a repository)
     ask_s: float
 
@@ -190,19 +190,10 @@ class SessionRunner:
         ahead_plan = [(k, ("reference", None)) for k in range(self.lead_in)] if self._plans_ahead(g) else []
         image = lambda kind, i: proposal.images[i] if kind == "candidate" else self.reference_image  # noqa: E731
         if self.repo is not None:
-            from .db import Proposal
-
             ids = self.repo.begin_generation(
-                self.session_id, g,
-                [Proposal(image=prepared.pngs[i].result() if kind == "candidate" else self._reference_png_bytes(),
-                          kind=kind, order_in_batch=k, code=proposal.codes[i] if kind == "candidate" else None,
-                          code_index=i)
-                 for k, (kind, i) in body],
-                optimizer_state=state_before,
-                timings={"ask_s": prepared.ask_s},
-                next_lead_in=[Proposal(image=self._reference_png_bytes(), kind=kind, order_in_batch=k, code=None,
-                                       code_index=None)
-                              for k, (kind, _) in ahead_plan],
+                self.session_id, g, self._stored_proposals(body, proposal, prepared.pngs),
+                optimizer_state=state_before, timings={"ask_s": prepared.ask_s},
+                next_lead_in=self._stored_proposals(ahead_plan, proposal, None),
             )
         else:
             ids = list(range(self._next_local_id, self._next_local_id + len(body) + len(ahead_plan)))
@@ -215,6 +206,15 @@ class SessionRunner:
         self.open = _Open(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0,
                           outgoing=Batch(g, mine + nxt))
         return self.open.outgoing
+
+    def _stored_proposals(self, slots, proposal: Proposal, pngs) -> list:
+        """What the repository stores per slot: PNG bytes (encoded ahead), the code of a candidate."""
+        from .db import Proposal as StoredProposal
+
+        return [StoredProposal(image=pngs[i].result() if kind == "candidate" else self._reference_png_bytes(),
+                               kind=kind, order_in_batch=k, code=proposal.codes[i] if kind == "candidate" else None,
+                               code_index=i)
+                for k, (kind, i) in slots]
 
     # -- collect -----------------------------------------------------------------------------------
     def pending_ids(self) -> set[int]:
