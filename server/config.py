@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .engine.base import ConfigError
 from .engine.probes import MODES
@@ -82,6 +82,11 @@ class ProbeConfig(BaseModel):
     population: int = Field(20, ge=4, le=1000, description="new candidates per generation (more generations "
                             "beat wider ones at a fixed number of presentations: docs/benchmarks.md)")
     generations: int = Field(40, ge=1, description="budget of generations for the probe")
+    start_from: Literal["noise", "reference"] = Field(
+        "noise", description="where an invariance search starts: small noise around zero, a grey image (default, "
+        "the published method; it finds far invariances such as a contrast-inverted MEI), or the reference's "
+        "code (a local search; what docs/benchmarks.md compares all methods from). Adversarial searches start "
+        "at the reference code.")
     reference_repeats: int = Field(4, ge=1, description="reference presentations per generation")
     lead_in: int = Field(2, ge=0, description="of the reference repeats, how many open each generation and are "
                          "planned ahead: the display shows them while the previous generation's last answers "
@@ -120,6 +125,13 @@ class ProbeConfig(BaseModel):
             raise ValueError(f"{v} is more than reference_repeats ({repeats}) (allowed: 0..reference_repeats)")
         return v
 
+    @model_validator(mode="after")
+    def _early_stop_start(self) -> "ProbeConfig":
+        if self.early_stop.enabled and self.mode == "invariance" and self.start_from == "reference":
+            raise ValueError("early_stop.enabled: the invariance early stop marks arrival from a noise start; "
+                             "from the reference it fires at once (allowed: start_from = 'noise', or false)")
+        return self
+
     @field_validator("stages", mode="before")
     @classmethod
     def _stages(cls, v):
@@ -130,6 +142,9 @@ def _one_line(err: ValidationError) -> ConfigError:
     e = err.errors()[0]
     field = ".".join(str(p) for p in e["loc"]) or "config"
     msg = e["msg"].removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if not e["loc"] and sep and " " not in head:  # a whole-config check names its own field
+        field, msg = head, rest
     if e["type"] == "extra_forbidden":
         msg = "unknown field"
     allowed = None

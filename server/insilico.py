@@ -202,7 +202,8 @@ def build_search(
     mode = mode or config.mode
     phase_seed = streams.seed("maximize" if mode == "maximize" else "probe")
     n = generator.code_size
-    x0 = np.zeros(n) if mode == "maximize" else _initial_code(mode, reference_code, n, streams.rng("x0"))
+    x0 = np.zeros(n) if mode == "maximize" else _initial_code(mode, reference_code, n, streams.rng("x0"),
+                                                              config.start_from)
     opt = make_optimizer(config.optimizer.name, x0, config.optimizer.sigma0, config.population,
                          seed=phase_seed, **config.optimizer.params)
     if mode == "maximize":
@@ -278,11 +279,13 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation)
 
 
-def _initial_code(mode: str, reference_code: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Adversarial probes start at the reference code; invariance probes at small noise (as the reference)."""
-    if mode == "adversarial":
+def _initial_code(mode: str, reference_code: np.ndarray | None, n: int, rng: np.random.Generator,
+                  start_from: str = "noise") -> np.ndarray:
+    """Adversarial probes start at the reference code; invariance probes at small noise (as the published
+    method) or, with ``start_from = "reference"``, at the reference code too."""
+    if mode == "adversarial" or start_from == "reference":
         if reference_code is None:
-            raise ConfigError("reference", "the adversarial probe starts at the reference code; "
+            raise ConfigError("reference", f"the {mode} probe starts at the reference code; "
                               "this generator cannot encode an image", "source = 'maximize' or 'code'")
         return reference_code.copy()
     s = np.sqrt(0.01 * abs(reference_code.mean())) if reference_code is not None else 0.0

@@ -95,3 +95,25 @@ def test_reported_front_names_scored_images_and_holds_the_selection(confirm):
         assert sorted(map(tuple, front)) == sorted(zip(np.array(pool.generation)[rows], np.array(pool.index)[rows]))
     with pytest.raises(ValueError, match="maximize run has no front"):
         res.phases[0].search.reported_front()
+
+
+def test_invariance_start_noise_or_reference():
+    """The published invariance start is small noise around zero; `start_from = "reference"` starts at the
+    reference code (the benchmark's comparison start), and then the early stop, which marks arrival from
+    noise, is refused in one line."""
+    from server.insilico import build_generator, build_search, build_stages
+
+    base = {"mode": "invariance", "seed": 5, "population": 8, "reference": {"source": "code"},
+            "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1}, "stages": ["pixel"]}
+    ref = np.random.default_rng(1).standard_normal(64) * 3
+    means = {}
+    for start in ("noise", "reference"):
+        cfg = parse_config(base | {"start_from": start})
+        gen = build_generator(cfg)
+        search = build_search(cfg, gen, build_stages(cfg), reference_code=ref,
+                              reference_image=gen.render(ref[None])[0])
+        means[start] = search.ask().codes.mean(axis=0)
+    assert parse_config(base).start_from == "noise"
+    assert np.linalg.norm(means["reference"] - ref) < np.linalg.norm(means["noise"] - ref) / 3
+    with pytest.raises(ConfigError, match=r"^early_stop.enabled: .*allowed: start_from = 'noise'"):
+        parse_config(base | {"start_from": "reference", "early_stop": {"enabled": True}})
