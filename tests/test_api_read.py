@@ -59,7 +59,7 @@ def test_session_detail_has_summary_units_stages_and_live_status(client, stored,
     assert d["presentations_answered"] == int((history.counts[:, 0] >= 0).sum())
     assert d["config"]["phase"] == "invariance" and d["config"]["population"] == INSILICO["population"]
     assert d["live"] == {"running_here": False, "paused": None, "dispatched": None, "reports": None,
-                         "counts": None, "last_error": None, "clients": []}
+                         "counts": None, "boundary_ms": None, "last_error": None, "clients": []}
     assert d["best_fitness"] == pytest.approx(np.nanmax(history.fitness))
 
 

@@ -153,6 +153,7 @@ def test_live_session_on_the_simulated_rig_matches_the_in_silico_twin(service, t
     shown = sum(len(r.responses) for r in live.reports) + 5 * 2  # candidates and re-tests, + 2 references each
     assert n_pres == shown >= 5 * (8 + 2) and n_resp == n_pres and status == "completed"
 
+    assert len(service.loop.stats.overhead_s) == 4  # one server time per boundary, shown on the dashboard
     # No waiting at generation boundaries: when the display took the last presentation of generation g, the
     # next generation's lead-in (its reference repeats, slots 0..1) was already queued behind it.
     last_of = {g: waiting for g, waiting in display.shown}

@@ -75,6 +75,9 @@ class LiveOut(BaseModel):
     dispatched: int | None = Field(None, description="presentations sent to the display")
     reports: int | None = Field(None, description="presentation reports received from the display")
     counts: int | None = Field(None, description="spike counts received from the bridge")
+    boundary_ms: float | None = Field(None, description="server time from a generation's last counts to the next "
+                                      "generation dispatched, median over the session (the display shows the "
+                                      "next generation's lead-in meanwhile)")
     last_error: str | None = None
     clients: list[ClientOut] = Field(default_factory=list, description="display and bridge clients of the server")
 

@@ -139,6 +139,9 @@ function renderDetail(d) {
     ["live loop", live.running_here ? (live.paused ? "paused here" : "running here") : "not on this server"],
     ["clients", clients],
   ];
+  if (live.boundary_ms !== null && live.boundary_ms !== undefined) {
+    stats.push(["server time per boundary", `${live.boundary_ms.toFixed(0)} ms (median)`]);
+  }
   if (live.last_error) stats.push(["last error", live.last_error]);
   $("stats").replaceChildren(...stats.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
 

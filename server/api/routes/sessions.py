@@ -11,6 +11,7 @@ import math
 import uuid
 from typing import Annotated, Any, Callable
 
+import numpy as np
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.exceptions import RequestValidationError
@@ -98,8 +99,9 @@ def _live(service, session_id: uuid.UUID) -> LiveOut:
     if loop is None or loop.session_id != session_id or loop.finished.is_set():
         return LiveOut(running_here=False, clients=clients)
     st = loop.stats
+    boundary = 1000 * float(np.median(st.overhead_s)) if st.overhead_s else None
     return LiveOut(running_here=True, paused=loop.paused, dispatched=st.dispatched, reports=st.reports,
-                   counts=st.counts, last_error=st.last_error, clients=clients)
+                   counts=st.counts, boundary_ms=boundary, last_error=st.last_error, clients=clients)
 
 
 def _detail(repo, service, session_id: uuid.UUID) -> SessionDetailOut:
