@@ -176,12 +176,10 @@ def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
     subject = build_subject(stored.probe, stored.search.generator)
     rig = InSilicoRig(subject, stored.probe, SeedStreams(stored.probe.seed).noise_seed(stored.phase))
     phase = Phase(stored.phase, stored.search)
-    batch = runner.resume()
-    if batch is not None:
-        report = runner.add_counts(rig.present(Batch(batch.generation, runner.unanswered())))
-        if report is not None:
-            phase.reports.append(report)
+    if runner.resume() is not None and runner.unanswered():
+        runner.add_counts(rig.present(Batch(runner.open.batch.generation, runner.unanswered())))
     _run_phase(phase, runner, rig, None, None)
+    phase.reports = list(runner.reports)  # every generation scored here, the resumed one included
     repository.set_session_status(session_id, "completed")
     return phase
 

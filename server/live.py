@@ -213,6 +213,8 @@ class LiveLoop:
                 self._finish()
             elif not self.paused:
                 self._next(t_last)
+        elif self.runner.open is None and not self.runner.done and not self.paused:
+            self._next()  # proposing the next generation failed after the last one was scored: try again
 
     @staticmethod
     def _pid(text: str) -> int:

@@ -16,6 +16,7 @@ last completed generation with the identical optimizer state (see ``SessionRunne
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from functools import lru_cache
 import numpy as np
 
 from .engine.search import GenerationReport, Proposal, SnSSearch
+
+log = logging.getLogger("snslab.runner")
 
 
 @lru_cache(maxsize=1)
@@ -77,7 +80,7 @@ class _Open:
     images: np.ndarray
     answered: dict[int, np.ndarray] = field(default_factory=dict)
     t_proposed: float = 0.0
-    outgoing: Batch | None = None  # what next_batch handed out for dispatch
+    told: tuple | None = None  # (report, state, score records, timings) once told, until committed
 
 
 @dataclass
@@ -174,18 +177,17 @@ class SessionRunner:
         """Ask for the next generation and commit it (and the lead-in of the one after) before anyone shows
         it. Idempotent while open."""
         if self.open is not None:
-            return self.open.outgoing or self.open.batch
+            return self._in_flight()
         if self.done:
             raise RuntimeError("the search is done; no more generations")
         t0 = time.perf_counter()
         prepared = self._prepared or self._prepare(self._state() if self.repo is not None else b"")
-        self._prepared = None
+        self._prepared = prepared  # kept (and the lead-in below) until the proposals are committed
         proposal, state_before = prepared.proposal, prepared.state_before
         g = proposal.generation
         plan = list(enumerate(self._plan(g, len(proposal.codes))))
         lead = self.ahead.presentations if self.ahead is not None and self.ahead.generation == g else []
         answered = dict(self.ahead.answered) if lead else {}
-        self.ahead = None
         body = plan[len(lead):]
         ahead_plan = [(k, ("reference", None)) for k in range(self.lead_in)] if self._plans_ahead(g) else []
         image = lambda kind, i: proposal.images[i] if kind == "candidate" else self.reference_image  # noqa: E731
@@ -201,11 +203,15 @@ class SessionRunner:
         mine = [PlannedPresentation(pid, k, kind, i, image(kind, i), 0, g) for pid, (k, (kind, i)) in zip(ids, body)]
         nxt = [PlannedPresentation(pid, k, kind, None, self.reference_image, 0, g + 1)
                for pid, (k, (kind, _)) in zip(ids[len(body):], ahead_plan)]
-        if nxt:
-            self.ahead = _Ahead(g + 1, nxt)
-        self.open = _Open(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0,
-                          outgoing=Batch(g, mine + nxt))
-        return self.open.outgoing
+        self._prepared = None
+        self.ahead = _Ahead(g + 1, nxt) if nxt else None
+        self.open = _Open(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0)
+        return Batch(g, mine + nxt)
+
+    def _in_flight(self) -> Batch:
+        """Everything the open generation and the lead-in ahead still show (current attempts)."""
+        ahead = self.ahead.presentations if self.ahead is not None else []
+        return Batch(self.open.batch.generation, list(self.open.batch.presentations) + list(ahead))
 
     def _stored_proposals(self, slots, proposal: Proposal, pngs) -> list:
         """What the repository stores per slot: PNG bytes (encoded ahead), the code of a candidate."""
@@ -273,27 +279,36 @@ class SessionRunner:
         return out
 
     def _score(self) -> GenerationReport:
+        """Tell the search once, then commit the scores and the state after tell. If the commit fails, the
+        generation stays open and told: the next call commits again without telling twice."""
         op = self.open
         cands = sorted((p for p in op.batch.presentations if p.kind == "candidate"), key=lambda p: p.code_index)
-        refs = [p for p in op.batch.presentations if p.kind == "reference"]
-        t = self.target_positions if self.target_positions is not None else slice(None)
-        rates = np.stack([op.answered[p.presentation_id][t] for p in cands]) / self.window_s
-        ref_rates = np.stack([op.answered[p.presentation_id][t] for p in refs]) / self.window_s if refs else None
-        t0 = time.perf_counter()
-        report = self.search.tell(rates, ref_rates, images=op.images)
-        t_tell = time.perf_counter() - t0
+        if op.told is None:
+            refs = [p for p in op.batch.presentations if p.kind == "reference"]
+            t = self.target_positions if self.target_positions is not None else slice(None)
+            rates = np.stack([op.answered[p.presentation_id][t] for p in cands]) / self.window_s
+            ref_rates = np.stack([op.answered[p.presentation_id][t] for p in refs]) / self.window_s if refs else None
+            t0 = time.perf_counter()
+            report = self.search.tell(rates, ref_rates, images=op.images)
+            t_tell = time.perf_counter() - t0
+            op.told = (report, self._state() if self.repo is not None else b"",
+                       self._score_records(report, cands) if self.repo is not None else [],
+                       {"tell_s": t_tell, "generation_s": time.perf_counter() - op.t_proposed})
+        report, state, records, timings = op.told
         if self.repo is not None:
-            state = self._state()
             # The scores and the state after tell are committed on a worker thread while this thread asks
             # for the next generation (the state before that ask is this state) and its PNGs encode: the
             # three overlap instead of adding up at every generation boundary. Joined before returning,
             # so the generation is complete in the database before anything of the next one is stored.
-            committed = _writer().submit(
-                self.repo.complete_generation, self.session_id, op.batch.generation, self._score_records(report, cands),
-                optimizer_state=state, timings={"tell_s": t_tell, "generation_s": time.perf_counter() - op.t_proposed})
+            committed = _writer().submit(self.repo.complete_generation, self.session_id, op.batch.generation,
+                                         records, optimizer_state=state, timings=timings)
             try:
-                if not self.search.done:
+                if not self.search.done and self._prepared is None:
                     self._prepared = self._prepare(state)
+            except Exception:  # noqa: BLE001 - asked again (idempotently) by next_batch, which then reports it
+                log.warning("asking for generation %d ahead failed; asking again when it is due",
+                            op.batch.generation + 1, exc_info=True)
+                self._prepared = None
             finally:
                 committed.result()
         self.reports.append(report)
@@ -388,25 +403,26 @@ class SessionRunner:
         if point.planned is not None:
             presentations, answered = self._stored(point.planned, None)
             self.ahead = _Ahead(point.planned.index, presentations, answered)
-        if point.in_flight is None:
-            if self.done:
-                return None
-            waiting = [p for p in (self.ahead.presentations if self.ahead else []) if p.presentation_id not in
-                       self.ahead.answered]
-            batch = self.next_batch()
-            return Batch(batch.generation, waiting + batch.presentations)
-        flight = point.in_flight
-        proposal = self.search.ask()
-        stored = flight.data.candidate_codes()
-        if not np.array_equal(stored, proposal.codes):
-            raise RuntimeError(f"generation {flight.index}: the restored optimizer proposes different codes")
-        presentations, answered = self._stored(flight.data, proposal.images)
-        self.open = _Open(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
-                          time.perf_counter())
-        if self.ahead is not None and self.ahead.generation != flight.index + 1:
-            self.ahead = None  # a lead-in not following the open generation cannot be shown in order
-        self.open.outgoing = Batch(flight.index, presentations + (self.ahead.presentations if self.ahead else []))
-        return self.open.outgoing
+        if point.in_flight is not None:
+            flight = point.in_flight
+            proposal = self.search.ask()
+            stored = flight.data.candidate_codes()
+            if not np.array_equal(stored, proposal.codes):
+                raise RuntimeError(f"generation {flight.index}: the restored optimizer proposes different codes")
+            presentations, answered = self._stored(flight.data, proposal.images)
+            self.open = _Open(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
+                              time.perf_counter())
+            if self.ahead is not None and self.ahead.generation != flight.index + 1:
+                self.ahead = None  # a lead-in not following the open generation cannot be shown in order
+            if len(answered) < len(presentations):
+                return self._in_flight()
+            self._score()  # every answer was committed, the crash came before the generation was completed
+        if self.done:
+            return None
+        waiting = [p for p in (self.ahead.presentations if self.ahead else []) if p.presentation_id not in
+                   self.ahead.answered]
+        batch = self.next_batch()
+        return Batch(batch.generation, waiting + batch.presentations)
 
     def _stored(self, data, images) -> tuple[list[PlannedPresentation], dict[int, np.ndarray]]:
         presentations, answered = [], {}

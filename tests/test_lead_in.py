@@ -34,24 +34,28 @@ def config(tmp_path):
     return parse_config(PROBE | {"reference": {"source": "code", "path": str(tmp_path / "ref.npy")}})
 
 
-def _memory_runner(config) -> tuple[SessionRunner, InSilicoRig]:
-    captured = {}
-
-    class Keep(DatabaseRecorder):  # a recorder that keeps the in-memory runner instead of storing
-        def __init__(self):
-            pass
-
-        def runner_for(self, phase, search, reference_image, cfg):
-            captured["runner"] = SessionRunner(search, seed=cfg.seed, reference_image=reference_image,
-                                               reference_repeats=cfg.reference_repeats, lead_in=cfg.lead_in,
-                                               window_s=cfg.noise.window_ms / 1000.0)
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        run_probe(config, recorder=Keep())
+def _runner(config, recorder=None) -> tuple[SessionRunner, InSilicoRig]:
+    """The probe phase's runner as run_probe builds it (in memory, or stored by ``recorder``), not yet run."""
     from server.engine.base import SeedStreams
     from server.insilico import build_generator, build_subject
 
+    captured = {}
+
+    class Capture(DatabaseRecorder):
+        def __init__(self):
+            self.sessions = []
+
+        def runner_for(self, phase, search, reference_image, cfg):
+            if recorder is not None:
+                captured["runner"] = recorder.runner_for(phase, search, reference_image, cfg)
+            else:
+                captured["runner"] = SessionRunner(search, seed=cfg.seed, reference_image=reference_image,
+                                                   reference_repeats=cfg.reference_repeats, lead_in=cfg.lead_in,
+                                                   window_s=cfg.noise.window_ms / 1000.0)
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_probe(config, recorder=Capture())
     subject = build_subject(config, build_generator(config))
     return captured["runner"], InSilicoRig(subject, config, SeedStreams(config.seed).noise_seed(config.mode))
 
@@ -61,7 +65,7 @@ class _Stop(Exception):
 
 
 def test_each_generation_opens_with_its_lead_in_planned_one_generation_ahead(config):
-    runner, rig = _memory_runner(config)
+    runner, rig = _runner(config)
     first = runner.next_batch()
     gens = [p.generation for p in first.presentations]
     # generation 0 whole (its lead-in first), then generation 1's lead-in only
@@ -222,3 +226,78 @@ def test_interrupted_with_the_lead_in_half_answered_resumes_to_the_uninterrupted
     data = [repo.generation_data(sid, g) for g in range(4)]
     assert all(p.answered for d in data for p in d.presentations)
     assert repo.load_resume_point(sid).planned is None
+
+
+def _equal_reports(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.generation == y.generation
+        assert np.array_equal(x.responses, y.responses) and np.array_equal(x.fitness, y.fitness)
+
+
+def test_failed_commits_are_retried_without_telling_twice_or_losing_the_lead_in(repo, config, monkeypatch):
+    """The database fails once while generation 1's scores are committed (after tell) and once while
+    generation 2's proposals are (with generation 3's lead-in): the counts re-sent and the proposal asked
+    again finish the session exactly as without the failures."""
+    from server.db.repository import Repository
+
+    twin = run_probe(config)
+    runner, rig = _runner(config, DatabaseRecorder(repo))
+    failures = {("complete", 1): 1, ("begin", 2): 1}
+    complete, begin = Repository.complete_generation, Repository.begin_generation
+
+    def flaky(name, method):
+        def call(self, session_id, index, *a, **kw):
+            if failures.get((name, index)):
+                failures[(name, index)] -= 1
+                raise ConnectionError(f"{name} {index}: the connection to the database was lost")
+            return method(self, session_id, index, *a, **kw)
+        return call
+
+    monkeypatch.setattr(Repository, "complete_generation", flaky("complete", complete))
+    monkeypatch.setattr(Repository, "begin_generation", flaky("begin", begin))
+    retried = 0
+    while not runner.done:
+        try:
+            batch = runner.next_batch()
+        except ConnectionError:
+            retried += 1
+            batch = runner.next_batch()
+        counts = rig.present(batch)
+        try:
+            runner.add_counts(counts)
+        except ConnectionError:
+            retried += 1
+            assert runner.open is not None  # still open, already told: the re-sent counts only commit again
+            runner.add_counts(counts)
+    assert retried == 2 and not any(failures.values())
+    _equal_reports(runner.reports, twin.probe.reports)
+    sid = runner.session_id
+    assert [repo.generation_data(sid, g).status for g in range(4)] == ["completed"] * 4
+
+
+def test_resume_scores_a_generation_answered_in_full_before_the_crash(repo, config, monkeypatch):
+    """Killed while generation 1's scores were being committed: every answer is stored but the generation
+    is not completed. Resuming scores it from the stored answers and finishes as the uninterrupted run."""
+    from server.db.repository import Repository
+
+    twin = run_probe(config)
+    complete = Repository.complete_generation
+
+    def crash(self, session_id, index, *a, **kw):
+        if index == 1:
+            raise _Stop
+        return complete(self, session_id, index, *a, **kw)
+
+    monkeypatch.setattr(Repository, "complete_generation", crash)
+    recorder = DatabaseRecorder(repo)
+    with pytest.raises(_Stop):
+        run_probe(config, recorder=recorder)
+    monkeypatch.undo()
+    sid = recorder.sessions[-1][1]
+    point = repo.load_resume_point(sid)
+    assert point.in_flight.index == 1 and all(p.answered for p in point.in_flight.data.presentations)
+
+    phase = resume_stored(repo, sid)
+    _equal_reports(phase.reports, twin.probe.reports[1:])
+    assert np.array_equal(phase.search.result().code, twin.probe.selection.code)
