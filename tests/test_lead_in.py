@@ -64,6 +64,15 @@ class _Stop(Exception):
     pass
 
 
+def _interrupted(repo, config, monkeypatch):
+    """A stored run stopped (as if killed) where the patches in place raise _Stop; the session's id."""
+    recorder = DatabaseRecorder(repo)
+    with pytest.raises(_Stop):
+        run_probe(config, recorder=recorder)
+    monkeypatch.undo()
+    return recorder.sessions[-1][1]
+
+
 def test_each_generation_opens_with_its_lead_in_planned_one_generation_ahead(config):
     runner, rig = _runner(config)
     first = runner.next_batch()
@@ -203,11 +212,7 @@ def test_interrupted_with_the_lead_in_half_answered_resumes_to_the_uninterrupted
 
     monkeypatch.setattr(InSilicoRig, "present", partial_present)
     monkeypatch.setattr(SessionRunner, "next_batch", crashing_next)
-    recorder = DatabaseRecorder(repo)
-    with pytest.raises(_Stop):
-        run_probe(config, recorder=recorder)
-    monkeypatch.undo()
-    sid = recorder.sessions[-1][1]
+    sid = _interrupted(repo, config, monkeypatch)
     point = repo.load_resume_point(sid)
     if crash == "before proposing generation 1":
         assert point.in_flight is None and point.planned.index == 1
@@ -290,11 +295,7 @@ def test_resume_scores_a_generation_answered_in_full_before_the_crash(repo, conf
         return complete(self, session_id, index, *a, **kw)
 
     monkeypatch.setattr(Repository, "complete_generation", crash)
-    recorder = DatabaseRecorder(repo)
-    with pytest.raises(_Stop):
-        run_probe(config, recorder=recorder)
-    monkeypatch.undo()
-    sid = recorder.sessions[-1][1]
+    sid = _interrupted(repo, config, monkeypatch)
     point = repo.load_resume_point(sid)
     assert point.in_flight.index == 1 and all(p.answered for p in point.in_flight.data.presentations)
 
