@@ -166,6 +166,8 @@ def main(argv=None):
             partial.flush()
             _progress(k, len(jobs), rec, t0)
     partial.close()
+    if not jobs:  # a merge-only run (--methods none) leaves no empty partial file behind
+        Path(f"{out}.jsonl").unlink()
 
     env = " ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ)
     command = (env + " " if env else "") + "nice -n 10 .venv/bin/python bench/sample_efficiency.py " + " ".join(
