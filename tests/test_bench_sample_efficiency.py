@@ -204,6 +204,35 @@ def test_holm_and_one_sided_wilcoxon():
     assert stats.paired_greater(np.zeros(12), a) > 0.99
 
 
+def _record(method, seed, hv, budgets=(1000, 3000, 10000), cell="mixed/invariance/mei", window=0.2):
+    cps = [{"budget": b, "presentations": b, "hv_found": hv * (1 + b / 1e4), "hv_reported": hv * (1 + b / 1e4),
+            "retention": 1.0, "stretch": 0.5, "f1_sel": 0.5, "f2_sel": 0.0} for b in budgets]
+    return {"method": method, "instance": cell, "window_s": window, "seed": seed, "checkpoints": cps,
+            "opt_seconds_per_generation": 0.01}
+
+
+def test_claims_pair_each_budget_on_the_seeds_both_sides_reached():
+    """A slow comparator that reached 10k on 2 of 6 seeds: 3k claims use 6 pairs, the 10k claim 2."""
+    records = []
+    for seed in range(6):
+        records.append(_record("snslab", seed, 0.6 + 0.01 * seed))
+        records.append(_record("random-1", seed, 0.1))
+        reach = (1000, 3000, 10000) if seed >= 4 else (1000, 3000)
+        records.append(_record("reference", seed, 0.2 - 0.01 * seed, budgets=reach))
+    (row,) = stats.claims(stats.Results(records), "reference")
+    assert (row["gate_budget"], row["gate_n"]) == (3000, 6)
+    assert (row["win_budget"], row["win_n"]) == (3000, 6)
+    assert (row["worse_budget"], row["worse_n"]) == (10000, 2)
+    assert row["win_ratio_median"] == pytest.approx(np.median([(0.6 + 0.01 * s) / (0.2 - 0.01 * s) for s in range(6)]))
+    assert row["worse_median_diff"] == pytest.approx(np.median([2.0 * (0.4 + 0.02 * s) for s in (4, 5)]))
+    assert row["better_p"] == pytest.approx(0.25) and row["worse_p"] == pytest.approx(1.0)  # 2 pairs: at best 1/4
+    table = stats.claims_markdown([{**row, **{k + "_holm": row[k] for k in ("gate_p", "win_p", "worse_p", "better_p")}}],
+                                  "reference")
+    assert "| pairs at 10000 |" in table and "| 2 | +0." in table
+    ref_row = next(line for line in stats.markdown(stats.Results(records), "reference").splitlines()
+                   if "| reference |" in line)
+    assert ref_row.count("(n=2)") == 4 and "0.31±0.01 (n=2)" in ref_row  # found/reported 10k, retention, stretch
+
 # ------------------------------------------------------------------------------------------- confirmation
 def test_confirmation_rejects_lucky_counts_among_silent_neighbours():
     rng = np.random.default_rng(0)
