@@ -11,6 +11,7 @@ presentations are real targets for forged counts) and, once the bridge has answe
 database is quiet. Every table's row count and content digest is compared before and after each message.
 """
 
+import dataclasses
 import json
 import logging
 import time
@@ -106,7 +107,9 @@ def wait_until(cond, timeout_s, what):
 
 @pytest.fixture
 def service(repo):
-    svc = SessionService(repo, bind="tcp://127.0.0.1:*", timing=FAST)
+    # every refusal must be logged: more than the default 20 lines per 10 s come here, and which of them a
+    # rate limit drops would depend on this machine's speed
+    svc = SessionService(repo, bind="tcp://127.0.0.1:*", timing=dataclasses.replace(FAST, log_burst=10_000))
     yield svc
     svc.close()
 

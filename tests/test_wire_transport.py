@@ -14,7 +14,7 @@ import zmq
 
 from wire import messages as m
 from wire.ledger import PresentationLedger
-from wire.transport import Peer, Reject, ServerEndpoint, Timing
+from wire.transport import Peer, Reject, ServerEndpoint, Timing, _LogLimiter
 
 FAST = Timing(heartbeat_s=0.1, heartbeat_misses=5, ack_timeout_s=0.05, backoff=2.0, max_ack_timeout_s=0.2, max_retries=3)
 
@@ -460,3 +460,13 @@ def test_log_lines_are_rate_limited(closing, caplog):
             raw.send_multipart([b"garbage"])
         assert wait_for(lambda: srv.stats["rejected"] == 100)
     assert sum("rejected" in r.getMessage() for r in caplog.records) == 20
+
+
+def test_rejection_log_keeps_a_burst_per_window_and_summarises_the_rest(caplog):
+    """A flooding peer gets log_burst lines per window; the next window opens with the count it dropped."""
+    limiter = _LogLimiter(burst=3, window_s=10.0)
+    with caplog.at_level(logging.WARNING, logger="snslab.wire"):
+        allowed = [limiter.allow(t) for t in (0.0, 1.0, 2.0, 3.0, 9.9, 10.5, 11.0)]
+    assert allowed == [True, True, True, False, False, True, True]
+    assert [r.getMessage() for r in caplog.records] == ["suppressed 2 further rejection messages in the last 10 s"]
+    assert Timing().log_burst == 20 and Timing().log_window_s == 10.0

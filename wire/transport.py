@@ -74,6 +74,8 @@ class Timing:
     backoff: float = 2.0
     max_ack_timeout_s: float = 4.0
     max_retries: int = 5
+    log_burst: int = 20  # rejection lines logged per log_window_s; a flooding peer's rest are summarised
+    log_window_s: float = 10.0
 
     @property
     def dead_after_s(self) -> float:
@@ -184,7 +186,7 @@ class _Endpoint:
         self._sock: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._limiter = _LogLimiter()
+        self._limiter = _LogLimiter(timing.log_burst, timing.log_window_s)
         self._closed = False
         self.on_give_up: Callable[[str, str], None] | None = None  # (message id, type)
         self.on_nack: Callable[[str, str, str], None] | None = None  # (message id, type, reason)
