@@ -205,20 +205,24 @@ def plot(res: Results, path: str, metric: str = "hv_reported") -> None:
     budgets = res.budgets()
     groups = sorted({(c[0].split("/")[1], c[1]) for c in res.cells}, key=lambda g: (g[0], -g[1]))
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.4), sharey=True, squeeze=False)
+    hollow = False
     for ax, (probe, window) in zip(axes[0], groups):
         cells = [c for c in res.cells if c[1] == window and c[0].split("/")[1] == probe]
         for m in res.methods:
-            means = []
-            for b in budgets:
-                v = [x for c in cells for x in res.values(c, m, b, metric).values()]
-                means.append(np.mean(v) if v else np.nan)
-            ax.plot(budgets, means, marker="o", label=m)
+            vals = [[x for c in cells for x in res.values(c, m, b, metric).values()] for b in budgets]
+            means = [np.mean(v) if v else np.nan for v in vals]
+            (line,) = ax.plot(budgets, means, marker="o", label=m)
+            most = max(len(v) for v in vals)
+            few = [(b, y) for b, y, v in zip(budgets, means, vals) if 0 < len(v) < most]
+            if few:  # a mean over fewer seeds than the method's other points: hollow
+                ax.plot(*zip(*few), ls="none", marker="o", ms=7, color=line.get_color(), mfc="white")
+                hollow = True
         ax.set_xscale("log")
         ax.set_title(f"{probe}, T = {window:g} s")
         ax.set_xlabel("presentations")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric.removeprefix('hv_')} HV/HV* (mean)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, title="hollow: mean over fewer seeds" if hollow else None, title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
