@@ -233,6 +233,7 @@ def test_claims_pair_each_budget_on_the_seeds_both_sides_reached():
                    if "| reference |" in line)
     assert ref_row.count("(n=2)") == 4 and "0.31±0.01 (n=2)" in ref_row  # found/reported 10k, retention, stretch
 
+
 # ------------------------------------------------------------------------------------------- confirmation
 def test_confirmation_rejects_lucky_counts_among_silent_neighbours():
     rng = np.random.default_rng(0)
