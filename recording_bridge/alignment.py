@@ -7,7 +7,8 @@
    make the presentation invalid, with a reason. Without a photodiode the TTL time is the onset; without
    either, the display's flip time is used and flagged.
 3. Clock: a rolling linear fit (offset + drift) of rig time against display time from TTL/marker pairs,
-   so markers whose TTL word went missing can still be placed (flagged).
+   so markers whose TTL word went missing can still be placed: invalid ("missing TTL word"), because the
+   rig did not see that flip, unless a photodiode edge on the rig clock times it.
 
 Example::
 
@@ -210,7 +211,12 @@ class OnsetAligner:
             self.rejected(f"presentation {pid}: flip time {marker.flip_s!r} is not finite", "marker")
             return False
         if pid in self._seen:
-            self.rejected(f"duplicate marker for presentation {pid} ignored", "marker")
+            known = self._pending.get(pid)
+            if known is None or abs(known.marker.flip_s - marker.flip_s) > 1e-6:
+                self.rejected(f"duplicate marker for presentation {pid} ignored", "marker")
+            elif known.marker.code is None and marker.code is not None:  # the same flip, now with its word
+                known.marker = marker
+                known.reasons = [r for r in known.reasons if r != "marker carries no TTL code"]
             return False
         self._seen.add(pid)
         self._pending[pid] = _Pending(marker)
@@ -286,7 +292,7 @@ class OnsetAligner:
             reasons = list(p.reasons)
             if self.ttl and p.ttl_s is None:
                 reasons.append(
-                    f"no TTL word {p.marker.code} within {self.ttl_tolerance_s * 1000:.0f} ms of the fitted flip time"
+                    f"missing TTL word: no word {p.marker.code} within {self.ttl_tolerance_s * 1000:.0f} ms of the fitted flip time"
                 )
             base_source = "ttl" if p.ttl_s is not None else "flip"
             if base_source == "flip" and (m is None or m.reason is not None):
@@ -294,8 +300,9 @@ class OnsetAligner:
                     reasons.append(FLIP_FIT_REASON)
                 else:
                     reasons.append("onset is the display flip time" if self.photodiode else FLIP_ONLY_REASON)
+            ttl_missing = self.ttl and p.ttl_s is None  # the rig never saw this flip: not a window we can trust
             if m is None:
-                out.append(Onset(pid, flip, base_source, True, tuple(reasons)))
+                out.append(Onset(pid, flip, base_source, not ttl_missing, tuple(reasons)))
                 continue
             reason = m.reason
             if reason is None and m.edge_s in self._claimed:
@@ -303,7 +310,7 @@ class OnsetAligner:
                 reason = f"photodiode edge at {m.edge_s:.4f} s was already matched to presentation {other}"
             if reason is None:
                 self._claimed[m.edge_s] = pid
-                out.append(Onset(pid, m.edge_s, "photodiode", True, tuple(reasons)))
+                out.append(Onset(pid, m.edge_s, "photodiode", True, tuple(r for r in reasons if "TTL" not in r)))
             else:
                 out.append(Onset(pid, flip, base_source, False, tuple(reasons + [reason])))
         excess = len(self._pending) - self.max_unplaced

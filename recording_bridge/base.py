@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ class Marker:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """Rig data that cannot be trusted between ``start_s`` and ``end_s`` (closed; equal for one late
+    event): a gap in the stream, dropped messages, a spike that arrived after the watermark had passed it.
+    Every presentation whose window touches a fault is sent ``valid=False`` with ``reason``."""
+
+    start_s: float
+    end_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Onset:
     """When a presentation started on the rig clock. ``rig_s`` is None only for an invalid onset."""
 
@@ -64,19 +76,28 @@ class Onset:
 
 
 class Rejections:
-    """Counts rejected input per kind and logs each on one line, rate-limited so a flood cannot drown the log.
+    """Counts rejected input per kind and logs it on one line, rate-limited so a flood cannot drown the log.
 
-    The first ``first`` rejections of a kind are logged, then every ``every``-th with the running count.
+    A reason is logged the first ``first`` times its text (numbers and quoted ids blanked) occurs, at most
+    ``per_kind`` different lines per kind, then every ``every``-th rejection of the kind with the running
+    count: the same warning never repeats more than a few times.
     """
 
-    def __init__(self, logger: logging.Logger, prefix: str, first: int = 20, every: int = 1000):
-        self.logger, self.prefix, self.first, self.every = logger, prefix, first, every
+    _VARYING = re.compile(r"'[^']*'|\d+(\.\d+)?")
+
+    def __init__(self, logger: logging.Logger, prefix: str, first: int = 3, every: int = 1000, per_kind: int = 50):
+        self.logger, self.prefix, self.first, self.every, self.per_kind = logger, prefix, first, every, per_kind
         self.counts: Counter[str] = Counter()
+        self._shapes: Counter[tuple[str, str]] = Counter()
+        self._logged: Counter[str] = Counter()
 
     def __call__(self, reason: str, kind: str = "input") -> None:
         self.counts[kind] += 1
         n = self.counts[kind]
-        if n <= self.first:
+        shape = (kind, self._VARYING.sub("#", reason))
+        self._shapes[shape] += 1
+        if self._shapes[shape] <= self.first and self._logged[kind] < self.per_kind:
+            self._logged[kind] += 1
             self.logger.warning("%s: rejected %s: %s", self.prefix, kind, reason)
         elif n % self.every == 0:
             self.logger.warning("%s: rejected %s: %s (%d so far)", self.prefix, kind, reason, n)
@@ -119,6 +140,10 @@ class SpikeSource(ABC):
 
     def units(self) -> list[str]:
         """Unit keys known so far (configured or seen), sorted."""
+        return []
+
+    def poll_faults(self) -> list[Fault]:
+        """Stretches of rig time found unreliable since the last call (gaps, drops, late data)."""
         return []
 
     def close(self) -> None:

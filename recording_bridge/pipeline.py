@@ -9,23 +9,32 @@
 
 Onsets for presentation ids the server never dispatched are rejected with a logged reason (the source
 keeps running); ``check_ids=False`` turns that off (offline replay).
+
+Nothing waits forever: a presentation the display reported (``add_marker``) whose windows the rig's data
+has not passed ``deadline_s`` seconds of wall time later is sent invalid ("no rig data for the window
+within N s"). This is the only wall-clock rule; valid counts are emitted on rig data alone.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+import math
+import time
+from typing import Callable, Iterable
 
-from .base import Marker, Rejections, SpikeSource
+from .base import Marker, Onset, Rejections, SpikeSource
 from .windows import PresentationCounts, WindowCounter
 
 log = logging.getLogger(__name__)
 
 
 class CountingPipeline:
-    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True):
+    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True,
+                 deadline_s: float = math.inf, clock: Callable[[], float] = time.monotonic):
         self.source, self.counter, self.check_ids = source, counter, check_ids
+        self.deadline_s, self.clock = float(deadline_s), clock
         self._expected: set[str] = set()
+        self._reported_at: dict[str, float] = {}  # presentation id -> wall time of the display's report
         self.rejected = Rejections(log, f"pipeline[{source.name}]")
 
     def expect(self, presentation_ids: Iterable[str]) -> None:
@@ -38,18 +47,42 @@ class CountingPipeline:
         self.rejected(f"presentation id {pid!r} was never dispatched", "presentation id")
         return False
 
+    def accept(self, presentation_id: str) -> bool:
+        """Whether a presentation may be counted (dispatched); starts its data deadline."""
+        if self._known(presentation_id):
+            self._reported_at.setdefault(presentation_id, self.clock())
+            return True
+        return False
+
     def add_marker(self, marker: Marker) -> None:
         """Forward a display marker (from the wire) to the source, if its id is known."""
         if self._known(marker.presentation_id):
+            self._reported_at.setdefault(marker.presentation_id, self.clock())
             self.source.add_marker(marker)
 
     def step(self, timeout_s: float = 0.05) -> list[PresentationCounts]:
         """Poll the source once; return presentations whose windows the watermark has now passed."""
         self.counter.add_spikes(self.source.poll(timeout_s))
+        for fault in self.source.poll_faults():
+            self.counter.add_fault(fault)
         for onset in self.source.poll_onsets():
-            if self._known(onset.presentation_id):
+            if self._known(onset.presentation_id) and not self.counter.settled(onset.presentation_id):
                 self.counter.add_onset(onset)
+        self._expire()
         ready = self.counter.ready(self.source.watermark())
         for pc in ready:
             self._expected.discard(pc.presentation_id)
+            self._reported_at.pop(pc.presentation_id, None)
         return ready
+
+    def _expire(self) -> None:
+        if not self._reported_at or not math.isfinite(self.deadline_s):
+            return
+        now = self.clock()
+        for pid, t in list(self._reported_at.items()):
+            if now - t < self.deadline_s:
+                continue
+            del self._reported_at[pid]
+            reason = f"no rig data for the window within {self.deadline_s:g} s"
+            if not self.counter.expire(pid, reason) and not self.counter.settled(pid):
+                self.counter.add_onset(Onset(pid, None, "none", False, (reason,)))

@@ -35,6 +35,8 @@ from typing import Annotated, Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from wire.units import UNIT_KEY_PATTERN
+
 PROTOCOL_VERSION = 1
 
 
@@ -79,6 +81,7 @@ class ProtocolError(ValueError):
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
 SessionId = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})?$")]
 MessageId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+UnitKey = Annotated[str, Field(pattern=UNIT_KEY_PATTERN)]  # a unit name percent-encoded (wire.units)
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 Reason = Annotated[str, Field(max_length=500)]
 
@@ -262,7 +265,7 @@ class CountsBatch(Payload):
     """The bridge's output. ``seq`` increases by one per batch so the server can see gaps."""
 
     seq: Annotated[int, Field(ge=0)]
-    units: Annotated[list[Id], Field(min_length=1)]
+    units: Annotated[list[UnitKey], Field(min_length=1)]
     items: list[CountsItem]
 
     @model_validator(mode="after")
