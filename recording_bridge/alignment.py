@@ -196,7 +196,7 @@ class OnsetAligner:
         self.ttl_tolerance_s, self.edge_retain_s, self.max_unplaced = ttl_tolerance_s, edge_retain_s, max_unplaced
         self.clock = clock if clock is not None else ClockFit()
         self._pending: dict[str, _Pending] = {}
-        self._seen: set[str] = set()
+        self._seen: dict[str, float] = {}  # presentation id -> its flip time
         self._ttl: list[Edge] = []  # unclaimed TTL words, in time order
         self._pd: list[float] = []  # photodiode edges, sorted
         self._claimed: dict[float, str] = {}  # photodiode edge -> presentation that took it
@@ -212,13 +212,15 @@ class OnsetAligner:
             return False
         if pid in self._seen:
             known = self._pending.get(pid)
-            if known is None or abs(known.marker.flip_s - marker.flip_s) > 1e-6:
+            if abs(self._seen[pid] - marker.flip_s) > 1e-6:  # the same flip twice (marker + report) is fine
                 self.rejected(f"duplicate marker for presentation {pid} ignored", "marker")
+            elif known is None:
+                pass
             elif known.marker.code is None and marker.code is not None:  # the same flip, now with its word
                 known.marker = marker
                 known.reasons = [r for r in known.reasons if r != "marker carries no TTL code"]
             return False
-        self._seen.add(pid)
+        self._seen[pid] = float(marker.flip_s)
         self._pending[pid] = _Pending(marker)
         if self.ttl and marker.code is None:
             self._pending[pid].reasons.append("marker carries no TTL code")

@@ -35,6 +35,8 @@ class CountingPipeline:
         self.deadline_s, self.clock = float(deadline_s), clock
         self._expected: set[str] = set()
         self._reported_at: dict[str, float] = {}  # presentation id -> wall time of the display's report
+        self._early: dict[str, tuple[Onset, float]] = {}  # onsets whose batch has not arrived yet
+        self.early_s = 2.0
         self.rejected = Rejections(log, f"pipeline[{source.name}]")
 
     def expect(self, presentation_ids: Iterable[str]) -> None:
@@ -49,6 +51,8 @@ class CountingPipeline:
 
     def accept(self, presentation_id: str) -> bool:
         """Whether a presentation may be counted (dispatched); starts its data deadline."""
+        if self.counter.settled(presentation_id):
+            return False  # already sent (its marker came first): nothing to do
         if self._known(presentation_id):
             self._reported_at.setdefault(presentation_id, self.clock())
             return True
@@ -56,6 +60,8 @@ class CountingPipeline:
 
     def add_marker(self, marker: Marker) -> None:
         """Forward a display marker (from the wire) to the source, if its id is known."""
+        if self.counter.settled(marker.presentation_id):
+            return
         if self._known(marker.presentation_id):
             self._reported_at.setdefault(marker.presentation_id, self.clock())
             self.source.add_marker(marker)
@@ -65,8 +71,16 @@ class CountingPipeline:
         self.counter.add_spikes(self.source.poll(timeout_s))
         for fault in self.source.poll_faults():
             self.counter.add_fault(fault)
-        for onset in self.source.poll_onsets():
-            if self._known(onset.presentation_id) and not self.counter.settled(onset.presentation_id):
+        now = self.clock()
+        early, self._early = self._early, {}
+        for onset, since in [*early.values(), *((o, now) for o in self.source.poll_onsets())]:
+            pid = onset.presentation_id
+            if self.counter.settled(pid):
+                continue
+            if self.check_ids and pid not in self._expected and now - since < self.early_s:
+                self._early[pid] = (onset, since)  # its batch may still be on its way to us
+                continue
+            if self._known(pid):
                 self.counter.add_onset(onset)
         self._expire()
         ready = self.counter.ready(self.source.watermark())

@@ -18,7 +18,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Subcommands: insilico, demo, server, display, bridge, db."""
+    """Subcommands: insilico, demo, server, display, bridge, virtual-rig, db."""
 
 
 def _fail(message: str) -> None:
@@ -195,6 +195,15 @@ def bridge(ctx: typer.Context) -> None:
     from recording_bridge.app import main as bridge_main
 
     raise typer.Exit(bridge_main(list(ctx.args)) or 0)
+
+
+@app.command("virtual-rig", help="Run a virtual acquisition system (a model neuron that sees the display's screen, "
+             "published as LSL and/or Open Ephys frames, on its own clock, with optional faults; writes the true "
+             "counts). See `snslab virtual-rig --help`.", **_PASS)
+def virtual_rig(ctx: typer.Context) -> None:
+    from recording_bridge.virtual_rig import main as rig_main
+
+    raise typer.Exit(rig_main(list(ctx.args)) or 0)
 
 
 def main() -> None:  # pragma: no cover

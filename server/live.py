@@ -123,9 +123,15 @@ class LiveLoop:
         self.ledger.add_batch(batch, blobs)
         self._dispatched.update(int(p.presentation_id) for p in pres)
         for c in self.endpoint.clients(alive_only=False):
-            if c.role in ("display", "bridge"):  # a bridge needs the ids (and the simulator the images)
+            if self._wants_batches(c):
                 self.endpoint.send_to(c.client_id, "stimulus_batch", batch, blobs)
         self.stats.dispatched += len(pres)
+
+    @staticmethod
+    def _wants_batches(client) -> bool:
+        """Displays show batches; every bridge counts them (ids, generation, order, attempt; the simulator
+        also uses the images); a monitor that asks for images (``snslab virtual-rig``) gets them too."""
+        return client.role in ("display", "bridge") or bool(client.capabilities.get("needs_images"))
 
     def _on_hello(self, client, new_instance: bool) -> None:
         if not new_instance:
@@ -133,8 +139,8 @@ class LiveLoop:
         if client.role == "display":
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-        elif client.role == "bridge":
-            # a (re)started bridge needs every presentation not yet answered, and the reports it has
+        elif self._wants_batches(client):
+            # a (re)started bridge (or virtual rig) needs every presentation not yet answered, and the reports
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
             for rep in self.ledger.reports.values():

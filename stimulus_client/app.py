@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -86,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh rate to convert durations to frames; default: measured at start (60 Hz if unstable)",
     )  # fmt: skip
     p.add_argument(
+        "--pace", choices=("auto", "on", "off"), default="auto",
+        help="auto (default): measure the refresh rate and, when it is implausible (no vsync: Xvfb, a VM), "
+        "say so and pace flips on a software frame clock at --refresh-hz (60 if not given); on: always; "
+        "off: never",
+    )  # fmt: skip
+    p.add_argument(
+        "--priority", choices=("realtime", "normal"), default="realtime",
+        help="realtime (default): the display's threads run SCHED_RR when the OS allows (root or "
+        "CAP_SYS_NICE), like PsychoPy's core.rush, so a busy machine does not delay flips (they sleep between "
+        "frames; the network thread too, else it would hold the GIL the presenting thread waits for); "
+        "normal: leave the scheduler alone",
+    )  # fmt: skip
+    p.add_argument(
         "--frames-on", type=_positive_int, default=None,
         help="show every image this many frames, overriding the server's durations (default: on_ms, 100 ms)",
     )  # fmt: skip
@@ -136,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from wire.lsl_config import use_loopback_lsl
 
     outlet = ttl = display = peer = None
+    if args.priority == "realtime":
+        _realtime_priority()  # before any thread starts: every thread of the display inherits it
     try:
         if args.lsl_markers:
             if args.lsl_scope == "loopback":
@@ -148,12 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             fullscreen=args.fullscreen, screen=args.screen, size=args.size, background=args.background,
             refresh_hz=args.refresh_hz, frames_on=args.frames_on, frames_off=args.frames_off,
             image_size=args.image_size, fixation=args.fixation, fixation_size=args.fixation_size,
-            photodiode=corner, photodiode_size=patch_px,
+            photodiode=corner, photodiode_size=patch_px, pace=args.pace,
         )  # fmt: skip
         display = Display(opts, outlet=outlet, ttl=ttl)
         schedule = Schedule()
         capabilities = dict(
             refresh_hz=round(display.refresh_hz, 3), refresh_measured=display.refresh_measured,
+            paced=display.frame_clock is not None,
             width=int(display.win.size[0]), height=int(display.win.size[1]), fullscreen=args.fullscreen,
             lsl_markers=outlet is not None, ttl=args.ttl, photodiode=corner, frames_on=args.frames_on,
             frames_off=args.frames_off,
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("could not report presentation %s: %s", fields.get("presentation_id"), e)
 
         while not schedule.stopping:
-            qb = schedule.next_batch(0.05)
+            qb = schedule.next_batch(0.1)  # idle: ten background frames a second keep the window alive
             if qb is None:
                 display.idle()
                 if display.escape_pressed():
@@ -205,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             ttl.close()
         if outlet is not None:
             outlet.close()
+
+
+def _realtime_priority() -> None:
+    """SCHED_RR for this thread and every thread it starts (the OS refuses without root/CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+        log.info("presenting thread runs at real-time priority (SCHED_RR 10)")
+    except (AttributeError, PermissionError, OSError) as e:
+        log.info("real-time priority not available (%s); presenting at normal priority", e)
 
 
 def _on_batch(msg: Received, schedule: Schedule) -> None:

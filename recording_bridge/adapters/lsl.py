@@ -95,6 +95,7 @@ class LslSource(SpikeSource):
         self,
         spike_stream: str = SPIKE_STREAM,
         marker_stream: str = MARKER_STREAM,
+        marker_source_id: str | None = None,
         photodiode: bool = False,
         frame_s: float = 1 / 60,
         units: list[str] | None = None,
@@ -117,6 +118,7 @@ class LslSource(SpikeSource):
 
         self._lsl = pylsl
         self.spike_stream, self.marker_stream = spike_stream, marker_stream
+        self.marker_source_id = marker_source_id
         self.clock_refresh_s, self.max_chunk, self.max_buflen = clock_refresh_s, int(max_chunk), int(max_buflen)
         self.clock_step_s, self.lag_s, self.gap_s = float(clock_step_s), float(lag_s), float(gap_s)
         self.aligner = OnsetAligner(photodiode=photodiode, ttl=False, frame_s=frame_s, markers_on_rig_clock=True)
@@ -140,7 +142,10 @@ class LslSource(SpikeSource):
             if role in self._inlets:
                 continue
             left = max(0.0, deadline - time.monotonic())
-            infos = self._lsl.resolve_byprop("name", name, minimum=1, timeout=left)
+            pred = f"name='{name}'"
+            if role == "markers" and self.marker_source_id:
+                pred += f" and source_id='{self.marker_source_id}'"  # one display among several
+            infos = self._lsl.resolve_bypred(pred, 1, left)
             if not infos:
                 if role not in self._waiting_logged:
                     log.info("lsl: waiting for %s stream %r", role, name)
