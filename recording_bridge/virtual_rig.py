@@ -196,6 +196,7 @@ class VirtualRig:
         self.words: list[tuple[int, int]] = []  # (sample, word) waiting for a marker
         self.outbox: list[tuple[int, int, str, object]] = []  # (sample, order, kind, data) in sample order
         self.late: list[tuple[int, int, int]] = []  # (due sample, spike sample, unit)
+        self.pushed_until = self.front  # the front at the last publication
         self.spikes: list[tuple[int, int]] = []  # (sample, unit) kept for the truth
         self.hole: tuple[int, int] | None = None
         self.late_samples: list[int] = []  # spikes that were pushed late (for the truth)
@@ -228,7 +229,7 @@ class VirtualRig:
         self.shown.append(sh)
         a = self.args
         if a.hole_after and self.n_onsets == a.hole_after:
-            start = sample + self.span[1]
+            start = sample + self.lat  # in the middle of this presentation's response
             self.hole = (start, start + int(a.hole_s * self.fs))
             log.warning("fault: no data published for %.1f s from sample %d", a.hole_s, start)
         if self.args.edge_spikes:
@@ -325,9 +326,11 @@ class VirtualRig:
         self.outbox = [e for e in self.outbox if e[0] >= self.front]
         ready.sort()
         out = [(s, k, d) for s, _, k, d in ready]
-        late = [x for x in self.late if x[0] < self.front]
+        # a late spike goes out once a sample at least late_ms newer has been published before it
+        until, self.pushed_until = self.pushed_until, self.front
+        late = [x for x in self.late if x[0] < until]
         if late:
-            self.late = [x for x in self.late if x[0] >= self.front]
+            self.late = [x for x in self.late if x[0] >= until]
             out += [(s, "spike", u) for _, s, u in sorted(late)]  # after newer samples: out of order
         if self.hole is not None:
             h0, h1 = self.hole
@@ -558,11 +561,11 @@ def run(args) -> int:
                         rig.on_marker(text[5:], rig.clock.sample_at(stamp + corr))
             rig._pair()
             rig.advance()
-            events = rig.due()
             if not rig.in_hole():  # a hole: nothing at all is published, not even heartbeats
+                events = rig.due()
                 for out in outputs:
                     out.publish(events, rig.front)
-            rig.published += len(events)
+                rig.published += len(events)
             rig.settle()
             time.sleep(0.005)
     finally:

@@ -140,11 +140,14 @@ class LiveLoop:
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
         elif self._wants_batches(client):
-            # a (re)started bridge (or virtual rig) needs every presentation not yet answered, and the reports
-            for batch, blobs in self.ledger.outstanding_batches():
+            # a (re)started bridge (or virtual rig) needs every presentation not yet counted (shown or not:
+            # it may have connected after the display showed it), and the reports of those
+            todo = [str(pid) for pid in self.runner.pending_ids()]
+            for batch, blobs in self.ledger.batches_for(todo):
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-            for rep in self.ledger.reports.values():
-                self.endpoint.send_to(client.client_id, "presentation_report", rep)
+            for pid in todo:
+                if pid in self.ledger.reports:
+                    self.endpoint.send_to(client.client_id, "presentation_report", self.ledger.reports[pid])
 
     # -- reports and counts --------------------------------------------------------------------------
     def _check_session(self, msg) -> None:

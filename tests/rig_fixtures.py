@@ -107,6 +107,9 @@ class RigProcesses:
             assert wait_until(lambda: (tmp / "ttl-port").exists(), 60), self.rig.log()
         self.display = self._start("display", display)
         self.bridge = self._start("bridge", bridge)
+        ready = {self.display: "connected to server", self.bridge: "connected to server",
+                 self.rig: "following markers of"}  # what an operator waits to see before starting
+        assert wait_until(lambda: all(text in p.log(100_000) for p, text in ready.items()), 180), self.logs()
 
     def _start(self, name: str, args: list[str]) -> Proc:
         p = Proc(name, args, self.tmp, self.env)
@@ -138,6 +141,26 @@ class RigProcesses:
                           timeout, 0.5)
         assert done, self.logs()
         return sid
+
+    def events(self, sid: str) -> list[dict]:
+        return self.api("GET", f"/sessions/{sid}/events")
+
+    def baseline_counts(self, sid: str) -> dict[int, list[int]]:
+        """Baseline counts per presentation, read from the server's (embedded) database."""
+        import sqlalchemy as sa
+
+        from server.db import connect
+        from server.settings import Settings
+
+        db = connect(Settings(data_dir=self.tmp / "data", database_url=None), migrate_schema=False)
+        try:
+            with db.engine.connect() as c:
+                rows = c.execute(sa.text(
+                    "SELECT p.id, r.baseline_counts FROM presentations p JOIN responses r ON r.presentation_id = p.id"
+                    " WHERE p.session_id = :s"), {"s": sid}).all()
+        finally:
+            db.engine.dispose()
+        return {int(r[0]): list(r[1]) for r in rows}
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} (alive {p.alive()})\n{p.log(2500)}" for p in self.procs)

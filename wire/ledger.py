@@ -77,6 +77,24 @@ class PresentationLedger:
     def complete(self) -> bool:
         return not self.outstanding()
 
+    def batches_for(self, presentation_ids: Sequence[str]) -> list[tuple[StimulusBatch, list[bytes]]]:
+        """The original batches cut down to these presentations (images re-indexed, attempts unchanged):
+        what a (re)started bridge needs to count presentations that were dispatched before it connected."""
+        wanted = set(presentation_ids)
+        out = []
+        for batch, blobs in self._batches.values():
+            todo = [p for p in batch.presentations if p.presentation_id in wanted]
+            if not todo:
+                continue
+            used = sorted({p.image for p in todo})
+            index = {old: new for new, old in enumerate(used)}
+            sub = StimulusBatch(
+                batch_id=batch.batch_id, generation=batch.generation, images=[batch.images[i] for i in used],
+                presentations=[p.model_copy(update={"image": index[p.image]}) for p in todo],
+            )  # fmt: skip
+            out.append((sub, [blobs[i] for i in used]))
+        return out
+
     def outstanding_batches(self) -> list[tuple[StimulusBatch, list[bytes]]]:
         """Original batches cut down to their outstanding presentations (images re-indexed, attempt + 1)."""
         out = []

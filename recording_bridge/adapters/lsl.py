@@ -102,7 +102,7 @@ class LslSource(SpikeSource):
         loopback: bool = True,
         clock_refresh_s: float = 5.0,
         clock_step_s: float = 0.0005,
-        lag_s: float = 0.05,
+        lag_s: float = 0.1,
         gap_s: float = 0.5,
         max_chunk: int = 8192,
         max_buflen: int = 3600,
