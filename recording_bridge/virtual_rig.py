@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock-offset", type=float, default=0.0, metavar="S",
                    help="run on a clock S seconds ahead of this host's (Linux time namespace; needs root)")
     p.add_argument("--drift-ppm", type=float, default=0.0, help="sample clock drift against the host clock")
-    p.add_argument("--lag-ms", type=float, default=100.0, help="data are published this long after they happen "
+    p.add_argument("--lag-ms", type=float, default=150.0, help="data are published this long after they happen "
                    "(more than the baseline window and the marker's delivery)")
     p.add_argument("--edge-spikes", action="store_true",
                    help="spikes of the first unit exactly on every window edge of every presentation")
