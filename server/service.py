@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from snslab_common.errors import SnslabError
+
 
 class ReferenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +46,7 @@ class SessionCreate(BaseModel):
     response_window_ms: tuple[float, float] = (50.0, 200.0)
 
 
-class ServiceError(ValueError):
+class ServiceError(SnslabError, ValueError):
     """An operator request that cannot be carried out; the message is one line."""
 
 

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import zmq
 
+from snslab_common.rejections import RejectionLog
 from wire.messages import (
     LIMITS,
     PAYLOADS,
@@ -143,27 +144,6 @@ class _Link:
             p.due, p.attempts = now, 0
 
 
-class _LogLimiter:
-    """At most ``burst`` rejection lines per ``window_s``; the rest are counted and summarised."""
-
-    def __init__(self, burst: int = 20, window_s: float = 10.0):
-        self.burst, self.window_s = burst, window_s
-        self.start, self.n, self.suppressed = -math.inf, 0, 0
-
-    def allow(self, now: float) -> bool:
-        if now - self.start > self.window_s:
-            if self.suppressed:
-                log.warning(
-                    "suppressed %d further rejection messages in the last %.0f s", self.suppressed, self.window_s
-                )
-            self.start, self.n, self.suppressed = now, 0, 0
-        self.n += 1
-        if self.n > self.burst:
-            self.suppressed += 1
-            return False
-        return True
-
-
 class _Endpoint:
     """Shared machinery: socket + waker polling, outbox for other threads, dispatch with ack/dedupe,
     re-sends with backoff, rejection logging."""
@@ -186,7 +166,7 @@ class _Endpoint:
         self._sock: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._limiter = _LogLimiter(timing.log_burst, timing.log_window_s)
+        self._limiter = RejectionLog(log, name, burst=timing.log_burst, window_s=timing.log_window_s)
         self._closed = False
         self.on_give_up: Callable[[str, str], None] | None = None  # (message id, type)
         self.on_nack: Callable[[str, str, str], None] | None = None  # (message id, type, reason)

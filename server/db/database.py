@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import sessionmaker
 
 from server.settings import Settings
+from snslab_common.errors import SnslabError
 
 if TYPE_CHECKING:
     from server.db.repository import Repository
@@ -40,7 +41,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 MIGRATION_LOCK_KEY = 0x736E736C6162  # "snslab": serialises migrations between processes
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(SnslabError, RuntimeError):
     """The database cannot be used; the message is one line naming the URL and the cause."""
 
     def __init__(self, url: str | URL | None, problem: str):

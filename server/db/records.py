@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from snslab_common.errors import SnslabError
+
 # --- errors ------------------------------------------------------------------------------------------------
 
 
-class StorageError(RuntimeError):
+class StorageError(SnslabError, RuntimeError):
     """A write that would make the recording inconsistent; nothing was stored."""
 
 
