@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from server.db.bulk import ResponseBatch, ensure_temp_table
-from server.db.database import json_dumps
+from server.db.jsonb import json_dumps
 from server.db.models import (
     EVENT_LEVELS,
     ONSET_SOURCES,
