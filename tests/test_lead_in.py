@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from server.config import parse_config
-from server.db.repository import GenerationStateError, Proposal, ResponseRecord
+from server.db.records import GenerationStateError, Proposal, ResponseRecord
 from server.insilico import DatabaseRecorder, InSilicoRig, resume_stored, run_probe
 from server.session_runner import SessionRunner
 
