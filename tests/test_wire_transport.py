@@ -211,7 +211,7 @@ def test_retries_are_bounded_while_the_server_is_alive(closing):
 
 def test_resend_schedule_backs_off_and_is_bounded(closing):
     """The re-send clock on a fake time line: 0.05, 0.1, 0.2 (capped), then give up."""
-    from wire.transport import _Link, _Pending
+    from wire.reliability import _Link, _Pending
 
     cl = peer(closing, 1, timing=Timing(ack_timeout_s=0.05, backoff=2.0, max_ack_timeout_s=0.2, max_retries=3))
     link = _Link()
