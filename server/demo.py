@@ -76,7 +76,7 @@ class Rig:
 
     def start_bridge(self) -> subprocess.Popen:
         self.bridge = subprocess.Popen(
-            [sys.executable, "-m", "recording_bridge.app", "--server", self.wire, "--client-id", "demo-bridge",
+            [sys.executable, "-m", "recording_bridge", "--server", self.wire, "--client-id", "demo-bridge",
              "--adapter", "sim", "--subject-param", f"image_size={IMAGE_SIZE}", *self.bridge_args],
             stdout=open(self.log_dir / "bridge.log", "ab"), stderr=subprocess.STDOUT,
         )
