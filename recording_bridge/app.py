@@ -194,9 +194,3 @@ def run(args: BridgeOptions, log_level: str = "INFO") -> int:
     bridge.peer.close(flush_s=2.0)
     bridge.source.close()
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from recording_bridge.cli import app
-
-    app()

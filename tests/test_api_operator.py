@@ -82,8 +82,12 @@ def test_token_is_checked_before_the_body_and_the_session(client, api_database):
 def test_token_comes_from_the_environment(api_settings, api_database, service, monkeypatch):
     from server.api.main import create_app
 
+    from server.settings import Settings
+
     monkeypatch.setenv("SNSLAB_OPERATOR_TOKEN", "from-env")
-    with TestClient(create_app(api_settings, service, database=api_database)) as c:
+    settings = Settings(database_url=api_settings.database_url, data_dir=api_settings.data_dir)
+    assert "from-env" not in repr(settings)  # a SecretStr: never printed with the settings
+    with TestClient(create_app(settings, service, database=api_database)) as c:
         assert c.post("/api/sessions", json=CREATE, headers=AUTH).status_code == 401
         r = c.post("/api/sessions", json=CREATE, headers={"Authorization": "Bearer from-env"})
         assert r.status_code == 201
@@ -94,8 +98,8 @@ def test_without_a_token_setting_a_random_one_is_made_and_logged(api_settings, a
 
     monkeypatch.delenv("SNSLAB_OPERATOR_TOKEN", raising=False)
     with caplog.at_level(logging.WARNING, logger="snslab.api"):
-        a = create_app(api_settings, database=api_database).state.operator_token
-        b = create_app(api_settings, database=api_database).state.operator_token
+        a = create_app(api_settings, database=api_database).state.operator_token.get_secret_value()
+        b = create_app(api_settings, database=api_database).state.operator_token.get_secret_value()
     assert a != b and len(a) >= 20
     assert a in caplog.text and "SNSLAB_OPERATOR_TOKEN" in caplog.text
 
