@@ -197,6 +197,11 @@ def bridge(ctx: typer.Context) -> None:
     raise typer.Exit(bridge_main(list(ctx.args)) or 0)
 
 
+from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
+
+_register_sweep(app, _fail)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
