@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 CUDA_BATCH = 256  # images per forward pass on a GPU: near the H200's throughput plateau (docs/benchmarks.md)
@@ -51,7 +51,7 @@ def pick_precision(precision: str, device: str, field: str) -> str:
 
 def pick_batch(batch_size: int | None, device: str, cpu_default: int, field: str) -> int:
     """The forward batch: as given, else ``cpu_default`` on the CPU (results unchanged) and CUDA_BATCH on a GPU."""
-    from server.engine.imaging import positive
+    from snslab_common.imaging import positive
 
     if batch_size is None:
         return CUDA_BATCH if device == "cuda" else cpu_default
