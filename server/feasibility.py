@@ -41,15 +41,15 @@ class Feasibility:
     def message(self) -> str:
         """One line naming the heaviest part, the times, and the ways out."""
         heavy = max(self.parts, key=self.parts.get)
-        parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(self.parts.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(self.parts.items(), key=lambda kv: -kv[1]))
         if self.verdict == "too-slow":
-            head = (f"probe.stages: this server ({self.device}) needs ~{self.compute_s:.2f} s per generation "
-                    f"({parts}) but the display shows a generation in {self.display_s:.2f} s "
+            head = (f"probe.stages: this server ({self.device}) needs ~{self.compute_s:.3g} s per generation "
+                    f"({parts}) but the display shows a generation in {self.display_s:.3g} s "
                     f"({self.presentations} presentations x (on + off)), so the session cannot keep up")
         else:
-            head = (f"probe.stages: this server ({self.device}) needs ~{self.compute_s:.2f} s per generation "
-                    f"({parts}), more than the {self.lead_in_s:.2f} s the lead-in hides: the display will "
-                    f"wait ~{self.compute_s - self.lead_in_s:.2f} s at each generation boundary")
+            head = (f"probe.stages: this server ({self.device}) needs ~{self.compute_s:.3g} s per generation "
+                    f"({parts}), more than the {self.lead_in_s:.3g} s the lead-in hides: the display will "
+                    f"wait ~{self.compute_s - self.lead_in_s:.3g} s at each generation boundary")
         return (f"{head}; use a lighter stage than {heavy} (an earlier layer, pixel or gabor-energy), fewer "
                 "candidates, longer on/off times, or a server with a GPU (device = 'auto' uses it)")
 
