@@ -69,6 +69,48 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def plain_eager_stage(arch: str, layer: str, device: str):
+    """The cnn stage as it was before the fast paths (plain eager fp32, NCHW, batches of 64): the baseline."""
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    from server.engine.stages import IMAGENET_MEAN, IMAGENET_STD
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torchvision.models.get_model(arch, weights=None).to(device).eval().requires_grad_(False)
+    target = dict(model.named_modules())[layer]
+    mean = torch.tensor(IMAGENET_MEAN, device=device).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).reshape(1, 3, 1, 1)
+
+    class Stop(Exception):
+        pass
+
+    def run(images):
+        out = []
+
+        def hook(_m, _i, o):
+            out.append(o.float().cpu().numpy())
+            raise Stop
+
+        handle = target.register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(images), 64):
+                    x = torch.as_tensor(images[i:i + 64], dtype=torch.float32, device=device).permute(0, 3, 1, 2)
+                    x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+                    try:
+                        model((x - mean) / std)
+                    except Stop:
+                        pass
+        finally:
+            handle.remove()
+        return np.concatenate(out)
+
+    return run
+
+
 def agreement(args, device: str, precision: str, images: np.ndarray) -> list[tuple[str, float, float]]:
     from scipy.stats import spearmanr
 
@@ -109,6 +151,7 @@ def main(argv=None) -> int:
     print(f"{'device':<6} {'precision':<9} {'batch':>5} {'generator':>10} {'stage ' + args.stage_layer:>13} "
           f"{'unit ' + args.unit_layer:>12} {'generation':>11} {'ms/generation':>14}")
     agree_rows = []
+    ratios = []
     for device in devices:
         n = args.cpu_images if device == "cpu" else args.generation
         precisions = ["fp32", "bf16"] if device == "cpu" else ["fp32", "tf32", "bf16"]
@@ -116,6 +159,9 @@ def main(argv=None) -> int:
             precisions = ["fp32"]
         codes = rng.normal(size=(n, 4096))
         images = rng.random((n, 224, 224, 3), dtype=np.float32)
+        plain = plain_eager_stage(args.architecture, args.stage_layer, device)
+        t_plain = timed(lambda: plain(images), args.repeats)
+        print(f"{device:<6} {'eager':<9} {n:>5} {'':>10} {n / t_plain:>13.1f}   (the stage before: plain eager fp32)")
         for prec in precisions:
             gen = None if weights is None else make_generator("deepsim-fc7", weights=str(weights), device=device,
                                                               precision=prec)
@@ -125,6 +171,7 @@ def main(argv=None) -> int:
                                 device=device, precision=prec, seed=1)
             t_gen = timed(lambda: gen.render(codes), args.repeats) if gen else float("nan")
             t_stage = timed(lambda: stage.features(images), args.repeats)
+            ratios.append((device, prec, t_plain / t_stage))
             t_unit = timed(lambda: unit.rate(images), args.repeats)
 
             def generation():
@@ -143,6 +190,8 @@ def main(argv=None) -> int:
         for prec in precisions[1:]:
             imgs = rng.random((args.agreement_images + 1, 224, 224, 3), dtype=np.float32)
             agree_rows += [(device, prec, *row) for row in agreement(args, device, prec, imgs)]
+    print("\nstage speed vs the plain eager path, same run: " + ", ".join(
+        f"{d} {p} x{r:.2f}" for d, p, r in ratios))
     if weights is None:
         print("(generator skipped: --no-deepsim; generation = stage + unit)")
     print(f"\nstage distance agreement with fp32 ({args.agreement_images} images vs a reference; tolerance "
