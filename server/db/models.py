@@ -345,6 +345,3 @@ JOIN presentations p ON p.id = r.presentation_id
 CROSS JOIN LATERAL unnest(r.counts) WITH ORDINALITY AS c(count, pos)
 JOIN units u ON u.session_id = p.session_id AND u.position = c.pos - 1
 """
-
-# Issue 16: the sweep tables live in their own module, on this metadata.
-from server.db import sweeps as _sweeps  # noqa: E402,F401

@@ -7,8 +7,8 @@ listed in ``session_ids``; its summary (retention, stretch, affine controls, dis
 and its selected image a PNG. ``attempt`` fences writes: a worker left over from a killed driver that
 finishes late cannot overwrite the row of the probe's newer attempt.
 
-Registered on the recording schema's metadata (server.db.models imports this module), created by
-migration 0003_issue16.
+Registered on the recording schema's metadata (the server.db package imports this module, so anything
+that imports server.db.models sees these tables), created by migration 0003_issue16.
 """
 
 from __future__ import annotations
