@@ -179,6 +179,11 @@ app.command(name="bridge", help=_bridge_app.registered_commands[0].help,
 app.add_typer(db_app, name="db")
 
 
+from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
+
+_register_sweep(app, _fail)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
