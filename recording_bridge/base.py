@@ -14,11 +14,9 @@ rigs (``"Electrode 1:2"``, ``"17:1"``) and ``"sim:<index>"`` for the simulated n
 
 from __future__ import annotations
 
-import logging
 import math
-import re
+
 from abc import ABC, abstractmethod
-from collections import Counter
 from dataclasses import dataclass
 
 ONSET_SOURCES = ("photodiode", "ttl", "flip", "none")
@@ -73,38 +71,6 @@ class Onset:
         if self.rig_s is None or not math.isfinite(self.rig_s):
             if self.valid:
                 raise ValueError(f"presentation {self.presentation_id}: a valid onset needs a finite rig time")
-
-
-class Rejections:
-    """Counts rejected input per kind and logs it on one line, rate-limited so a flood cannot drown the log.
-
-    A reason is logged the first ``first`` times its text (numbers and quoted ids blanked) occurs, at most
-    ``per_kind`` different lines per kind, then every ``every``-th rejection of the kind with the running
-    count: the same warning never repeats more than a few times.
-    """
-
-    _VARYING = re.compile(r"'[^']*'|\d+(\.\d+)?")
-
-    def __init__(self, logger: logging.Logger, prefix: str, first: int = 3, every: int = 1000, per_kind: int = 50):
-        self.logger, self.prefix, self.first, self.every, self.per_kind = logger, prefix, first, every, per_kind
-        self.counts: Counter[str] = Counter()
-        self._shapes: Counter[tuple[str, str]] = Counter()
-        self._logged: Counter[str] = Counter()
-
-    def __call__(self, reason: str, kind: str = "input") -> None:
-        self.counts[kind] += 1
-        n = self.counts[kind]
-        shape = (kind, self._VARYING.sub("#", reason))
-        self._shapes[shape] += 1
-        if self._shapes[shape] <= self.first and self._logged[kind] < self.per_kind:
-            self._logged[kind] += 1
-            self.logger.warning("%s: rejected %s: %s", self.prefix, kind, reason)
-        elif n % self.every == 0:
-            self.logger.warning("%s: rejected %s: %s (%d so far)", self.prefix, kind, reason, n)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 class SpikeSource(ABC):

@@ -22,7 +22,9 @@ import math
 import time
 from typing import Callable, Iterable
 
-from .base import Marker, Onset, Rejections, SpikeSource
+from snslab_common.rejections import RejectionLog
+
+from .base import Marker, Onset, SpikeSource
 from .windows import PresentationCounts, WindowCounter
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class CountingPipeline:
         self._reported_at: dict[str, float] = {}  # presentation id -> wall time of the display's report
         self._early: dict[str, tuple[Onset, float]] = {}  # onsets whose batch has not arrived yet
         self.early_s = 2.0
-        self.rejected = Rejections(log, f"pipeline[{source.name}]")
+        self.rejected = RejectionLog(log, f"pipeline[{source.name}]", per_shape=3)
 
     def expect(self, presentation_ids: Iterable[str]) -> None:
         """Presentation ids the server has dispatched (and so may come back with an onset)."""

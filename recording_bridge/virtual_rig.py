@@ -53,7 +53,6 @@ log = logging.getLogger("snslab.virtual_rig")
 
 CLONE_NEWTIME, CLONE_NEWUTS = 0x00000080, 0x04000000
 _IN_NAMESPACE = "SNSLAB_VIRTUAL_RIG_NS"
-TTL_TYPE, SPIKE_TYPE = 0, 1
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -78,9 +77,14 @@ def _param(text: str) -> tuple[str, object]:
     return key, value
 
 
+class _Help(argparse.HelpFormatter):
+    def add_usage(self, usage, actions, groups, prefix=None):  # "Usage:" like the typer commands
+        super().add_usage(usage, actions, groups, prefix or "Usage: ")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="snslab virtual-rig",
+        prog="snslab virtual-rig", formatter_class=_Help,
         description="A virtual acquisition system: a model neuron that sees the display's screen (LSL markers, "
         "TTL words) and the server's images, published as an LSL spike stream and/or Open Ephys Event "
         "Broadcaster frames, on its own clock, with optional faults; writes the true counts per window.",
@@ -376,80 +380,6 @@ class VirtualRig:
             }) + "\n")
 
 
-# ------------------------------------------------------------------------------------------- outputs
-
-class LslOut:
-    """One labelled channel per unit plus ``photodiode``; a sample per event time, all-zero = heartbeat."""
-
-    def __init__(self, name: str, names: list[str], source_id: str, fs: float):
-        import pylsl
-
-        self._lsl, self.fs = pylsl, fs
-        n = len(names) + 1
-        info = pylsl.StreamInfo(name, "Spikes", n, pylsl.IRREGULAR_RATE, pylsl.cf_int32, source_id)
-        chans = info.desc().append_child("channels")
-        for label in [*names, "photodiode"]:
-            chans.append_child("channel").append_child_value("label", label)
-        self.n = n
-        self.outlet = pylsl.StreamOutlet(info)
-
-    def publish(self, events: list[tuple[int, str, object]], front: int) -> None:
-        rows, stamps = [], []
-        for s, kind, data in events:
-            row = [0] * self.n
-            if kind == "spike":
-                row[data] = 1
-            elif kind == "photodiode":
-                row[-1] = 1
-            else:
-                continue
-            rows.append(row)
-            stamps.append(s / self.fs)
-        rows.append([0] * self.n)  # heartbeat: everything before the front has been pushed
-        stamps.append((front - 1) / self.fs)
-        self.outlet.push_chunk(rows, stamps)
-
-
-class OpenEphysOut:
-    """Event Broadcaster frames: ``[uint16 LE type, JSON]``; electrodes ``Electrode k``, sorted id 1."""
-
-    def __init__(self, endpoint: str, n_units: int, fs: float, word_lines=tuple(range(8))):
-        import zmq
-
-        self.sock = zmq.Context.instance().socket(zmq.PUB)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.bind(endpoint)
-        self.fs, self.n_units, self.word_lines = fs, n_units, word_lines
-        self.lines = {line: 0 for line in word_lines}
-
-    def _send(self, kind: int, info: dict) -> None:
-        self.sock.send_multipart([kind.to_bytes(2, "little"), json.dumps(info).encode()])
-
-    def publish(self, events: list[tuple[int, str, object]], front: int) -> None:
-        for s, kind, data in events:
-            if kind == "spike":
-                self._send(SPIKE_TYPE, {
-                    "event_type": "spike", "stream": "virtual-rig", "source_node": 100,
-                    "electrode": f"Electrode {data + 1}", "num_channels": 1, "sample_rate": self.fs,
-                    "sample_number": s, "sorted_id": 1, "amp1": 80.0,
-                })
-            elif kind == "ttl":
-                word, drop = data if data else (0, False)
-                for i, line in enumerate(self.word_lines):
-                    state = (word >> i) & 1
-                    if state == self.lines[line]:
-                        continue
-                    self.lines[line] = state
-                    if drop and state:
-                        continue  # the rising event never arrives
-                    self._send(TTL_TYPE, {"event_type": "ttl", "stream": "virtual-rig", "source_node": 100,
-                                          "sample_rate": self.fs, "sample_number": s, "line": line,
-                                          "state": state})
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 def _open_pty(link: Path) -> tuple[int, int]:
@@ -471,15 +401,16 @@ def run(args) -> int:
         use_loopback_lsl()
     import pylsl
 
-    from server.engine.subjects import make_subject
+    from snslab_common.neurons import make_model_neuron
+    from snslab_common.seeds import as_displayed
     from wire.messages import blob_to_image
     from wire.transport import Peer
 
-    from server.engine.base import as_displayed
-
-    subject = make_subject(args.subject, **dict(args.subject_param))
+    subject = make_model_neuron(args.subject, **dict(args.subject_param))
     rig = VirtualRig(args, local_clock=pylsl.local_clock, subject=subject)
     outputs = []
+    from .rig_outputs import LslOut, OpenEphysOut
+
     if args.lsl:
         outputs.append(LslOut(args.lsl, rig.names, args.client_id, rig.fs))
     if args.openephys:

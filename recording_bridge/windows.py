@@ -27,9 +27,10 @@ from typing import Iterable
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
-from .base import ONSET_SOURCES, Fault, Onset, Rejections, SpikeEvent
+from .base import ONSET_SOURCES, Fault, Onset, SpikeEvent
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class WindowCounter:
         self.fault_counts: dict[str, int] = {}  # presentations made invalid, per fault kind
         self.faults_after_emit = 0  # faults that touched windows already sent (logged)
         self._emitted_until = -math.inf  # latest window end already emitted
-        self.rejected = Rejections(log, "window counter")
+        self.rejected = RejectionLog(log, "window counter", per_shape=3)
 
     # ---- input -------------------------------------------------------------------------------------
     def add_onset(self, onset: Onset) -> bool:

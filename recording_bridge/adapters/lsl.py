@@ -50,10 +50,11 @@ from collections import deque
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
 from ..alignment import Edge, OnsetAligner
-from ..base import Fault, Marker, Onset, Rejections, SpikeEvent, SpikeSource
+from ..base import Fault, Marker, Onset, SpikeEvent, SpikeSource
 from wire.lsl_config import use_loopback_lsl
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class LslSource(SpikeSource):
         self._faults: list[Fault] = []
         self._display_flips: list[Marker] = []  # reports on the display's LSL clock, waiting for its offset
         self._waiting_logged: set[str] = set()
-        self.rejected = Rejections(log, "lsl")
+        self.rejected = RejectionLog(log, "lsl", per_shape=3)
 
     # ---- connection --------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> bool:
