@@ -162,12 +162,17 @@ def demo(
     seed: int = typer.Option(1, help="session seed"),
     port: int = typer.Option(0, help="dashboard port (0: a free one)"),
     exit_when_done: bool = typer.Option(False, "--exit-when-done", help="stop when the probe is done"),
+    rig: str = typer.Option("lsl", help="lsl (default): snslab virtual-rig publishes an LSL spike stream and the "
+                            "bridge reads it, as on a lab's LSL rig; openephys: virtual Open Ephys Event "
+                            "Broadcaster frames and TTL words; sim: the bridge's own simulated neuron"),
 ) -> None:
-    from .demo import run_demo
+    from .demo import RIGS, run_demo
 
+    if rig not in RIGS:
+        _fail(f"--rig: {rig!r} (allowed: {', '.join(RIGS)})")
     try:
         run_demo(max_generations=maximize_generations, generations=generations, population=population, seed=seed,
-                 port=port or None, exit_when_done=exit_when_done, out=typer.echo)
+                 port=port or None, exit_when_done=exit_when_done, rig_kind=rig, out=typer.echo)
     except RuntimeError as err:
         _fail(str(err))
 
