@@ -201,7 +201,7 @@ class OnsetAligner:
         self._ttl: list[Edge] = []  # unclaimed TTL words, in time order
         self._pd: list[float] = []  # photodiode edges, sorted
         self._claimed: dict[float, str] = {}  # photodiode edge -> presentation that took it
-        self.rejected = RejectionLog(log, "onset aligner")
+        self.rejected = RejectionLog(log, "onset aligner", per_shape=3)
 
     def add_marker(self, marker: Marker) -> bool:
         pid = marker.presentation_id
