@@ -20,8 +20,12 @@ Output: OUTPUT/probes.parquet (one row per probe); `snslab sweep-report NAME` dr
 
 The sweep file:
 
-{SPEC_DOC.split(chr(10), 2)[2]}
+{{example}}
 """
+_PARAGRAPHS = SPEC_DOC.split("\n", 2)[2].split("\n\n")
+# "\b" keeps click from re-wrapping the example's lines
+SWEEP_HELP = SWEEP_HELP.replace("{example}", "\n\n".join(
+    "\b\n" + p if p.startswith("    ") else p for p in _PARAGRAPHS))
 
 
 def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
@@ -33,7 +37,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs the local Ray instance may use "
                                             "(default: all of this machine's)"),
         num_gpus: int | None = typer.Option(None, "--num-gpus", help="GPUs the local Ray instance may use "
-                                            "(default: those torch sees)"),
+                                            "(default: those Ray detects)"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed probes again too"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
         ray_temp_dir: str | None = typer.Option(None, "--ray-temp-dir", help="the local Ray instance's folder "
