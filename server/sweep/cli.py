@@ -60,8 +60,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
                 fail(str(err))
                 return
             raise
-        out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        try:
+            out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                            retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        except ConfigError as err:
+            fail(str(err))
+            return
         for labels, error in out.errors[:10]:
             typer.echo(f"failed {labels}: {error}")
         c = out.counts
