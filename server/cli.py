@@ -13,7 +13,7 @@ from recording_bridge import cli as bridge_command
 from stimulus_client import cli as display_command
 
 from .config import describe_fields
-from .db.cli import app as db_app
+from .db_commands import app as db_app
 
 _display_app, _bridge_app = display_command.app, bridge_command.app
 

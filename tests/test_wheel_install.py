@@ -137,11 +137,12 @@ print("stack:", [m for m in {SERVER_STACK!r} if importlib.util.find_spec(m) is n
     r = _run(python, code, tmp_path)  # cwd outside the checkout: only the installed wheel can answer
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{len(modules)} modules", "stack: []"], r.stdout
-    # the rig's own commands run from the installed scripts, with no server
-    for script in ("snslab-bridge", "snslab-display"):
-        h = subprocess.run([str(python.parent / script), "--help"], capture_output=True, text=True, timeout=120,
-                           cwd=tmp_path, env=_clean())
-        assert h.returncode == 0 and "--config" in h.stdout, h.stderr
+    # the rig's commands run from the installed scripts: their own, and `snslab bridge|display` as the README
+    # tells a rig PC (the server's stack is not needed for them)
+    for command in (["snslab-bridge"], ["snslab-display"], ["snslab", "bridge"], ["snslab", "display"]):
+        h = subprocess.run([str(python.parent / command[0]), *command[1:], "--help"], capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path, env=_clean())
+        assert h.returncode == 0 and "--config" in h.stdout, (command, h.stderr)
     # without the blocker `server` is there (one wheel) but cannot start: its stack is not installed
     r = _run(python, "import server.db", tmp_path)
     assert r.returncode != 0 and re.search(r"No module named '(sqlalchemy|pydantic_settings)'", r.stderr), r.stderr

@@ -7,6 +7,7 @@ from typing import Callable
 
 import typer
 
+from snslab_common.errors import SnslabError
 from server.sweep.spec import __doc__ as SPEC_DOC
 
 SWEEP_HELP = f"""Run many in-silico probes as one sweep on Ray, stored in PostgreSQL and a Parquet table.
@@ -43,7 +44,6 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         ray_temp_dir: str | None = typer.Option(None, "--ray-temp-dir", help="the local Ray instance's folder "
                                                 "for sockets and logs (default Ray's, /tmp/ray)"),
     ) -> None:
-        from server.engine.base import ConfigError
         from server.sweep.run import run_sweep
         from server.sweep.spec import load_sweep
 
@@ -52,18 +52,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             from server.db import connect
 
             database = connect()
-        except (ConfigError, ValueError) as err:
+        except (SnslabError, ValueError) as err:  # config, DatabaseUnavailable: one line
             fail(str(err))
             return
-        except Exception as err:
-            if type(err).__name__ == "DatabaseUnavailable":
-                fail(str(err))
-                return
-            raise
         try:
             out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                             retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
-        except ConfigError as err:
+        except SnslabError as err:  # e.g. a local Ray instance without the declared CPUs/GPUs
             fail(str(err))
             return
         for labels, error in out.errors[:10]:
@@ -79,19 +74,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         sweep: str = typer.Argument(..., help="the sweep's name, id, or its sweep file"),
         output: Path | None = typer.Option(None, "--output", "-o", help="folder (default: the sweep's output/report)"),
     ) -> None:
-        from server.engine.base import ConfigError
         from server.sweep.report import write_report
 
         try:
             from server.db import connect
 
             page = write_report(connect(), sweep, output)
-        except (ConfigError, ValueError, LookupError) as err:
+        except (SnslabError, ValueError, LookupError) as err:  # config, DatabaseUnavailable: one line
             fail(str(err))
             return
-        except Exception as err:
-            if type(err).__name__ == "DatabaseUnavailable":
-                fail(str(err))
-                return
-            raise
         typer.echo(f"report: {page}")
