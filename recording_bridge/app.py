@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from wire.messages import CountsBatch, CountsItem, blob_to_image
+from wire.messages import CountsBatch, CountsItem, SpikesBatch, SpikeTrains, blob_to_image
 from wire.transport import Peer
 
 from server.engine.base import as_displayed
@@ -25,6 +25,8 @@ from server.engine.base import as_displayed
 from .adapters import make_adapter
 from .base import Marker
 from .pipeline import CountingPipeline
+from .provenance import clock_model, recording_identity
+from .spikes import SpikeCapture
 from .windows import WindowCounter
 
 log = logging.getLogger("snslab.bridge")
@@ -41,6 +43,12 @@ def _window(text: str) -> tuple[float, float]:
     if not a < b:
         raise argparse.ArgumentTypeError(f"window {text!r}: START must be before END")
     return a, b
+
+
+def _margin(text: str) -> tuple[float, float] | None:
+    if text.strip().lower() == "off":
+        return None
+    return _window(text)
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -60,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snslab bridge",
         description="Recording bridge: counts each presentation's spikes per unit in half-open response and "
         "baseline windows (emitted only once the rig's data has passed the window end) and streams them "
-        "to the snslab server.",
+        "to the snslab server, followed by the raw spike times around each onset.",
+        epilog="example: snslab bridge --server tcp://SERVER:5555 --adapter lsl --spike-margin -200,500 "
+        "--recording dir=D:/OpenEphys/2026-12-04_m1 --recording experiment=1",
     )
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
     p.add_argument("--client-id", default=f"bridge-{socket.gethostname()}"[:64], help="name towards the server")
@@ -69,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapter parameter NAME=VALUE (repeatable), e.g. endpoint=tcp://127.0.0.1:5557")
     p.add_argument("--response-window", type=_window, default=(0.05, 0.2), help="ms after onset (default 50,200)")
     p.add_argument("--baseline-window", type=_window, default=(-0.05, 0.0), help="ms after onset (default -50,0)")
+    p.add_argument("--spike-margin", type=_margin, default=(-0.2, 0.5),
+                   help="also send each presentation's spike times in this span, ms after onset, for offline "
+                   "re-counting (default -200,500; 'off' sends none); they follow its counts once the rig data "
+                   "has passed the span's end, so the closed loop never waits for them")
+    p.add_argument("--recording", type=_param, action="append", default=[],
+                   help="the acquisition system's own recording identity KEY=VALUE (repeatable), stored with "
+                   "the session, e.g. --recording dir=/data/2026-12-04_m1 --recording experiment=1")
     sim = p.add_argument_group("simulated rig")
     sim.add_argument("--subject", default="complex-cell", help="model neuron of the simulated rig")
     sim.add_argument("--subject-param", type=_param, action="append", default=[],
@@ -83,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 class Bridge:
     """One rig source connected to the server. ``step()`` is the whole loop body."""
 
-    def __init__(self, peer: Peer, source, counter: WindowCounter, *, simulated: bool):
+    def __init__(self, peer: Peer, source, counter: WindowCounter, *, simulated: bool,
+                 capture: SpikeCapture | None = None):
         self.peer, self.source, self.counter = peer, source, counter
-        self.pipe = CountingPipeline(source, counter)
+        self.pipe = CountingPipeline(source, counter, capture=capture)
+        self.spike_seq = 0
+        self.spikes_sent = 0
         self.simulated = simulated
         self.seq = 0
         self.sent = 0
@@ -140,6 +160,9 @@ class Bridge:
     def step(self, timeout_s: float = 0.02) -> int:
         with self._lock:
             ready = self.pipe.step(0.0)
+            trains = self.pipe.spike_trains()
+        if trains:
+            self._send_spikes(trains)
         if not ready:
             time.sleep(timeout_s)
         if not ready:
@@ -160,18 +183,32 @@ class Bridge:
         self.sent += len(items)
         return len(items)
 
-    def _send(self, batch: CountsBatch) -> None:
-        mid = self.peer.send("counts_batch", batch)
-        self._in_flight[mid] = batch
+    def _send_spikes(self, trains) -> None:
+        units = self.source.units()
+        items, blobs = [], []
+        for tr in trains:
+            n, dtype, blob = tr.encode(units)
+            items.append(SpikeTrains(presentation_id=tr.presentation_id, onset_rig_s=tr.onset_rig_s,
+                                     window_ms=tr.window_ms, n=n, blob=len(blobs), dtype=dtype))
+            blobs.append(blob)
+        self.spike_seq += 1
+        clock = clock_model(self.source, self)
+        self._send(SpikesBatch(seq=self.spike_seq, units=units, clock=clock, items=items), blobs, "spikes_batch")
+        self.spikes_sent += len(items)
+
+    def _send(self, batch, blobs=None, type: str = "counts_batch") -> None:
+        mid = self.peer.send(type, batch, blobs) if blobs is not None else self.peer.send(type, batch)
+        self._in_flight[mid] = (type, batch, blobs)
         while len(self._in_flight) > 10_000:  # acknowledged long ago: forget the oldest
             self._in_flight.pop(next(iter(self._in_flight)))
 
     def _gave_up(self, mid: str, type: str) -> None:
-        """Counts are never dropped: a batch the server did not acknowledge in time is sent again."""
-        batch = self._in_flight.pop(mid, None)
-        if batch is not None:
-            log.error("counts batch %d was not acknowledged; sending it again", batch.seq)
-            self._send(batch)
+        """Counts and spike times are never dropped: a batch the server did not acknowledge in time is sent again."""
+        entry = self._in_flight.pop(mid, None)
+        if entry is not None:
+            type, batch, blobs = entry
+            log.error("%s %d was not acknowledged; sending it again", type, batch.seq)
+            self._send(batch, blobs, type)
 
 
 def make_bridge(args, peer_timing=None) -> Bridge:
@@ -196,10 +233,17 @@ def make_bridge(args, peer_timing=None) -> Bridge:
     if hasattr(source, "connect"):
         source.connect(10.0)
     counter = WindowCounter(response=args.response_window, baseline=args.baseline_window, units=source.units())
+    margin = getattr(args, "spike_margin", (-0.2, 0.5))
+    capture = None
+    if margin is not None:
+        need = max(margin[1], args.response_window[1], args.baseline_window[1]) - min(margin[0], 0.0) + 1.0
+        capture = SpikeCapture(units=source.units() or None, margin=margin, retain_s=max(2.0, need))
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
-    peer = Peer(args.server, client_id=args.client_id, role="bridge",
-                capabilities={"needs_images": simulated, "adapter": args.adapter}, **kwargs)
-    return Bridge(peer, source, counter, simulated=simulated)
+    caps = {"needs_images": simulated, "adapter": args.adapter}
+    identity = recording_identity(source, dict(getattr(args, "recording", []) or []))
+    caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})
+    peer = Peer(args.server, client_id=args.client_id, role="bridge", capabilities=caps, **kwargs)
+    return Bridge(peer, source, counter, simulated=simulated, capture=capture)
 
 
 def main(argv: list[str] | None = None) -> int:

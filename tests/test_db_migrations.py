@@ -18,7 +18,9 @@ from server.db.models import Base
 pytest_plugins = ["db_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events"}
+TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events",
+          "spike_trains", "recordings", "analyses", "analysis_results"}  # the last four: issue 14 (0003)
+TABLES_0002 = TABLES - {"spike_trains", "recordings", "analyses", "analysis_results"}
 
 
 def _relations(engine) -> dict[str, set[str]]:
@@ -45,7 +47,7 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert rel["v"] == {"unit_responses"}
         assert {"uq_generations_in_flight", "uq_generations_planned", "uq_presentations_active_slot",
                 "uq_stimuli_sha256"} <= rel["i"]
-        assert current_revision(engine) == "0002"
+        assert current_revision(engine) == "0003_issue14"
         with engine.connect() as conn:  # PNG bytes and float64 codes are stored without a compression attempt
             storage = dict(conn.execute(sa.text(
                 "SELECT attrelid::regclass::text || '.' || attname, attstorage FROM pg_attribute"
@@ -53,8 +55,8 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
                 " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
         assert storage == {"stimuli.data": "e", "presentations.code": "e"}
 
-        migrate(engine, "-1")  # one step down and up again keeps the first revision's schema intact
-        assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
+        migrate(engine, "-1")  # one step down and up again keeps the earlier revisions' schema intact
+        assert current_revision(engine) == "0002" and _relations(engine)["r"] == TABLES_0002 | {"alembic_version"}
         migrate(engine, "head")
 
         migrate(engine, "base")
@@ -109,7 +111,7 @@ def test_two_processes_migrating_at_once_both_succeed(empty_db_url):
         t.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0002"
+        assert current_revision(engines[0]) == "0003_issue14"
     finally:
         for e in engines:
             e.dispose()
