@@ -197,6 +197,11 @@ def bridge(ctx: typer.Context) -> None:
     raise typer.Exit(bridge_main(list(ctx.args)) or 0)
 
 
+from .analysis.cli import register as _register_analysis  # noqa: E402  recount, rescore, export (issue 14)
+
+_register_analysis(app)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

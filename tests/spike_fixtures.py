@@ -8,14 +8,21 @@ margin, which trails its counts) is stored.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from server.service import SessionCreate, SessionService
 from test_live_loop import FAST, PROBE, ScriptedDisplay, _bridge, _reference_code
 
+ROOT = Path(__file__).resolve().parents[1]
 SPIKE_PROBE = PROBE | {"generations": 3, "population": 6}
 
 
@@ -49,3 +56,38 @@ def run_session_with_spikes(repo, db_engine, tmp_path, probe=SPIKE_PROBE) -> uui
         bridge.peer.close(flush_s=1.0)
         service.close()
     return sid
+
+
+@dataclass
+class SpikeSession:
+    url: object  # sqlalchemy URL of the module's own database
+    engine: object
+    repo: object
+    session_id: uuid.UUID
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a `snslab ...` subprocess on this database."""
+        return {**os.environ, "DATABASE_URL": self.url.render_as_string(hide_password=False),
+                "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+
+    def snslab(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def spike_session(pg_admin_url, pg_template, tmp_path_factory):
+    """A module's own database holding one live session with raw spike times (shared by its tests)."""
+    from db_fixtures import _fresh_database
+    from server.db.database import make_engine
+    from server.db.repository import Repository
+
+    for url in _fresh_database(pg_admin_url, pg_template):
+        engine = make_engine(url)
+        try:
+            repo = Repository(engine)
+            sid = run_session_with_spikes(repo, engine, tmp_path_factory.mktemp("spikes"))
+            yield SpikeSession(url, engine, repo, sid)
+        finally:
+            engine.dispose()
