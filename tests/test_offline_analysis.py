@@ -3,6 +3,10 @@ recount from raw spike times, counterfactual rescoring on another stage; origina
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -116,3 +120,71 @@ def test_recount_with_another_window_matches_counts_from_the_stored_spike_times(
 def test_recount_refuses_bad_windows_in_one_line(spike_session, args, message):
     res = spike_session.snslab("recount", str(spike_session.session_id), *args, "-q")
     assert res.returncode == 2 and res.stderr.strip() == message, res.stderr
+
+
+META = ["--species", "Macaca mulatta", "--age", "P6Y", "--sex", "M", "--lab", "V1 lab",
+        "--institution", "Example University", "--experimenter", "Doe, Jane"]
+
+
+def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, tmp_path):
+    import json
+    from io import BytesIO
+
+    from PIL import Image
+    from pynwb import NWBHDF5IO
+
+    s = spike_session
+    before = fingerprint(s.engine, s.session_id)
+    out = tmp_path / "session.nwb"
+    res = s.snslab("export", str(s.session_id), "--nwb", str(out), *META, "--csv", str(tmp_path / "csv"))
+    assert res.returncode == 0, res.stderr
+    report = tmp_path / "inspector.json"
+    insp = subprocess.run([str(Path(sys.executable).parent / "nwbinspector"), str(out), "--config", "dandi",
+                           "--json-file-path", str(report), "--progress-bar", "False"],
+                          capture_output=True, text=True, timeout=300)
+    assert insp.returncode == 0 and report.exists(), insp.stdout + insp.stderr
+    messages = json.loads(report.read_text())["messages"]
+    bad = [m for m in messages if m["importance"] in ("CRITICAL", "BEST_PRACTICE_VIOLATION", "ERROR", "PYNWB_VALIDATION")]
+    assert bad == [], bad
+
+    with s.engine.connect() as c:
+        pres = {r.id: r for r in c.execute(text(
+            "SELECT p.id, g.index AS generation, p.kind, p.valid, p.rig_onset, p.onset_source, r.counts, st.data"
+            " FROM presentations p JOIN generations g ON g.id = p.generation_id JOIN stimuli st ON st.id = p.stimulus_id"
+            " LEFT JOIN responses r ON r.presentation_id = p.id"
+            " WHERE p.session_id = :s AND p.rig_onset IS NOT NULL"), {"s": s.session_id}).all()}
+    trains = stored_trains(s.engine, s.session_id)
+    with NWBHDF5IO(str(out), "r") as io:
+        f = io.read()
+        assert f.subject.species == "Macaca mulatta" and f.subject.age == "P6Y" and f.session_id == str(s.session_id)
+        t0 = json.loads(f.notes)["rig_clock_t0_s"]
+        table = f.intervals["stimulus_presentations"].to_dataframe()
+        images = f.stimulus_template["stimuli"]
+        order = list(images.order_of_images.data)
+        shown = f.stimulus["presented_images"]
+        assert set(table.presentation_id) == set(pres) and len(table) == len(pres)
+        for row in table.itertuples():
+            p = pres[row.presentation_id]
+            assert (row.generation, row.kind, row.valid, row.onset_source) == (p.generation, p.kind, p.valid,
+                                                                                p.onset_source)
+            assert abs(row.start_time + t0 - p.rig_onset) < 1e-9
+            assert list(row.online_counts) == list(p.counts)
+            expect = np.asarray(Image.open(BytesIO(p.data)).convert("RGB"))
+            assert np.array_equal(np.asarray(order[row.image_index].data), expect)
+        assert np.array_equal(np.asarray(shown.data), table.sort_values("start_time").image_index.to_numpy())
+        assert np.allclose(np.asarray(shown.timestamps), np.sort(table.start_time.to_numpy()))
+        spikes = np.asarray(f.units["spike_times"][0])
+        for pid, units in trains.items():
+            onset = pres[pid].rig_onset - t0
+            inside = spikes[(spikes >= onset - 0.2 - 1e-8) & (spikes < onset + 0.5 - 1e-8)]
+            assert len(inside) == len(units[0]), pid
+            assert np.allclose(inside - onset, units[0] * 1e-9, rtol=0, atol=5e-9)
+        scores = f.processing["optimizer"]["scores"].to_dataframe()
+        assert len(scores) > 0 and (scores.front_index >= 0).all()
+        assert len(f.processing["optimizer"]["selection"]) == 1
+
+    rows = (tmp_path / "csv" / "presentations.csv").read_text().splitlines()
+    with s.engine.connect() as c:
+        n_all = c.execute(text("SELECT count(*) FROM presentations WHERE session_id = :s"), {"s": s.session_id}).scalar()
+    assert len(rows) == 1 + n_all  # one unit
+    assert fingerprint(s.engine, s.session_id) == before
