@@ -188,3 +188,68 @@ def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, tm
         n_all = c.execute(text("SELECT count(*) FROM presentations WHERE session_id = :s"), {"s": s.session_id}).scalar()
     assert len(rows) == 1 + n_all  # one unit
     assert fingerprint(s.engine, s.session_id) == before
+
+
+def test_rescore_on_another_stage_creates_one_analysis_and_touches_no_original_row(spike_session):
+    s = spike_session
+    before = fingerprint(s.engine, s.session_id)
+    with s.engine.connect() as c:
+        n_before = c.execute(text("SELECT count(*) FROM analyses WHERE session_id = :s"), {"s": s.session_id}).scalar()
+    res = s.snslab("rescore", str(s.session_id), "--stage", "gabor-energy", "--stage-param", "size=16",
+                   "--stage-param", "wavelengths=[4, 8]")
+    assert res.returncode == 0, res.stderr
+    print(res.stdout)
+    aid = _aid(res.stdout)
+    assert fingerprint(s.engine, s.session_id) == before
+    with s.engine.connect() as c:
+        n_after = c.execute(text("SELECT count(*) FROM analyses WHERE session_id = :s"), {"s": s.session_id}).scalar()
+        kind, params, summary = c.execute(text("SELECT kind, params, summary FROM analyses WHERE id = :a"),
+                                          {"a": aid}).one()
+        stored = {r[0]: (r[1], r[2]) for r in c.execute(text(
+            "SELECT sc.presentation_id, sc.distances, sc.front_index FROM scores sc JOIN presentations p"
+            " ON p.id = sc.presentation_id WHERE p.session_id = :s"), {"s": s.session_id}).all()}
+    assert n_after == n_before + 1 and kind == "rescore" and params["stage"] == "gabor-energy"
+    got = analysis_rows(s.engine, aid)
+    assert set(got) == set(stored)
+    for pid, (dist, front, selected) in ((p, g[2:5]) for p, g in got.items()):
+        assert set(dist) == {"gabor-energy", "unit"} and front >= 0
+        # same counts, same running reference response: the unit's distance is the one scored online
+        assert abs(dist["unit"] - stored[pid][0]["unit"]) < 1e-9
+    assert sum(g[4] for g in got.values()) == 1  # one selected image
+    assert summary["scored"] == len(stored) and "first fronts:" in res.stdout and "selected rescored:" in res.stdout
+
+
+def test_rescore_with_recounted_responses_uses_them(spike_session):
+    s = spike_session
+    rc = s.snslab("recount", str(s.session_id), "--window", "40:240", "-q")
+    assert rc.returncode == 0, rc.stderr
+    rec = _aid(rc.stdout)
+    res = s.snslab("rescore", str(s.session_id), "--stage", "pixel", "--counts", str(rec), "-q")
+    assert res.returncode == 0, res.stderr
+    aid = _aid(res.stdout)
+    with s.engine.connect() as c:
+        link = c.execute(text("SELECT counts_analysis_id FROM analyses WHERE id = :a"), {"a": aid}).scalar()
+    assert link == rec
+    recounted = analysis_rows(s.engine, rec)
+    got = analysis_rows(s.engine, aid)
+    # the unit distance is recomputed here from the recounted counts: |rate - running mean reference rate|
+    with s.engine.connect() as c:
+        rows = c.execute(text(
+            "SELECT p.id, g.index, p.kind, p.superseded FROM presentations p JOIN generations g ON g.id = p.generation_id"
+            " WHERE p.session_id = :s ORDER BY g.index"), {"s": s.session_id}).all()
+    window_s = 0.2
+    ref_rates, expect = [], {}
+    for g in sorted({r[1] for r in rows}):
+        ref_rates += [recounted[r[0]][0][0] / window_s for r in rows if r[1] == g and r[2] == "reference"
+                      and not r[3] and r[0] in recounted]
+        for r in rows:
+            if r[1] == g and r[0] in got:
+                expect[r[0]] = abs(recounted[r[0]][0][0] / window_s - np.mean(ref_rates))
+    assert {p: round(got[p][2]["unit"], 9) for p in got} == {p: round(v, 9) for p, v in expect.items()}
+
+
+def test_rescore_refuses_an_unknown_stage_in_one_line(spike_session):
+    res = spike_session.snslab("rescore", str(spike_session.session_id), "--stage", "v4", "-q")
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("error: stage: unknown stage 'v4' (allowed: cnn:ARCH:LAYER, gabor-energy, "
+                                  "pixel)"), res.stderr

@@ -19,6 +19,8 @@ Example:  snslab export 3f1c...e2 --nwb m1-2026-12-04.nwb --species "Macaca mula
 
 
 def register_more(app, _session_id, _errors, _progress, _repo, _fail) -> None:
+    _register_rescore(app, _session_id, _errors, _progress, _repo, _fail)
+
     @app.command(help=EXPORT_HELP)
     def export(
         session: str = typer.Argument(..., help="the stored session's id"),
@@ -60,3 +62,62 @@ def register_more(app, _session_id, _errors, _progress, _repo, _fail) -> None:
             if csv is not None:
                 path = export_csv(repo, sid, csv, data=data)
                 typer.echo(f"wrote {path}")
+
+
+RESCORE_HELP = """Re-score a stored invariance/adversarial session on another representation stage (or with re-counted responses): what would the fronts and the selected image have been?
+
+The images are the stored ones (as displayed) and the optimizer's trajectory is what it was; each generation's scored candidates get the new stage's distance to the reference and the unit's distance to the running reference response (stored counts, or those of a `snslab recount` analysis with --counts), then the engine's own Pareto code recomputes the fronts and the selected image. Stored as a new analysis (its id is printed); the session's rows are never modified. Prints what changed.
+
+Stages: pixel | gabor-energy | cnn:ARCHITECTURE:LAYER (a torchvision model; --stage-param weights=FILE loads a state dict, nothing is downloaded); --stage-param NAME=VALUE sets any stage parameter.
+
+Example:  snslab rescore 3f1c...e2 --stage cnn:resnet50:layer3 --stage-param weights=resnet50.pth --counts 12
+"""
+
+
+def _param(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"stage-param: {text!r} is not NAME=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _register_rescore(app, _session_id, _errors, _progress, _repo, _fail) -> None:
+    @app.command(help=RESCORE_HELP)
+    def rescore(
+        session: str = typer.Argument(..., help="the stored session's id"),
+        stage: str = typer.Option(..., "--stage", help="pixel | gabor-energy | cnn:ARCHITECTURE:LAYER"),
+        stage_param: list[str] = typer.Option([], "--stage-param", help="stage parameter NAME=VALUE (repeatable)"),
+        counts: int | None = typer.Option(None, "--counts", help="id of a `snslab recount` analysis to score with"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    ) -> None:
+        from .rescore import rescore as run
+
+        sid = _session_id(session)
+        with _errors():
+            params = dict(_param(p) for p in stage_param)
+            with _progress("rescoring", quiet) as update:
+                res = run(_repo(), sid, stage, params, counts_analysis=counts, progress=update)
+        typer.echo(f"analysis {res.analysis_id}: rescored {res.scored} candidates of {res.generations} generations "
+                   f"of session {sid} on stage {res.stage}" + (f" with the counts of analysis {counts}" if counts else ""))
+        typer.echo(f"first fronts: {res.front0_online} candidates online, {res.front0_new} rescored; "
+                   f"{res.front0_changed} changed membership")
+        for g in res.per_generation:
+            typer.echo(f"  generation {g['generation']}: first front {g['front0_online']} -> {g['front0_rescored']} "
+                       f"({g['changed']} changed)")
+
+        def pick(p) -> str:
+            if p is None:
+                return "none"
+            d = ", ".join(f"{k} {v:.4g}" for k, v in p.distances.items())
+            return f"generation {p.generation}, candidate {p.code_index} (presentation {p.presentation_id}; {d})"
+
+        typer.echo(f"selected online:   {pick(res.online)}")
+        typer.echo(f"selected rescored: {pick(res.rescored)}")
+        same = res.online is not None and res.rescored is not None and \
+            res.online.presentation_id == res.rescored.presentation_id
+        typer.echo("the selected image is the same" if same else "the selected image changed")
