@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
     p.add_argument("--client-id", default=f"bridge-{socket.gethostname()}"[:64], help="name towards the server")
-    p.add_argument("--adapter", default="sim", help="recording source: sim | lsl | openephys (default sim)")
+    p.add_argument("--adapter", default="sim",
+                   help="recording source: sim | lsl | openephys | nwb (default sim); nwb replays a recording "
+                   "from an NWB file: --param path=FILE.nwb [--param speed=4] (see recording_bridge/adapters/nwb.py)")
     p.add_argument("--param", type=_param, action="append", default=[],
                    help="adapter parameter NAME=VALUE (repeatable), e.g. endpoint=tcp://127.0.0.1:5557")
     p.add_argument("--response-window", type=_window, default=(0.05, 0.2), help="ms after onset (default 50,200)")
@@ -126,6 +128,9 @@ class Bridge:
         batch = msg.payload
         ids = [p.presentation_id for p in batch.presentations]
         self.pipe.expect(ids)
+        if not self.simulated and hasattr(self.source, "set_key"):  # a replay matches recorded slots by key
+            for p in batch.presentations:
+                self.source.set_key(p.presentation_id, (batch.generation, p.order, p.attempt))
         if self.simulated:
             images = [blob_to_image(b, spec) for b, spec in zip(msg.blobs, batch.images)]
             for p in batch.presentations:
@@ -239,7 +244,7 @@ def make_bridge(args, peer_timing=None) -> Bridge:
         need = max(margin[1], args.response_window[1], args.baseline_window[1]) - min(margin[0], 0.0) + 1.0
         capture = SpikeCapture(units=source.units() or None, margin=margin, retain_s=max(2.0, need))
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
-    caps = {"needs_images": simulated, "adapter": args.adapter}
+    caps = {"needs_images": simulated or hasattr(source, "set_key"), "adapter": args.adapter}
     identity = recording_identity(source, dict(getattr(args, "recording", []) or []))
     caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})
     peer = Peer(args.server, client_id=args.client_id, role="bridge", capabilities=caps, **kwargs)

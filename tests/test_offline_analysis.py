@@ -126,7 +126,18 @@ META = ["--species", "Macaca mulatta", "--age", "P6Y", "--sex", "M", "--lab", "V
         "--institution", "Example University", "--experimenter", "Doe, Jane"]
 
 
-def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, tmp_path):
+@pytest.fixture(scope="module")
+def exported(spike_session, tmp_path_factory):
+    """`snslab export --nwb --csv` of the module's session: (nwb path, csv dir, fingerprint before, stdout)."""
+    s = spike_session
+    tmp = tmp_path_factory.mktemp("export")
+    before = fingerprint(s.engine, s.session_id)
+    res = s.snslab("export", str(s.session_id), "--nwb", str(tmp / "session.nwb"), *META, "--csv", str(tmp / "csv"))
+    assert res.returncode == 0, res.stderr
+    return tmp / "session.nwb", tmp / "csv", before, res.stdout
+
+
+def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, exported, tmp_path):
     import json
     from io import BytesIO
 
@@ -134,10 +145,8 @@ def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, tm
     from pynwb import NWBHDF5IO
 
     s = spike_session
-    before = fingerprint(s.engine, s.session_id)
-    out = tmp_path / "session.nwb"
-    res = s.snslab("export", str(s.session_id), "--nwb", str(out), *META, "--csv", str(tmp_path / "csv"))
-    assert res.returncode == 0, res.stderr
+    out, csv_dir, before, stdout = exported
+    assert stdout.startswith(f"wrote {out}: ")
     report = tmp_path / "inspector.json"
     insp = subprocess.run([str(Path(sys.executable).parent / "nwbinspector"), str(out), "--config", "dandi",
                            "--json-file-path", str(report), "--progress-bar", "False"],
@@ -183,7 +192,7 @@ def test_export_nwb_passes_the_dandi_inspection_and_reads_back(spike_session, tm
         assert len(scores) > 0 and (scores.front_index >= 0).all()
         assert len(f.processing["optimizer"]["selection"]) == 1
 
-    rows = (tmp_path / "csv" / "presentations.csv").read_text().splitlines()
+    rows = (csv_dir / "presentations.csv").read_text().splitlines()
     with s.engine.connect() as c:
         n_all = c.execute(text("SELECT count(*) FROM presentations WHERE session_id = :s"), {"s": s.session_id}).scalar()
     assert len(rows) == 1 + n_all  # one unit
@@ -253,3 +262,58 @@ def test_rescore_refuses_an_unknown_stage_in_one_line(spike_session):
     assert res.returncode == 2
     assert res.stderr.strip() == ("error: stage: unknown stage 'v4' (allowed: cnn:ARCH:LAYER, gabor-energy, "
                                   "pixel)"), res.stderr
+
+
+def test_nwb_replay_adapter_through_server_display_and_bridge_gives_the_same_counts(spike_session, exported,
+                                                                                      tmp_path):
+    """The exported file played back by `snslab bridge --adapter nwb` (its own process) to a new session with
+    the stored session's config: the loop re-runs the same presentations and gets the same counts."""
+    import os
+    import time
+
+    from server.service import SessionCreate, SessionService
+    from test_live_loop import FAST, ScriptedDisplay
+
+    s = spike_session
+    out = exported[0]
+    with s.engine.connect() as c:
+        config = c.execute(text("SELECT config FROM sessions WHERE id = :s"), {"s": s.session_id}).scalar()
+    ref = tmp_path / "ref.npy"
+    np.save(ref, np.array(config["reference_code"], dtype=np.float64))
+    spec = SessionCreate.model_validate(config["session"] | {"reference": {"source": "code", "path": str(ref)}})
+
+    service = SessionService(s.repo, bind="tcp://127.0.0.1:*", timing=FAST)
+    display = ScriptedDisplay(service.wire_address, client_id="replay-display")
+    log = open(tmp_path / "bridge.log", "w")
+    bridge = subprocess.Popen([sys.executable, "-m", "server.cli", "bridge", "--server", service.wire_address,
+                               "--adapter", "nwb", "--param", f"path={out}", "--param", "speed=0",
+                               "--client-id", "replay-bridge"], cwd=Path(__file__).resolve().parents[1],
+                              env=s.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                c["client_id"] == "replay-bridge" and c["alive"] for c in service.clients()):
+            time.sleep(0.05)
+        sid = service.create(spec)
+        service.start(sid)
+        assert service.wait(sid, 120.0), f"{service.loop.stats}\n{(tmp_path / 'bridge.log').read_text()[-3000:]}"
+    finally:
+        bridge.terminate()
+        bridge.wait(20)
+        log.close()
+        display.close()
+        service.close()
+
+    def counts(session):
+        with s.engine.connect() as c:
+            return {(g, o, a): (list(cn), list(b)) for g, o, a, cn, b in c.execute(text(
+                "SELECT g.index, p.order_in_batch, p.attempt, r.counts, r.baseline_counts FROM responses r"
+                " JOIN presentations p ON p.id = r.presentation_id JOIN generations g ON g.id = p.generation_id"
+                " WHERE p.session_id = :s"), {"s": session}).all()}
+
+    original, replayed = counts(s.session_id), counts(sid)
+    assert len(original) >= 24 and replayed == original
+    with s.engine.connect() as c:
+        reasons = c.execute(text("SELECT DISTINCT unnest(qc_reasons) FROM presentations WHERE session_id = :s"),
+                            {"s": sid}).scalars().all()
+    assert "replayed from session.nwb" in reasons

@@ -11,6 +11,7 @@ from server.engine.base import ConfigError
 
 from ..base import SpikeSource
 from .lsl import LslSource  # pylsl itself is imported only when an LslSource is built
+from .nwb import NwbReplaySource  # pynwb itself is imported only when an NwbReplaySource is built
 from .openephys import OpenEphysSource
 from .sim import SimSource
 
@@ -18,6 +19,7 @@ ADAPTERS: dict[str, type[SpikeSource]] = {
     "sim": SimSource,
     "lsl": LslSource,
     "openephys": OpenEphysSource,
+    "nwb": NwbReplaySource,
 }
 
 
@@ -38,4 +40,4 @@ def make_adapter(name: str, **params) -> SpikeSource:
     return cls(**params)
 
 
-__all__ = ["ADAPTERS", "make_adapter", "LslSource", "OpenEphysSource", "SimSource"]
+__all__ = ["ADAPTERS", "make_adapter", "LslSource", "NwbReplaySource", "OpenEphysSource", "SimSource"]
