@@ -26,7 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
 
 from .base import SpikeEvent
 

@@ -28,9 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
 
-from ..base import ONSET_SOURCES, Marker, Onset, Rejections, SpikeEvent, SpikeSource
+from snslab_common.rejections import RejectionLog
+
+from ..base import ONSET_SOURCES, Marker, Onset, SpikeEvent, SpikeSource
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class NwbReplaySource(SpikeSource):
         self._released = -math.inf
         self._first: tuple[float, float] | None = None  # (wall clock, file time) when playback started
         self._cursor = [0] * len(self._units)
-        self.rejected = Rejections(log, "nwb")
+        self.rejected = RejectionLog(log, "nwb")
         log.info("nwb: %s: %d units, %d presentations (%s)", self.path, len(self._units), len(self._rows),
                  "matched by generation/slot/attempt" if self.keyed else "matched in order")
 
