@@ -23,6 +23,17 @@ def _identity(client) -> dict:
     return {k[len("recording."):]: v for k, v in sorted(caps.items()) if k.startswith("recording.")}
 
 
+def to_session_order(blob: bytes, dtype: str, n: np.ndarray, order: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Packed per-unit spike times (unit after unit, ``n`` each) rearranged so that unit ``order[k]`` of the
+    batch comes k-th, in one gather."""
+    flat = np.frombuffer(blob, dtype=dtype)
+    n = np.asarray(n, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])[order]
+    lens = n[order]
+    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
+    return flat[idx].tobytes(), lens
+
+
 class SpikeIntake:
     def __init__(self, loop):
         self.loop = loop
@@ -67,21 +78,21 @@ class SpikeIntake:
             raise Reject(f"units: the batch must carry every unit of the session ({len(loop.unit_keys)})")
         if loop.repo is None:
             return
-        from .db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
+        from .db.spikes import SpikeTrainRecord, store_spike_trains
 
         self.note_client(msg)
         order = np.argsort(positions)  # batch unit index for each session position
+        identity = bool(np.all(order == np.arange(len(order))))
         records = []
         for it in batch.items:
             pid = loop._pid(it.presentation_id)
             if pid < 0:
                 raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
-            flat = np.frombuffer(msg.blobs[it.blob], dtype=it.dtype).astype(np.int64)
-            edges = np.concatenate([[0], np.cumsum(it.n)])
-            per_unit = [flat[edges[j]:edges[j + 1]] for j in order]
-            n, tb, blob = pack_times(per_unit, it.window_ms)
-            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n, tb, blob,
-                                            dict(batch.clock)))
+            blob, n = bytes(msg.blobs[it.blob]), np.asarray(it.n, dtype=np.int64)
+            if not identity:
+                blob, n = to_session_order(blob, it.dtype, n, order)
+            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n.tolist(),
+                                            np.dtype(it.dtype).itemsize, blob, dict(batch.clock)))
         inserted, unknown = store_spike_trains(loop.repo.engine, loop.session_id, records)
         self.stored += inserted
         if unknown:

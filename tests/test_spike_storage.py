@@ -70,3 +70,15 @@ def test_live_session_stores_spike_times_whose_window_counts_are_the_stored_coun
     assert total > len(rows)  # margins hold spikes beyond the response window
     (rec,) = recordings(db_engine, sid)
     assert rec["client_id"] == "bridge-test" and rec["identity"]["adapter"] == "sim"
+
+
+def test_spike_times_are_rearranged_into_the_session_unit_order():
+    from server.spike_intake import to_session_order
+
+    # batch units ["ch10", "ch2", "ch9"] (sorted as text) whose session positions are 2, 0, 1
+    positions = [2, 0, 1]
+    per_unit = [np.array([5, 6], "<i4"), np.array([], "<i4"), np.array([-7, 1, 9], "<i4")]
+    blob = np.concatenate(per_unit).tobytes()
+    out, n = to_session_order(blob, "<i4", [2, 0, 3], np.argsort(positions))
+    assert n.tolist() == [0, 3, 2]  # session order: ch2, ch9, ch10
+    assert np.frombuffer(out, "<i4").tolist() == [-7, 1, 9, 5, 6]

@@ -146,12 +146,13 @@ def _selection(repo, session_id) -> tuple[int, int] | None:
 def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
                progress: Callable[[int, int], None] | None = None, data: SessionData | None = None) -> dict:
     """Write the NWB file; returns counts of what was written."""
-    from hdmf.common import DynamicTable, VectorData
+    from hdmf.common import DynamicTable, DynamicTableRegion, VectorData, VectorIndex
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.base import ImageReferences, Images
     from pynwb.epoch import TimeIntervals
     from pynwb.file import Subject
     from pynwb.image import IndexSeries, RGBImage
+    from pynwb.misc import Units
 
     meta.check()
     step = progress or (lambda done, total: None)
@@ -197,9 +198,6 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
     for ch in channels:
         nwb.add_electrode(group=group, location=meta.electrode_location)
     electrode_of = {ch: i for i, ch in enumerate(channels)}
-    nwb.add_unit_column(name="unit_key", description="the rig's unit key (channel:unit, or sim:<index>)")
-    nwb.add_unit_column(name="channel", description="rig channel of the unit")
-    nwb.add_unit_column(name="sorted_unit", description="sorted unit id on its channel")
     pos = {int(p): i for i, p in enumerate(h.presentation_id)}
     per_unit: list[list[np.ndarray]] = [[] for _ in data.unit_keys]
     spans = []
@@ -212,15 +210,31 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
     obs = _union(spans)
     resolutions = [t.clock.get("sample_rate") for t in trains.values() if t.clock.get("sample_rate")]
     resolution = 1.0 / float(resolutions[0]) if resolutions else 1e-9
-    n_spikes = 0
-    for u, key in enumerate(data.unit_keys):
-        times = _dedupe(np.concatenate(per_unit[u])) if per_unit[u] else np.zeros(0)
-        n_spikes += len(times)
-        spec = h.units[u] if u < len(h.units) else None
-        ch = spec.channel if spec else 0
-        nwb.add_unit(spike_times=times, electrodes=[electrode_of.get(ch, 0)], unit_key=key, channel=ch,
-                     sorted_unit=spec.unit if spec else 0, obs_intervals=obs if len(obs) else None)
-    nwb.units.resolution = resolution
+    times = [_dedupe(np.concatenate(per_unit[u])) if per_unit[u] else np.zeros(0) for u in range(len(data.unit_keys))]
+    n_spikes = int(sum(len(t) for t in times))
+    specs = [h.units[u] if u < len(h.units) else None for u in range(len(data.unit_keys))]
+    chans = np.array([sp.channel if sp else 0 for sp in specs], dtype=np.int64)
+    n_u = len(data.unit_keys)
+    st = VectorData(name="spike_times", description="spike times (s) within the units' observation intervals",
+                    data=np.concatenate(times) if n_u else np.zeros(0))
+    el = DynamicTableRegion(name="electrodes", description="the electrode each unit was recorded on",
+                            data=np.array([electrode_of.get(int(c), 0) for c in chans], dtype=np.int64),
+                            table=nwb.electrodes)
+    oi = VectorData(name="obs_intervals", description="spans whose spikes were kept: each presentation's "
+                    "window plus margin", data=np.tile(obs, (n_u, 1)) if len(obs) else np.zeros((0, 2)))
+    columns = [
+        st, VectorIndex(name="spike_times_index", data=np.cumsum([len(t) for t in times]), target=st),
+        el, VectorIndex(name="electrodes_index", data=np.arange(1, n_u + 1), target=el),
+        oi, VectorIndex(name="obs_intervals_index", data=np.arange(1, n_u + 1) * len(obs), target=oi),
+        VectorData(name="unit_key", description="the rig's unit key (channel:unit, or sim:<index>)",
+                   data=list(data.unit_keys)),
+        VectorData(name="channel", description="rig channel of the unit", data=chans),
+        VectorData(name="sorted_unit", description="sorted unit id on its channel",
+                   data=np.array([sp.unit if sp else 0 for sp in specs], dtype=np.int64)),
+    ]
+    nwb.units = Units(name="units", id=np.arange(n_u), columns=columns, resolution=resolution,
+                      description="recorded units and their spike times around each presentation",
+                      electrode_table=nwb.electrodes)
     step(2, total_steps)
 
     # --- images and what was shown when --------------------------------------------------------------
@@ -241,9 +255,6 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
 
     # --- presentations table --------------------------------------------------------------------------
     n_units = len(data.unit_keys)
-    table = TimeIntervals(name="stimulus_presentations",
-                          description="every presentation shown, with its onset on the rig clock, quality "
-                                      "control and the spike counts the closed loop used")
     cols = [
         ("presentation_id", "snslab presentation id (database)"),
         ("generation", "optimizer generation the presentation belongs to"),
@@ -264,24 +275,33 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
         ("online_baseline_counts", "spike counts per unit in the online baseline window (-1: none)"),
         ("response_window_ms", "the online response window [start, end) in ms after onset"),
     ]
-    for name, desc in cols:
-        table.add_column(name=name, description=desc)
-    rows = 0
-    for i in order:
-        answered = bool(h.counts[i].min() >= 0)
-        table.add_row(
-            start_time=float(onsets[i] - t0), stop_time=float(onsets[i] - t0 + data.on_s),
-            presentation_id=int(h.presentation_id[i]), generation=int(h.generation[i]),
-            order_in_batch=int(h.order_in_batch[i]), attempt=int(h.attempt[i]), superseded=bool(h.superseded[i]),
-            kind=str(h.kind[i]), image_index=image_index[h.stimulus_sha256[i]], stimulus_sha256=h.stimulus_sha256[i],
-            code_index=int(h.code_index[i]), onset_source=str(h.onset_source[i] or ""),
-            display_onset=float(h.display_onset[i]), valid=bool(h.valid[i]) if h.valid[i] is not None else False,
-            qc_reasons="; ".join(h.qc_reasons[i]), dropped_frames=int(h.dropped_frames[i]), answered=answered,
-            online_counts=np.asarray(h.counts[i], np.int32).reshape(n_units),
-            online_baseline_counts=np.asarray(h.baseline_counts[i], np.int32).reshape(n_units),
-            response_window_ms=np.asarray(h.window_ms[i], np.float64) if answered else np.array([np.nan, np.nan]),
-        )
-        rows += 1
+    sel = order
+    answered = np.array([h.counts[i].min() >= 0 for i in sel], dtype=bool)
+    values = {
+        "presentation_id": h.presentation_id[sel].astype(np.int64), "generation": h.generation[sel].astype(np.int64),
+        "order_in_batch": h.order_in_batch[sel].astype(np.int64), "attempt": h.attempt[sel].astype(np.int64),
+        "superseded": h.superseded[sel].astype(bool), "kind": [str(h.kind[i]) for i in sel],
+        "image_index": np.array([image_index[h.stimulus_sha256[i]] for i in sel], dtype=np.int64),
+        "stimulus_sha256": [h.stimulus_sha256[i] for i in sel], "code_index": h.code_index[sel].astype(np.int64),
+        "onset_source": [str(h.onset_source[i] or "") for i in sel],
+        "display_onset": h.display_onset[sel].astype(np.float64),
+        "valid": np.array([bool(h.valid[i]) if h.valid[i] is not None else False for i in sel], dtype=bool),
+        "qc_reasons": ["; ".join(h.qc_reasons[i]) for i in sel],
+        "dropped_frames": h.dropped_frames[sel].astype(np.int64), "answered": answered,
+        "online_counts": h.counts[sel].astype(np.int32).reshape(len(sel), n_units),
+        "online_baseline_counts": h.baseline_counts[sel].astype(np.int32).reshape(len(sel), n_units),
+        "response_window_ms": np.where(answered[:, None], h.window_ms[sel], np.nan).reshape(len(sel), 2),
+    }
+    start = (onsets[sel] - t0).astype(np.float64)
+    table = TimeIntervals(
+        name="stimulus_presentations", id=np.arange(len(sel)),
+        description="every presentation shown, with its onset on the rig clock, quality control and the spike "
+                    "counts the closed loop used",
+        columns=[VectorData(name="start_time", description="onset (s, rig clock minus rig_clock_t0)", data=start),
+                 VectorData(name="stop_time", description="offset: onset + the planned on duration",
+                            data=start + data.on_s)]
+        + [VectorData(name=name, description=desc, data=values[name]) for name, desc in cols])
+    rows = len(sel)
     nwb.add_time_intervals(table)
     step(4, total_steps)
 
@@ -290,22 +310,22 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
                                        "scores, fronts and selection, as computed online")
     scored = [i for i in range(len(h)) if h.distances[i] is not None]
     stages = sorted({k for i in scored for k in h.distances[i]})
-    scores = DynamicTable(name="scores", description="per scored candidate: distances to the reference per "
-                          "stage and for the unit, Pareto front index within its generation, fitness")
-    for name, desc in [("presentation_id", "presentation scored"), ("generation", "its generation"),
-                       ("code_index", "its row in the generation's proposal"),
-                       ("front_index", "non-dominated front within the generation (0 = first front)"),
-                       ("fitness", "scalar fitness told to the optimizer (higher is better)"),
-                       ("first_front", "True for the generation's first front (kept for the final selection)")]:
-        scores.add_column(name=name, description=desc)
-    for st in stages:
-        scores.add_column(name=f"distance_{st.replace('-', '_')}", description=f"distance to the reference at stage {st}")
-    for i in scored:
-        d = h.distances[i]
-        scores.add_row(presentation_id=int(h.presentation_id[i]), generation=int(h.generation[i]),
-                       code_index=int(h.code_index[i]), front_index=int(h.front_index[i]),
-                       fitness=float(h.fitness[i]), first_front=bool(h.selected[i]),
-                       **{f"distance_{st.replace('-', '_')}": float(d.get(st, np.nan)) for st in stages})
+    sc = np.array(scored, dtype=np.int64)
+    score_cols = [
+        ("presentation_id", "presentation scored", h.presentation_id[sc].astype(np.int64)),
+        ("generation", "its generation", h.generation[sc].astype(np.int64)),
+        ("code_index", "its row in the generation's proposal", h.code_index[sc].astype(np.int64)),
+        ("front_index", "non-dominated front within the generation (0 = first front)",
+         h.front_index[sc].astype(np.int64)),
+        ("fitness", "scalar fitness told to the optimizer (higher is better)", h.fitness[sc].astype(np.float64)),
+        ("first_front", "True for the generation's first front (kept for the final selection)",
+         h.selected[sc].astype(bool)),
+    ] + [(f"distance_{st.replace('-', '_')}", f"distance to the reference at stage {st}",
+          np.array([float(h.distances[i].get(st, np.nan)) for i in scored], dtype=np.float64)) for st in stages]
+    scores = DynamicTable(name="scores", id=np.arange(len(sc)),
+                          description="per scored candidate: distances to the reference per stage and for the unit, "
+                          "Pareto front index within its generation, fitness",
+                          columns=[VectorData(name=n, description=d, data=v) for n, d, v in score_cols])
     mod.add(scores)
     gens = DynamicTable(name="generations", description="per generation: status and the server's timings")
     gens.add_column(name="generation", description="generation index")
