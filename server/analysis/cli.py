@@ -68,9 +68,7 @@ def _repo():
 
 RECOUNT_HELP = """Re-count a stored session's spikes with other windows, from its stored spike times.
 
-The counts are stored as a new analysis linked to the session (the original counts are never changed);
-its id is printed, for `snslab rescore --counts`. Windows are half-open [START, END) in ms after the
-presentation's onset on the rig clock, within the stored span (default -200:500).
+The counts are stored as a new analysis linked to the session (the original counts are never changed); its id is printed, for `snslab rescore --counts`. Windows are half-open [START, END) in ms after the presentation's onset on the rig clock, within the stored span (the bridge's --spike-margin, default -200:500). With the window used online, every stored count is reproduced exactly.
 
 Example:  snslab recount 3f1c...e2 --window 60:220 --baseline=-60:0
 """
