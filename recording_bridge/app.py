@@ -1,6 +1,7 @@
 """``snslab bridge``: the rig side of the closed loop, on the recording PC.
 
-    rig (sim | lsl | openephys) -> onsets + spikes -> WindowCounter -> counts_batch -> server
+    rig (sim | lsl | openephys | nwb) -> onsets + spikes -> WindowCounter -> counts_batch -> server
+                                                   \-> SpikeCapture -> spikes_batch (window + margin)
 
 The server sends the bridge what it dispatched (stimulus batches: presentation ids, and the images, which
 only the simulated rig needs) and the display's presentation reports (flip times, TTL words). Counts go
@@ -10,12 +11,13 @@ until the server acknowledges it and re-sends it across reconnects.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from wire.messages import CountsBatch, CountsItem, SpikesBatch, SpikeTrains, blob_to_image
 from wire.transport import Peer
@@ -26,7 +28,7 @@ from .adapters import make_adapter
 from .base import Marker
 from .pipeline import CountingPipeline
 from .provenance import clock_model, recording_identity
-from .spikes import SpikeCapture
+from .spikes import DEFAULT_MARGIN, SpikeCapture
 from .windows import WindowCounter
 
 log = logging.getLogger("snslab.bridge")
@@ -35,68 +37,22 @@ DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 ONSET_SOURCE_ON_WIRE = {"photodiode": "photodiode", "ttl": "ttl", "flip": "flip", "none": "none"}
 
 
-def _window(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) / 1000.0 for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"window {text!r}: use START,END in ms, e.g. 50,200") from None
-    if not a < b:
-        raise argparse.ArgumentTypeError(f"window {text!r}: START must be before END")
-    return a, b
+@dataclass
+class BridgeOptions:
+    """What ``snslab bridge`` was asked for (recording_bridge/cli.py parses the command line into it)."""
 
-
-def _margin(text: str) -> tuple[float, float] | None:
-    if text.strip().lower() == "off":
-        return None
-    return _window(text)
-
-
-def _param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="snslab bridge",
-        description="Recording bridge: counts each presentation's spikes per unit in half-open response and "
-        "baseline windows (emitted only once the rig's data has passed the window end) and streams them "
-        "to the snslab server, followed by the raw spike times around each onset.",
-        epilog="example: snslab bridge --server tcp://SERVER:5555 --adapter lsl --spike-margin -200,500 "
-        "--recording dir=D:/OpenEphys/2026-12-04_m1 --recording experiment=1",
-    )
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
-    p.add_argument("--client-id", default=f"bridge-{socket.gethostname()}"[:64], help="name towards the server")
-    p.add_argument("--adapter", default="sim",
-                   help="recording source: sim | lsl | openephys | nwb (default sim); nwb replays a recording "
-                   "from an NWB file: --param path=FILE.nwb [--param speed=4] (see recording_bridge/adapters/nwb.py)")
-    p.add_argument("--param", type=_param, action="append", default=[],
-                   help="adapter parameter NAME=VALUE (repeatable), e.g. endpoint=tcp://127.0.0.1:5557")
-    p.add_argument("--response-window", type=_window, default=(0.05, 0.2), help="ms after onset (default 50,200)")
-    p.add_argument("--baseline-window", type=_window, default=(-0.05, 0.0), help="ms after onset (default -50,0)")
-    p.add_argument("--spike-margin", type=_margin, default=(-0.2, 0.5),
-                   help="also send each presentation's spike times in this span, ms after onset, for offline "
-                   "re-counting (default -200,500; 'off' sends none); they follow its counts once the rig data "
-                   "has passed the span's end, so the closed loop never waits for them")
-    p.add_argument("--recording", type=_param, action="append", default=[],
-                   help="the acquisition system's own recording identity KEY=VALUE (repeatable), stored with "
-                   "the session, e.g. --recording dir=/data/2026-12-04_m1 --recording experiment=1")
-    sim = p.add_argument_group("simulated rig")
-    sim.add_argument("--subject", default="complex-cell", help="model neuron of the simulated rig")
-    sim.add_argument("--subject-param", type=_param, action="append", default=[],
-                     help="model neuron parameter NAME=VALUE (repeatable), e.g. image_size=32")
-    sim.add_argument("--session-seed", type=int, default=None,
-                     help="draw the counts an in-silico run with this session seed gets (needs --mode)")
-    sim.add_argument("--mode", default="invariance", help="probe mode of that session (for --session-seed)")
-    p.add_argument("--log-level", default="INFO")
-    return p
+    server: str = DEFAULT_SERVER
+    client_id: str = field(default_factory=lambda: f"bridge-{socket.gethostname()}"[:64])
+    adapter: str = "sim"
+    params: dict[str, Any] = field(default_factory=dict)
+    response_window: tuple[float, float] = (0.05, 0.2)  # seconds after onset
+    baseline_window: tuple[float, float] = (-0.05, 0.0)
+    subject: str = "complex-cell"
+    subject_params: dict[str, Any] = field(default_factory=dict)
+    session_seed: int | None = None
+    mode: str = "invariance"
+    spike_margin: tuple[float, float] | None = DEFAULT_MARGIN  # seconds around onset; None: no spike times
+    recording: dict[str, Any] = field(default_factory=dict)  # the acquisition system's recording identity
 
 
 class Bridge:
@@ -216,18 +172,17 @@ class Bridge:
             self._send(batch, blobs, type)
 
 
-def make_bridge(args, peer_timing=None) -> Bridge:
-    params = dict(args.param)
+def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
+    params = dict(args.params)
     simulated = args.adapter == "sim"
     if simulated:
         import numpy as np
-
 
         count_seed = None
         if args.session_seed is not None:
             count_seed = SeedStreams(args.session_seed).noise_seed(args.mode)
         params.setdefault("subject", args.subject)
-        params.setdefault("subject_params", dict(args.subject_param))
+        params.setdefault("subject_params", dict(args.subject_params))
         params.setdefault("rng", np.random.default_rng(args.session_seed or 0))
         params.setdefault("count_seed", count_seed)
         params.setdefault("data_lag_s", 0.25)  # reports arrive after the offset flip
@@ -237,22 +192,22 @@ def make_bridge(args, peer_timing=None) -> Bridge:
     if hasattr(source, "connect"):
         source.connect(10.0)
     counter = WindowCounter(response=args.response_window, baseline=args.baseline_window, units=source.units())
-    margin = getattr(args, "spike_margin", (-0.2, 0.5))
+    margin = args.spike_margin
     capture = None
     if margin is not None:
         need = max(margin[1], args.response_window[1], args.baseline_window[1]) - min(margin[0], 0.0) + 1.0
         capture = SpikeCapture(units=source.units() or None, margin=margin, retain_s=max(2.0, need))
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
     caps = {"needs_images": simulated or hasattr(source, "set_key"), "adapter": args.adapter}
-    identity = recording_identity(source, dict(getattr(args, "recording", []) or []))
+    identity = recording_identity(source, dict(args.recording))
     caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})
     peer = Peer(args.server, client_id=args.client_id, role="bridge", capabilities=caps, **kwargs)
     return Bridge(peer, source, counter, simulated=simulated, capture=capture)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s bridge %(levelname)s %(message)s")
+def run(args: BridgeOptions, log_level: str = "INFO") -> int:
+    """Run the bridge until SIGTERM/SIGINT; a bad configuration is one line and exit status 2."""
+    logging.basicConfig(level=log_level, format="%(asctime)s bridge %(levelname)s %(message)s")
     try:
         bridge = make_bridge(args)
     except ValueError as err:  # ConfigError and friends: one line
@@ -274,7 +229,3 @@ def main(argv: list[str] | None = None) -> int:
     bridge.peer.close(flush_s=2.0)
     bridge.source.close()
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

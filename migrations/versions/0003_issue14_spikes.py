@@ -1,7 +1,7 @@
 """Raw spike times, the rig's recording identity, and offline analyses (issue 14).
 
 Revision ID: 0003_issue14
-Revises: 0002
+Revises: 0003_issue16
 Create Date: 2026-12-04
 
 Mirrors server/db/analysis_models.py. ``spike_trains.times`` is stored EXTERNAL: packed integer spike
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0003_issue14"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003_issue16"  # chained after issue 16 (merged into main first)
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
