@@ -1,7 +1,7 @@
 """``snslab bridge``: the rig side of the closed loop, on the recording PC.
 
     rig (sim | lsl | openephys | nwb) -> onsets + spikes -> WindowCounter -> counts_batch -> server
-                                                   \-> SpikeCapture -> spikes_batch (window + margin)
+                                         and spikes + counted onsets -> SpikeCapture -> spikes_batch
 
 The server sends the bridge what it dispatched (stimulus batches: presentation ids, and the images, which
 only the simulated rig needs) and the display's presentation reports (flip times, TTL words). Counts go

@@ -79,11 +79,11 @@ class SpikeSession:
 @pytest.fixture(scope="module")
 def spike_session(pg_admin_url, pg_template, tmp_path_factory):
     """A module's own database holding one live session with raw spike times (shared by its tests)."""
-    from db_fixtures import _fresh_database
+    from db_fixtures import fresh_database
     from server.db.database import make_engine
     from server.db.repository import Repository
 
-    for url in _fresh_database(pg_admin_url, pg_template):
+    for url in fresh_database(pg_admin_url, pg_template):
         engine = make_engine(url)
         try:
             repo = Repository(engine)

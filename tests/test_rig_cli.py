@@ -27,7 +27,8 @@ def test_root_help_lists_exactly_the_commands_that_answer():
     out = snslab("--help")
     assert out.returncode == 0, out.stderr
     listed = re.findall(r"^  (\w[\w-]*)  ", out.stdout.split("Commands:")[1], re.M)
-    assert set(listed) == {"insilico", "resume", "replay", "server", "demo", "display", "bridge", "db"}
+    assert set(listed) == {"insilico", "resume", "replay", "server", "demo", "display", "bridge", "db",
+                           "sweep", "sweep-report", "recount", "rescore", "export"}
     for name in listed:
         r = snslab(name, "--help")
         assert r.returncode == 0 and "Usage:" in r.stdout, (name, r.stderr)
@@ -77,7 +78,7 @@ def test_list_valued_parameters_and_rig_toml(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--param", "word_lines"], "'word_lines': use NAME=VALUE"),
-    (["--adapter", "blackrock"], "unknown recording source 'blackrock' (allowed: lsl, openephys, sim)"),
+    (["--adapter", "blackrock"], "unknown recording source 'blackrock' (allowed: lsl, nwb, openephys, sim)"),
     (["--response-window", "200,50"], "START must be before END"),
 ])
 def test_bridge_refuses_bad_options_in_one_line(argv, message):
