@@ -317,3 +317,14 @@ def test_nwb_replay_adapter_through_server_display_and_bridge_gives_the_same_cou
         reasons = c.execute(text("SELECT DISTINCT unnest(qc_reasons) FROM presentations WHERE session_id = :s"),
                             {"s": sid}).scalars().all()
     assert "replayed from session.nwb" in reasons
+
+
+def test_replay_reports_progress_per_generation(spike_session):
+    from server.stored import replay
+
+    calls = []
+    rep = replay(spike_session.repo, spike_session.session_id, progress=lambda done, total: calls.append((done, total)))
+    assert rep.identical and rep.generations == 3
+    assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    res = spike_session.snslab("replay", str(spike_session.session_id))
+    assert res.returncode == 0 and "replayed 3 generations" in res.stdout, res.stderr
