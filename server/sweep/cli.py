@@ -7,6 +7,7 @@ from typing import Callable
 
 import typer
 
+from snslab_common.errors import SnslabError
 from server.sweep.spec import __doc__ as SPEC_DOC
 
 SWEEP_HELP = f"""Run many in-silico probes as one sweep on Ray, stored in PostgreSQL and a Parquet table.
@@ -20,8 +21,12 @@ Output: OUTPUT/probes.parquet (one row per probe); `snslab sweep-report NAME` dr
 
 The sweep file:
 
-{SPEC_DOC.split(chr(10), 2)[2]}
+{{example}}
 """
+_PARAGRAPHS = SPEC_DOC.split("\n", 2)[2].split("\n\n")
+# "\b" keeps click from re-wrapping the example's lines
+SWEEP_HELP = SWEEP_HELP.replace("{example}", "\n\n".join(
+    "\b\n" + p if p.startswith("    ") else p for p in _PARAGRAPHS))
 
 
 def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
@@ -33,13 +38,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs the local Ray instance may use "
                                             "(default: all of this machine's)"),
         num_gpus: int | None = typer.Option(None, "--num-gpus", help="GPUs the local Ray instance may use "
-                                            "(default: those torch sees)"),
+                                            "(default: those Ray detects)"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed probes again too"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
         ray_temp_dir: str | None = typer.Option(None, "--ray-temp-dir", help="the local Ray instance's folder "
                                                 "for sockets and logs (default Ray's, /tmp/ray)"),
     ) -> None:
-        from server.engine.base import ConfigError
         from server.sweep.run import run_sweep
         from server.sweep.spec import load_sweep
 
@@ -48,16 +52,15 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
             from server.db import connect
 
             database = connect()
-        except (ConfigError, ValueError) as err:
+        except (SnslabError, ValueError) as err:  # config, DatabaseUnavailable: one line
             fail(str(err))
             return
-        except Exception as err:
-            if type(err).__name__ == "DatabaseUnavailable":
-                fail(str(err))
-                return
-            raise
-        out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        try:
+            out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                            retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        except SnslabError as err:  # e.g. a local Ray instance without the declared CPUs/GPUs
+            fail(str(err))
+            return
         for labels, error in out.errors[:10]:
             typer.echo(f"failed {labels}: {error}")
         c = out.counts
@@ -71,19 +74,13 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         sweep: str = typer.Argument(..., help="the sweep's name, id, or its sweep file"),
         output: Path | None = typer.Option(None, "--output", "-o", help="folder (default: the sweep's output/report)"),
     ) -> None:
-        from server.engine.base import ConfigError
         from server.sweep.report import write_report
 
         try:
             from server.db import connect
 
             page = write_report(connect(), sweep, output)
-        except (ConfigError, ValueError, LookupError) as err:
+        except (SnslabError, ValueError, LookupError) as err:  # config, DatabaseUnavailable: one line
             fail(str(err))
             return
-        except Exception as err:
-            if type(err).__name__ == "DatabaseUnavailable":
-                fail(str(err))
-                return
-            raise
         typer.echo(f"report: {page}")
