@@ -10,6 +10,7 @@ bridge's first counts or spikes of the session arrive.
 from __future__ import annotations
 
 import logging
+import uuid
 
 import numpy as np
 
@@ -64,23 +65,41 @@ class SpikeIntake:
             log.exception("could not store the bridge's recording identity")
         self.loop._on_counts(msg)
 
+    def _session_of(self, msg) -> tuple[uuid.UUID, list[str]]:
+        """The batch's session and its unit keys: the running one, or an earlier session of this endpoint
+        whose last spike times trail its end (they follow the counts by the margin)."""
+        loop = self.loop
+        if msg.envelope.session == loop.wire_session:
+            return loop.session_id, loop.unit_keys
+        try:
+            sid = uuid.UUID(msg.envelope.session)
+        except ValueError:
+            raise Reject(f"session: {msg.envelope.session!r} is not a session id") from None
+        keys = [spec.label for _, spec in loop.repo.units(sid)]  # in position order
+        if not keys:
+            raise Reject(f"session: {sid} has no units in the database")
+        return sid, keys
+
     def on_spikes(self, msg) -> None:
         loop = self.loop
-        loop._check_session(msg)
         loop._check_sender(msg, "bridge")
+        if loop.repo is None:
+            loop._check_session(msg)
+            return
+        session_id, unit_keys = self._session_of(msg)
+        position = {k: i for i, k in enumerate(unit_keys)}
         batch = msg.payload
         positions = []
         for key in batch.units:
-            if key not in loop.unit_position:
-                raise Reject(f"units: {key!r} is not a unit of this session (allowed: {', '.join(loop.unit_keys)})")
-            positions.append(loop.unit_position[key])
-        if sorted(positions) != list(range(len(loop.unit_keys))):
-            raise Reject(f"units: the batch must carry every unit of the session ({len(loop.unit_keys)})")
-        if loop.repo is None:
-            return
+            if key not in position:
+                raise Reject(f"units: {key!r} is not a unit of this session (allowed: {', '.join(unit_keys)})")
+            positions.append(position[key])
+        if sorted(positions) != list(range(len(unit_keys))):
+            raise Reject(f"units: the batch must carry every unit of the session ({len(unit_keys)})")
         from .db.spikes import SpikeTrainRecord, store_spike_trains
 
-        self.note_client(msg)
+        if session_id == loop.session_id:
+            self.note_client(msg)
         order = np.argsort(positions)  # batch unit index for each session position
         identity = bool(np.all(order == np.arange(len(order))))
         records = []
@@ -93,7 +112,7 @@ class SpikeIntake:
                 blob, n = to_session_order(blob, it.dtype, n, order)
             records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n.tolist(),
                                             np.dtype(it.dtype).itemsize, blob, dict(batch.clock)))
-        inserted, unknown = store_spike_trains(loop.repo.engine, loop.session_id, records)
+        inserted, unknown = store_spike_trains(loop.repo.engine, session_id, records)
         self.stored += inserted
         if unknown:
             raise Reject(f"presentation_id: {unknown[0]} is not a presentation of this session "

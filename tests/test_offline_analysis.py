@@ -328,3 +328,16 @@ def test_replay_reports_progress_per_generation(spike_session):
     assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
     res = spike_session.snslab("replay", str(spike_session.session_id))
     assert res.returncode == 0 and "replayed 3 generations" in res.stdout, res.stderr
+
+
+def test_export_refuses_missing_dandi_metadata_in_one_line(spike_session, tmp_path):
+    res = spike_session.snslab("export", str(spike_session.session_id), "--nwb", str(tmp_path / "x.nwb"),
+                               "--age", "P6Y", "--lab", "l", "--institution", "i", "-q")
+    assert res.returncode == 2 and not (tmp_path / "x.nwb").exists()
+    assert res.stderr.strip() == ("error: species: None is not a Latin binomial (required by DANDI) "
+                                  "(allowed: e.g. 'Macaca mulatta', 'Mus musculus')"), res.stderr
+    meta = tmp_path / "subject.toml"
+    meta.write_text('species = "Macaca mulatta"\nage = "six years"\nlab = "l"\ninstitution = "i"\n')
+    res = spike_session.snslab("export", str(spike_session.session_id), "--nwb", str(tmp_path / "x.nwb"),
+                               "--metadata", str(meta), "-q")
+    assert res.returncode == 2 and res.stderr.startswith("error: age: 'six years' is not an ISO 8601 duration"), res.stderr

@@ -82,3 +82,45 @@ def test_spike_times_are_rearranged_into_the_session_unit_order():
     out, n = to_session_order(blob, "<i4", [2, 0, 3], np.argsort(positions))
     assert n.tolist() == [0, 3, 2]  # session order: ch2, ch9, ch10
     assert np.frombuffer(out, "<i4").tolist() == [-7, 1, 9, 5, 6]
+
+
+def test_spike_times_that_trail_a_finished_session_are_stored_with_it(repo, db_engine, tmp_path):
+    """The last presentations' spike times follow their counts by the margin: if the operator has started the
+    next session meanwhile, they still go to the session they belong to (checked against the database)."""
+    import time
+
+    from server.service import SessionCreate, SessionService
+    from test_live_loop import FAST, PROBE, _reference_code
+    from wire import Peer
+
+    ref = _reference_code(tmp_path)
+    spec = SessionCreate(operator="t", subject_id="M1", probe=PROBE, reference={"source": "code", "path": str(ref)},
+                         units=["sim:0"])
+    service = SessionService(repo, bind="tcp://127.0.0.1:*", timing=FAST)
+    bridge = Peer(service.wire_address, client_id="late-bridge", role="bridge", timing=FAST)
+    bridge.start()
+    try:
+        first = service.create(spec)
+        service.start(first)  # dispatches (and commits) its first presentations
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not service.loop.stats.dispatched:
+            time.sleep(0.02)
+        service.stop(first)
+        second = service.create(spec)
+        service.start(second)
+        with db_engine.connect() as c:
+            pid = c.execute(text("SELECT min(id) FROM presentations WHERE session_id = :s"), {"s": first}).scalar()
+        assert bridge.wait_connected(10)
+        blob = np.array([-150_000_000, 75_000_000], "<i4").tobytes()
+        batch = m.SpikesBatch(seq=1, units=["sim:0"], clock={"kind": "offset"},
+                              items=[m.SpikeTrains(presentation_id=str(pid), onset_rig_s=12.0, n=[2], blob=0)])
+        bridge.send("spikes_batch", batch, [blob], session=str(first))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and pid not in load_spike_trains(db_engine, first):
+            time.sleep(0.05)
+    finally:
+        bridge.close()
+        service.close()
+    tr = load_spike_trains(db_engine, first)[pid]
+    assert tr.unit_times_ns(0).tolist() == [-150_000_000, 75_000_000] and tr.onset_rig_s == 12.0
+    assert load_spike_trains(db_engine, second) == {}
