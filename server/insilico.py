@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import ProbeConfig
+from .config import ProbeConfig, config_record
 from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, as_displayed, presentation_counts, presentation_rng
+from .engine.controls import control_table
 from .engine.evaluation import affine_control_table, max_pixel_distance, retention_and_stretch
+from .engine.reference_check import ReferenceAtBaseline, ReferenceCheck, judge_reference
 from .engine.probes import UNIT
 from .engine.search import GenerationReport, Selection, SnSSearch
 from .probe_setup import (  # noqa: F401  (build_* stay importable from here)
@@ -50,7 +52,7 @@ class DatabaseRecorder:
     def runner_for(self, phase: str, search: SnSSearch, reference_image, config: ProbeConfig) -> SessionRunner:
         if config.noise.kind != "poisson":
             raise ConfigError("noise.kind", "stored runs need spike counts", "poisson")
-        stored = json.loads(config.model_dump_json()) | {"phase": phase}
+        stored = config_record(config) | {"phase": phase}
         if self.sessions:
             stored["reference_session"] = str(self.sessions[-1][1])
         if reference_image is not None:
@@ -96,6 +98,7 @@ class RunResult:
     phases: list[Phase]
     selected_image: np.ndarray
     evaluation: dict[str, Any]
+    reference_check: ReferenceCheck | None = None
 
     @property
     def probe(self) -> Phase:
@@ -154,7 +157,29 @@ def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
     return phase
 
 
+def measure_reference(config: ProbeConfig, subject: Subject, reference_image: np.ndarray) -> ReferenceCheck:
+    """Fresh presentations of the reference and of a blank (mean-grey) screen, interleaved, with their own
+    seeded spike noise; judged by ``judge_reference`` (server.engine.reference_check)."""
+    k = config.reference.check_repeats
+    blank = np.full_like(reference_image, 0.5, dtype=np.float32)
+    rates = subject.rate(as_displayed(np.stack([reference_image, blank]))).astype(np.float64)
+    window = config.noise.window_ms / 1000.0
+    seed = SeedStreams(config.seed).noise_seed("reference-check")
+    measured = np.empty((2, k))
+    for i in range(k):
+        for j in range(2):
+            if config.noise.kind == "poisson":
+                c = presentation_counts(rates[j], window, presentation_rng(seed, 0, 2 * i + j))
+                measured[j, i] = float(np.mean(c)) / window
+            else:
+                measured[j, i] = float(np.mean(rates[j]))
+    return judge_reference(measured[0], measured[1], min_ratio=config.reference.min_ratio,
+                           min_z=config.reference.min_z)
+
+
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
+    """Maximize (or load) the reference, check that it clearly drives the unit (``ReferenceAtBaseline``
+    otherwise), run the probe, evaluate its image against the controls."""
     streams = SeedStreams(config.seed)
     generator = build_generator(config)
     subject = build_subject(config, generator)
@@ -190,6 +215,13 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
         else:
             reference_code, reference_image = load_reference(config.reference.source, config.reference.path,
                                                              generator)
+        check = None
+        if config.reference.check_repeats > 0:
+            check = measure_reference(config, subject, reference_image)
+            if not check.passed:
+                if recorder is not None and hasattr(recorder, "finish"):
+                    recorder.finish("failed")
+                raise ReferenceAtBaseline(check.message(config.reference.source))
 
         if config.mode != "maximize":
             search = build_search(config, generator, stages, reference_code=reference_code,
@@ -206,7 +238,10 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     final = phases[-1]
     selected_image = generator.render(final.selection.code[None])[0]
     evaluation = _evaluate(config, subject, reference_image, selected_image, final)
-    return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation)
+    if check is not None:
+        evaluation["reference_check"] = check.as_dict()
+    return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation,
+                     check)
 
 
 def _evaluate(config, subject, reference_image, selected_image, final: Phase) -> dict[str, Any]:
@@ -223,7 +258,7 @@ def _evaluate(config, subject, reference_image, selected_image, final: Phase) ->
         return out
     retention, stretch = retention_and_stretch(subject, reference_image, selected_image[None])
     controls = affine_control_table(subject, reference_image)
-    kept = [c for c in controls if c["retention"] >= 0.9]
+    kept = [c for c in controls if abs(c["retention"] - 1.0) <= config.retention_tolerance]  # two-sided
     out.update(
         reference_rate_hz=float(subject.rate(reference_image[None].astype(np.float32)).mean()),
         retention=float(retention[0]),
@@ -233,6 +268,13 @@ def _evaluate(config, subject, reference_image, selected_image, final: Phase) ->
         affine_controls=controls,
         best_affine_stretch_at_90=max((c["stretch"] for c in kept), default=0.0),
     )
+    if config.mode == "maximize":
+        return out
+    out["controls"] = control_table(subject, reference_image, selected_image, config.mode,
+                                    tolerance=config.retention_tolerance, target_change=config.target_change,
+                                    seed=config.seed)
+    out["claim"] = out["controls"]["claim"]
+    out["claim_holds"] = out["controls"]["claim_holds"]
     return out
 
 
@@ -261,7 +303,7 @@ def write_outputs(result: RunResult, folder: Path | None = None) -> dict[str, Pa
 
     phase = result.probe
     summary = {
-        "config": json.loads(result.config.model_dump_json()),
+        "config": config_record(result.config),
         "evaluation": result.evaluation,
         "per_generation": [
             {
