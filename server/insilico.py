@@ -345,6 +345,9 @@ def write_outputs(result: RunResult, folder: Path | None = None) -> dict[str, Pa
     plt.close(fig)
     paths["front.png"] = folder / "front.png"
 
+    if "controls" in result.evaluation:
+        paths["controls.png"] = _plot_controls(plt, result.evaluation["controls"], folder / "controls.png")
+
     # Final front images beside the reference.
     if result.config.mode != "maximize":
         last = phase.reports[-1]
@@ -366,3 +369,27 @@ def write_outputs(result: RunResult, folder: Path | None = None) -> dict[str, Pa
     plt.close(fig)
     paths["grid.png"] = folder / "grid.png"
     return paths
+
+
+def _plot_controls(plt, c: dict, path: Path) -> Path:
+    """Retention against stretch: the contrast and noise paths, the affine controls and the probe's image."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, style in (("contrast", "-"), ("noise", "--")):
+        cur = c["curves"][name]
+        ax.plot(cur["stretch"], cur["retention"], style, label=f"{name} control")
+    ax.scatter([a["stretch"] for a in c["affine"]], [a["retention"] for a in c["affine"]], s=14, color="grey",
+               label="affine controls (black padding)")
+    p = c["probe"]
+    ax.scatter([p["stretch"]], [p["retention"]], marker="*", s=220, color="red", label=f"{c['mode']} probe", zorder=5)
+    if c["mode"] == "invariance":
+        ax.axhspan(1 - c["tolerance"], 1 + c["tolerance"], color="green", alpha=0.12, label="kept (two-sided)")
+    else:
+        ax.axvline(p["stretch"], color="red", lw=0.8, ls=":")
+    ax.set_xlabel("stretch (pixel distance / max pixel distance)")
+    ax.set_ylabel("retention r(x) / r(reference)")
+    ax.set_title(f"claim '{c['claim']}': {'true' if c['claim_holds'] else 'false'}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
