@@ -170,9 +170,17 @@ def test_a_torch_module_factory_and_a_module_object_are_recorded_not_serialised(
 
 
 # -- every shipped example meets its own claim ---------------------------------------------------
-# The adversarial search does not yet beat contrast reduction (issue 12, item 1, still open): strict, so the
-# day it does this test says so.
-KNOWN_FALSE = {"adversarial-complex-cell.toml": "adversarial search loses to contrast reduction (issue 12 item 1)"}
+# Examples whose claim is false today, and why (issue 12 items 1 and 5 are open). The test insists they stay
+# false, so the day one meets its claim it says so and the entry goes.
+KNOWN_FALSE = {
+    # the adversarial search from a saturating reference does not beat contrast reduction at equal stretch
+    "adversarial-complex-cell.toml": "contrast",
+    # the farthest images it finds drive the unit ~16% above the (not fully saturating) reference: outside
+    # the two-sided +-10% band, so no image is both kept and farther than the controls
+    "invariance-complex-cell.toml": "retention",
+    # it stretches a Gabor-energy stage; in pixels it stays nearer than the 180-degree rotation
+    "invariance-gabor-stage.toml": "affine",
+}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -198,6 +206,11 @@ def test_every_example_meets_its_claim(example, tmp_path):
     assert beats == c["beats"] and ev["claim_holds"] == all(beats.values())
     assert set(beats) == {"contrast", "noise", "affine"} and "black" in c["padding"]
     if example.name in KNOWN_FALSE:
-        assert not ev["claim_holds"], "the adversarial example now meets its claim: drop it from KNOWN_FALSE"
+        why = KNOWN_FALSE[example.name]
+        assert not ev["claim_holds"], f"{example.name} now meets its claim: drop it from KNOWN_FALSE"
+        if why == "retention":
+            assert abs(p["retention"] - 1) > c["tolerance"]
+        else:
+            assert not c["beats"][why]
         return
     assert ev["claim_holds"], f"{example.name}: claim '{c['claim']}' false: {c['beats']}, {p}"
