@@ -242,8 +242,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     selected_image = generator.render(final.selection.code[None])[0]
     evaluation = _evaluate(config, subject, reference_image, selected_image, final)
     if verification is not None:
-        evaluation["verification"] = verification
-        evaluation["presentations"] += verification["presentations"]
+        evaluation["verification"] = verification  # (its presentations are counted there, not in the probe's)
     if check is not None:
         evaluation["reference_check"] = check.as_dict()
     return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation,

@@ -214,3 +214,16 @@ def test_every_example_meets_its_claim(example, tmp_path):
             assert not c["beats"][why]
         return
     assert ev["claim_holds"], f"{example.name}: claim '{c['claim']}' false: {c['beats']}, {p}"
+
+
+def test_the_simulated_bridge_builds_a_python_subject_by_name():
+    from recording_bridge.adapters.sim import SimSource
+
+    src = SimSource("python", rng=1, subject_params={"factory": "examples.my_neuron:make", "image_size": 16,
+                                                     "orientation": 0.0})
+    img = np.zeros((1, 16, 16, 3), np.float32)
+    img[..., 0] = 0.5 + 0.5 * np.sign(src.subject.g0)  # a red-green grating matched to the cell
+    from examples.my_neuron import ColourOpponentCell
+
+    want = ColourOpponentCell(16, 0.0).rate(img)[0, 0]
+    assert src.subject.rate(img)[0, 0] == pytest.approx(want) and want > 50
