@@ -120,16 +120,20 @@ def resume(session_id: str = typer.Argument(..., help="the stored session's id (
 
 @app.command(help="Replay a stored session offline (live or in silico): rebuild its search from the stored "
              "config and seed, feed it the stored responses, and check that every generation's proposals come "
-             "out bit for bit as stored. Prints the probe's answer as the replayed search sees it.")
-def replay(session_id: str = typer.Argument(..., help="the stored session's id")) -> None:
+             "out bit for bit as stored. Prints the probe's answer as the replayed search sees it.\n\n"
+             "Example:  snslab replay 3f1c...e2")
+def replay(session_id: str = typer.Argument(..., help="the stored session's id"),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar")) -> None:
     import uuid
 
+    from .analysis.cli import _progress
     from .db import connect
     from .stored import replay as replay_session
 
     try:
         sid = uuid.UUID(session_id)
-        rep = replay_session(connect().repository(), sid)
+        with _progress("replaying generations", quiet) as update:
+            rep = replay_session(connect().repository(), sid, progress=update)
     except SnslabError as err:
         _fail(str(err))
         return
@@ -190,6 +194,11 @@ app.add_typer(db_app, name="db")
 from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
 
 _register_sweep(app, _fail)
+
+
+from .analysis.cli import register as _register_analysis  # noqa: E402  recount, rescore, export (issue 14)
+
+_register_analysis(app)
 
 
 def main() -> None:  # pragma: no cover
