@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class CountingPipeline:
-    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True,
+    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True, capture=None,
                  deadline_s: float = math.inf, clock: Callable[[], float] = time.monotonic):
         self.source, self.counter, self.check_ids = source, counter, check_ids
+        self.capture = capture  # spikes.SpikeCapture: raw spike times around each counted onset, or None
         self.deadline_s, self.clock = float(deadline_s), clock
         self._expected: set[str] = set()
         self._reported_at: dict[str, float] = {}  # presentation id -> wall time of the display's report
@@ -70,7 +71,10 @@ class CountingPipeline:
 
     def step(self, timeout_s: float = 0.05) -> list[PresentationCounts]:
         """Poll the source once; return presentations whose windows the watermark has now passed."""
-        self.counter.add_spikes(self.source.poll(timeout_s))
+        spikes = self.source.poll(timeout_s)
+        self.counter.add_spikes(spikes)
+        if self.capture is not None:
+            self.capture.add_spikes(spikes)
         for fault in self.source.poll_faults():
             self.counter.add_fault(fault)
         now = self.clock()
@@ -89,7 +93,13 @@ class CountingPipeline:
         for pc in ready:
             self._expected.discard(pc.presentation_id)
             self._reported_at.pop(pc.presentation_id, None)
+            if self.capture is not None and pc.onset_rig_s is not None:
+                self.capture.add_onset(pc.presentation_id, pc.onset_rig_s)
         return ready
+
+    def spike_trains(self) -> list:
+        """Spike trains (window + margin) of counted presentations whose margin the rig data has passed."""
+        return [] if self.capture is None else self.capture.ready(self.source.watermark())
 
     def _expire(self) -> None:
         if not self._reported_at or not math.isfinite(self.deadline_s):
