@@ -346,6 +346,12 @@ class LslSource(SpikeSource):
         return list(self._fixed_units) if self._fixed_units is not None else sorted(self._seen_units)
 
     @property
+    def clock_offsets(self) -> dict[str, float]:
+        """The offset in use for each open stream ("spikes", "markers"): its source host's."""
+        return {role: self._clocks[host].offset for role, host in self._host.items()
+                if self._clocks.get(host) is not None and self._clocks[host].offset is not None}
+
+    @property
     def connected(self) -> bool:
         return len(self._inlets) == 2
 
