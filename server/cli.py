@@ -79,11 +79,19 @@ def insilico(
     paths = write_outputs(result)
     ev = result.evaluation
     typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")
+    if "reference_check" in ev:
+        rc = ev["reference_check"]
+        typer.echo(f"reference: {rc['reference_rate_hz']:.1f} Hz re-measured ({rc['presentations']} fresh "
+                   f"presentations), blank screen {rc['baseline_rate_hz']:.1f} Hz")
     if "retention" in ev:
         typer.echo(
             f"selected image: retention {ev['retention']:.1%}, stretch {ev['stretch']:.3f} of max pixel distance "
-            f"(best affine control keeping >= 90%: {ev['best_affine_stretch_at_90']:.3f})"
+            f"(best affine control within +-{cfg.retention_tolerance:.0%}: {ev['best_affine_stretch_at_90']:.3f})"
         )
+        if "claim" in ev:
+            lost = [k for k, v in ev["controls"]["beats"].items() if not v]
+            typer.echo(f"claim '{ev['claim']}': {'true' if ev['claim_holds'] else 'false'}"
+                       + (f" (not beaten: {', '.join(lost)})" if lost else ""))
     else:
         typer.echo(f"most exciting image: {ev['selected_rate_hz']:.1f} Hz")
     typer.echo(f"outputs in {paths['summary.json'].parent}")
