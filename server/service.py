@@ -51,16 +51,38 @@ class ServiceError(ValueError):
 class SessionService:
     """Creates sessions in the database and runs one at a time on the rig through a LiveLoop."""
 
-    def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None):
-        """``database``: a server.db.Database, or a Repository itself."""
+    def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None, resume: bool = False,
+                 stall_s: float = 8.0, endpoint_options: dict | None = None):
+        """``database``: a server.db.Database, or a Repository itself. ``resume``: re-open the live session
+        that was running (or paused) when the server died, before the wire accepts a single message, so
+        what display and bridge re-send lands in it (crash-only; ``snslab server`` does this)."""
         from wire import ServerEndpoint, Timing
 
         self.repo = database.repository() if hasattr(database, "repository") else database
-        self.endpoint = ServerEndpoint(bind, session="idle", timing=timing or Timing())
-        self.endpoint.start()
+        self.stall_s = stall_s
         self.loop = None
         self._lock = threading.RLock()
         self._errors: dict[uuid.UUID, str] = {}
+        interrupted = self._interrupted() if resume else None
+        self.endpoint = ServerEndpoint(bind, session=str(interrupted[0]) if interrupted else "idle",
+                                       timing=timing or Timing(), **(endpoint_options or {}))
+        self._started = False
+        if interrupted is not None:
+            self.start(interrupted[0], paused=interrupted[1] == "paused")
+        self.endpoint.start()
+        self._started = True
+
+    def _interrupted(self):
+        """(id, status) of the newest live session left running or paused (with generations) by a server
+        that died, or None."""
+        import sqlalchemy as sa
+
+        with self.repo.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT s.id, s.status FROM sessions s WHERE s.status IN ('running', 'paused')"
+                " AND s.config ? 'session' AND EXISTS (SELECT 1 FROM generations g WHERE g.session_id = s.id)"
+                " ORDER BY s.updated_at DESC LIMIT 1")).first()
+        return None if row is None else (row.id, row.status)
 
     @property
     def wire_address(self) -> str:
@@ -138,8 +160,9 @@ class SessionService:
         return h.codes[int(np.argmax(mean))].copy()
 
     # -- run ----------------------------------------------------------------------------------------
-    def start(self, session_id: uuid.UUID) -> None:
-        """Start (or, after a server restart, resume) a stored session on the rig."""
+    def start(self, session_id: uuid.UUID, paused: bool = False) -> None:
+        """Start (or, after a server restart, resume) a stored session on the rig; ``paused``: re-open it
+        paused (its open generation is finished, no new one proposed until ``resume``)."""
         from .live import LiveLoop
 
         with self._lock:
@@ -159,19 +182,25 @@ class SessionService:
             targets = stored.runner_kwargs["target_positions"]
             loop = LiveLoop(self.endpoint, runner, session_id=session_id, unit_keys=spec.units,
                             target_positions=targets, on_ms=spec.on_ms, off_ms=spec.off_ms, repository=self.repo,
-                            on_done=self._done)
+                            on_done=self._done, paused=paused, stall_s=self.stall_s)
             self.loop = loop
-            self.repo.set_session_status(session_id, "running")
+            self.repo.set_session_status(session_id, "paused" if paused else "running")
             resumed = point.last_completed is not None or point.in_flight is not None
-            self.repo.log_event(session_id, "operator", "resumed after a restart" if resumed else "started",
+            self.repo.log_event(session_id, "operator" if self._started else "session",
+                                ("resumed after a restart" if resumed else "started") + (" (paused)" if paused else ""),
                                 {"next_generation": point.next_index})
-            batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
+            batch = runner.resume(propose=not paused) if resumed else None
+            if not self._started:  # the wire is not running yet: nothing can arrive before the session is open
+                self.endpoint.session = loop.wire_session
+                self.endpoint.known_sessions.add(loop.wire_session)
+                loop.start(batch)
+                return
             self.endpoint.set_session(loop.wire_session)  # applied in the loop before the start below
             self.endpoint.call_soon(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:
         self.repo.set_session_status(loop.session_id, "completed")
-        self.repo.log_event(loop.session_id, "session", f"completed after {len(loop.runner.reports)} generations",
+        self.repo.log_event(loop.session_id, "session", f"completed after {loop.runner.search.generation} generations",
                             {"presentations": loop.stats.dispatched, "duplicates": loop.stats.duplicates,
                              "rejected": loop.stats.rejected})
 
@@ -197,7 +226,7 @@ class SessionService:
         with self._lock:
             if self.loop is not None and self.loop.session_id == session_id and not self.loop.finished.is_set():
                 loop = self.loop
-                self.endpoint.call_soon(lambda: (loop.pause(), loop.finished.set()))
+                self.endpoint.call_soon(loop.halt)
             summary = self.repo.session_summary(session_id)
             if summary.status not in ("completed", "aborted", "failed"):
                 self.repo.set_session_status(session_id, "aborted")

@@ -205,7 +205,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         # who and which session
         case(rb, rb.header("counts_batch", counts_payload(target), sender="bridge-test"), "sender")
         case(rn, rn.header("counts_batch", counts_payload(target), session=str(sid)), "sender", "error")
-        case(rb, rb.header("counts_batch", counts_payload(target), session="no-such-session"), "session")
+        case(rb, rb.header("counts_batch", counts_payload(target), session="no-such-session"), "session", "error")  # retry later, not final
         case(rb, rb.header("counts_batch", counts_payload(target), session="idle"), "session")  # known, not running
         case(rd, rd.header("counts_batch", counts_payload(target)), "sender")  # counts from a display
         case(rb, rb.header("presentation_report", report_payload(target)), "sender")  # a report from a bridge

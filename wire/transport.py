@@ -190,6 +190,9 @@ class _Endpoint:
         self._closed = False
         self.on_give_up: Callable[[str, str], None] | None = None  # (message id, type)
         self.on_nack: Callable[[str, str, str], None] | None = None  # (message id, type, reason)
+        # A server answers a message for a session it has not opened (yet) with error{unknown_session}
+        # instead of a final nack: the client keeps it and re-sends it later.
+        self.holds_unknown_sessions = False
 
     # ---- public
     def on(self, type: str, handler: Handler) -> None:
@@ -360,7 +363,8 @@ class _Endpoint:
         if mtype in SILENT_TYPES:
             return
         reason = str(err)[:480]
-        if err.code in ("bad_message", "unknown_session") and (err.ref or mid):
+        final = err.code == "bad_message" or (err.code == "unknown_session" and not self.holds_unknown_sessions)
+        if final and (err.ref or mid):
             reply("nack", {"ack_of": err.ref or mid, "reason": reason})
         else:
             reply("error", {"code": err.code, "reason": reason, "ref": err.ref or mid})
@@ -583,6 +587,9 @@ class Peer(_Endpoint):
                 self.state = "connecting"
                 self._ready.clear()
                 self._send_hello(now)
+            elif env.payload.code == "unknown_session" and env.payload.ref in self._link.pending:
+                p = self._link.pending[env.payload.ref]  # not open on the server yet: keep it, try later
+                p.attempts, p.due = 0, now + self.timing.max_ack_timeout_s
             if "error" in self._handlers:
                 self._dispatch(self._link, env, blobs, peer, self._reply)
             return
@@ -678,6 +685,7 @@ class ServerEndpoint(_Endpoint):
         on_disconnect: Callable[[ClientInfo], None] | None = None,
     ):
         super().__init__(name=server_id, limits=limits, timing=timing, context=context)
+        self.holds_unknown_sessions = True
         Envelope.make("heartbeat", {}, session=session, sender=server_id)  # validates the ids
         self.session = session
         self.known_sessions: set[str] = {session}

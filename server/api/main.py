@@ -78,7 +78,7 @@ def create_app(
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, *,
-          wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info") -> None:
+          wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info", service_options: dict | None = None) -> None:
     """Open the database, start the session service (ZeroMQ on ``wire_bind``) and serve HTTP until stopped."""
     import os
 
@@ -89,7 +89,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
 
     settings = settings or Settings()
     database = connect(settings)
-    service = SessionService(database, bind=wire_bind)
+    service = SessionService(database, bind=wire_bind, resume=True, **(service_options or {}))
     try:
         token = os.environ.get(TOKEN_ENV, "").strip() or None
         app = create_app(settings, service, database=database, operator_token=token)
