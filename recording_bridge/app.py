@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--session-seed", type=int, default=None,
                      help="draw the counts an in-silico run with this session seed gets (needs --mode)")
     sim.add_argument("--mode", default="invariance", help="probe mode of that session (for --session-seed)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys (from `snslab keys init`): DIR holds server.key and <client-id>.key_secret")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -197,6 +199,10 @@ def make_bridge(args, peer_timing=None) -> Bridge:
         source.connect(10.0)
     counter = WindowCounter(response=args.response_window, baseline=args.baseline_window, units=source.units())
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
+    if getattr(args, "keys", None):
+        from wire.auth import ClientKeys
+
+        kwargs["keys"] = ClientKeys.load(args.keys, args.client_id)  # KeyError_ is a ValueError: one line
     peer = Peer(args.server, client_id=args.client_id, role="bridge",
                 capabilities={"needs_images": simulated, "adapter": args.adapter}, **kwargs)
     return Bridge(peer, source, counter, simulated=simulated)

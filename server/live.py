@@ -17,7 +17,7 @@ Crash-only (docs/protocol.md, "Restarts"): whatever process dies, starting it ag
 - bridge restarted: it is sent every presentation still waiting for counts and their reports;
 - anything else that leaves a presentation unanswered (a report acknowledged by a server that died before
   forwarding it, a rig that lost data): when nothing has been answered for ``stall_s`` while a display is
-  connected, every unanswered presentation is shown again as a new attempt.
+  connected (and a bridge), every unanswered presentation is shown again as a new attempt.
 
 Repeated reports and counts are recognised by presentation id and never counted twice; counts for a
 presentation that was superseded by a re-show are acknowledged and not counted.
@@ -195,8 +195,9 @@ class LiveLoop:
     def _check_stall(self) -> None:
         if self.finished.is_set() or time.monotonic() - self._progress < self.stall_s:
             return
-        if not self.endpoint.clients(role="display", alive_only=True):
-            return  # nobody to show anything: wait for a display
+        if not self.endpoint.clients(role="display", alive_only=True) or not self.endpoint.clients(
+                role="bridge", alive_only=True):
+            return  # nobody to show or count anything: wait for them
         waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
         if not waiting:
             return

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "presentations come back to it (default display-<hostname>)",
     )  # fmt: skip
     p.add_argument("--session", default="", help="only serve this session id (default: adopt the server's)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys (from `snslab keys init`): DIR holds server.key and <client-id>.key_secret")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--fullscreen", dest="fullscreen", action="store_true", help="full screen (the rig)")
     mode.add_argument("--windowed", dest="fullscreen", action="store_false", help="a window (development; default)")
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         peer = Peer(
             args.server, client_id=args.client_id, role="display", capabilities=capabilities,
-            session=args.session, timing=Timing(heartbeat_s=args.heartbeat),
+            session=args.session, timing=Timing(heartbeat_s=args.heartbeat), keys=_keys(args),
         )  # fmt: skip
         peer.on("stimulus_batch", lambda msg: _on_batch(msg, schedule))
         peer.on("control", lambda msg: _on_control(msg, schedule))
@@ -205,6 +207,18 @@ def main(argv: list[str] | None = None) -> int:
             ttl.close()
         if outlet is not None:
             outlet.close()
+
+
+def _keys(args):
+    """The client's CURVE keys, or None; a bad key folder ends the program with one line."""
+    if not args.keys:
+        return None
+    from wire.auth import ClientKeys, KeyError_
+
+    try:
+        return ClientKeys.load(args.keys, args.client_id)
+    except KeyError_ as err:
+        raise SystemExit(f"error: --keys: {err}") from None
 
 
 def _on_batch(msg: Received, schedule: Schedule) -> None:

@@ -188,6 +188,7 @@ class _Endpoint:
         self._stop = threading.Event()
         self._limiter = _LogLimiter(timing.log_burst, timing.log_window_s)
         self._closed = False
+        self._user_id: str | None = None
         self.on_give_up: Callable[[str, str], None] | None = None  # (message id, type)
         self.on_nack: Callable[[str, str, str], None] | None = None  # (message id, type, reason)
         # A server answers a message for a session it has not opened (yet) with error{unknown_session}
@@ -231,6 +232,7 @@ class _Endpoint:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                self._user_id = self._frame_user(frames)
                 self._receive([f.buffer for f in frames])  # memoryviews: blobs without a copy
         while self._outbox:
             self._outbox.popleft()()
@@ -252,6 +254,10 @@ class _Endpoint:
             self._sock = None
         self._waker_r.close()
         self._waker_w.close()
+        self._closed_hook()
+
+    def _closed_hook(self) -> None:
+        pass
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread (thread-safe): how other threads touch what handlers own."""
@@ -274,6 +280,10 @@ class _Endpoint:
         return queued + sum(len(link.pending) for link in self._links())
 
     # ---- for subclasses
+    def _frame_user(self, frames: list) -> str | None:
+        """The authenticated User-Id of a received message (CURVE servers; see wire/auth.py)."""
+        return None
+
     def _links(self) -> list[_Link]:
         raise NotImplementedError
 
@@ -452,8 +462,11 @@ class Peer(_Endpoint):
         limits: Limits = LIMITS,
         timing: Timing = Timing(),
         context: zmq.Context | None = None,
+        keys=None,
     ):
+        """``keys``: a ``wire.auth.ClientKeys`` when the server uses CURVE (``snslab keys``)."""
         super().__init__(name=client_id, limits=limits, timing=timing, context=context)
+        self.keys = keys
         self.server = server
         self.role = role
         self.capabilities = dict(capabilities or {})
@@ -527,6 +540,8 @@ class Peer(_Endpoint):
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.hard_frame_bytes)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 1000)
+        if self.keys is not None:
+            self.keys.apply(s)
         s.connect(self.server)
         self._sock = s
         self._poller.register(s, zmq.POLLIN)
@@ -683,7 +698,15 @@ class ServerEndpoint(_Endpoint):
         context: zmq.Context | None = None,
         on_hello: Callable[[ClientInfo, bool], None] | None = None,
         on_disconnect: Callable[[ClientInfo], None] | None = None,
+        keys=None,
     ):
+        """``keys``: a ``wire.auth.ServerKeys`` (CURVE + ZAP: only listed clients, each bound to its id and
+        role); None = no authentication (loopback, or ``--insecure``)."""
+        self.keys = keys
+        self._auth = None
+        if keys is not None and context is None:
+            context = zmq.Context()  # a ZAP handler is per context: this endpoint's own
+            self._own_ctx = context
         super().__init__(name=server_id, limits=limits, timing=timing, context=context)
         self.holds_unknown_sessions = True
         Envelope.make("heartbeat", {}, session=session, sender=server_id)  # validates the ids
@@ -697,7 +720,12 @@ class ServerEndpoint(_Endpoint):
         s = self.ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown identity -> error instead of a silent drop
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client with the same id takes over
+        if keys is None:
+            s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client with the same id takes over
+        else:  # no taking over another key's id; dead connections are dropped by ZeroMQ heartbeats instead
+            s.setsockopt(zmq.HEARTBEAT_IVL, int(timing.heartbeat_s * 1000))
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(timing.dead_after_s * 1000))
+            self._auth = keys.apply(s, self.ctx)
         s.setsockopt(zmq.MAXMSGSIZE, limits.hard_frame_bytes)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 1000)
@@ -709,6 +737,22 @@ class ServerEndpoint(_Endpoint):
     @property
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
+
+    def _frame_user(self, frames: list) -> str | None:
+        if self.keys is None or len(frames) < 2:
+            return None
+        try:
+            return frames[1].get("User-Id")
+        except (zmq.ZMQError, AttributeError):
+            return None
+
+    def _closed_hook(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        own = getattr(self, "_own_ctx", None)
+        if own is not None:
+            own.destroy(linger=0)
 
     def clients(self, role: str | None = None, alive_only: bool = False) -> list[ClientInfo]:
         with self._lock:
@@ -820,6 +864,12 @@ class ServerEndpoint(_Endpoint):
                 )
             elif env.type == "welcome":
                 raise ProtocolError("type", "a server does not accept welcome", ref=env.id)
+            if self.keys is not None:
+                from wire.auth import check_user
+
+                why = check_user(self._user_id, client_id, env.payload.role if env.type == "hello" else None)
+                if why is not None:
+                    raise ProtocolError(why.split(":", 1)[0], why.split(": ", 1)[1], ref=env.id)
         except ProtocolError as e:
             self._reject(e, header, client_id, reply)
             return

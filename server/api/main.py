@@ -87,6 +87,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     from server.db import connect
     from server.service import SessionService
 
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("snslab").setLevel(logging.INFO)  # sessions re-opened, re-shows, clients, refusals
     settings = settings or Settings()
     database = connect(settings)
     service = SessionService(database, bind=wire_bind, resume=True, **(service_options or {}))
