@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         "db", description="stimulus images as BYTEA in the database, or as content-addressed files"
     )
     db_echo: bool = Field(False, description="log every SQL statement (debugging)")
+    operator_token: SecretStr | None = Field(
+        None, description="SNSLAB_OPERATOR_TOKEN: creates and controls sessions, and reads; unset -> a random one, "
+        "printed at start")
+    viewer_token: SecretStr | None = Field(
+        None, description="SNSLAB_VIEWER_TOKEN: read-only access to the API and dashboard (unset: only the operator "
+        "token reads)")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="SNSLAB_CORS_ORIGINS (JSON list): browser origins allowed to call the API "
+        "from another site; empty (default) = none")
 
     @property
     def pgdata_dir(self) -> Path:

@@ -2,6 +2,7 @@
 on+off time in real time and reports it, like ``snslab display`` (dedupe by id, reliable reports), so it
 can be killed with SIGKILL and restarted by the test. Usage: python tests/scripted_display.py SERVER ID"""
 
+import logging
 import sys
 import threading
 import time
@@ -12,12 +13,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wire import Peer, Timing  # noqa: E402
 
 
+log = logging.getLogger("snslab.scripted-display")
+
+
 def main(server: str, client_id: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     peer = Peer(server, client_id=client_id, role="display",
-                timing=Timing(heartbeat_s=0.5, heartbeat_misses=4, ack_timeout_s=0.3, max_retries=50))
+                timing=Timing(max_retries=50))  # the server's heartbeat interval: no flapping under load
     queue, known, lock = [], set(), threading.Lock()
 
     def on_batch(msg):
+        log.info("batch %s: %s", msg.payload.batch_id, [p.presentation_id for p in msg.payload.presentations])
         with lock:
             for p in sorted(msg.payload.presentations, key=lambda p: p.order):
                 if p.presentation_id not in known:

@@ -20,7 +20,7 @@ from server import __version__
 from server.settings import Settings
 
 from . import errors
-from .deps import TOKEN_ENV, operator_token as resolve_token
+from .deps import TOKEN_ENV, Reader, operator_token as resolve_token
 from .routes import health, sessions, stimuli
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
@@ -30,11 +30,14 @@ units, population, budget, presentation timing, reference), start, pause, resume
 generations, fronts, presentations, images and events.
 
 Creating and controlling sessions needs the operator token: `Authorization: Bearer <token>` (the server's
-`{TOKEN_ENV}`). Every refusal answers one line in `detail`."""
+`{TOKEN_ENV}`). Reads need the operator token or the read-only viewer token (`SNSLAB_VIEWER_TOKEN`), as that
+header or, on GET, as the query parameter `access_token`; `/api/health` needs none. Every refusal answers one
+line in `detail`."""
 
 
 def create_app(
-    settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None
+    settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None,
+    viewer_token: str | None = None,
 ) -> FastAPI:
     """The app on ``database`` (default: the settings' database, opened here and closed at shutdown).
 
@@ -59,13 +62,20 @@ def create_app(
     app.state.database = database
     app.state.repository = service.repo if service is not None else database.repository()
     app.state.service = service
-    app.state.operator_token = resolve_token(operator_token)
+    secret = lambda v: v.get_secret_value().strip() if v is not None else None  # noqa: E731
+    app.state.operator_token = resolve_token(operator_token or secret(settings.operator_token))
+    app.state.viewer_token = viewer_token or secret(settings.viewer_token) or None
     errors.install(app)
+    if settings.cors_origins:  # closed unless configured: no cross-site browser reads
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
-    api.include_router(sessions.router)
-    api.include_router(stimuli.router)
+    api.include_router(sessions.router, dependencies=[Reader])
+    api.include_router(stimuli.router, dependencies=[Reader])
     app.include_router(api)
 
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
