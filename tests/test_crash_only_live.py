@@ -121,7 +121,7 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         else:
             procs[kind] = Proc(cli + args[kind], env, tmp_path / f"{kind}{n[kind]}.log")
         if kind == "server":
-            assert _until(lambda: _healthy(base), 60), procs[kind].log()
+            assert _until(lambda: _healthy(base), 240), procs[kind].log()
 
     # the reference code the invariance probe keeps the response of, in the server's data directory
     (tmp_path / "data").mkdir()

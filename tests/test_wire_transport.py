@@ -476,3 +476,16 @@ def test_rejection_log_keeps_a_burst_per_window_and_summarises_the_rest(caplog):
     assert allowed == [True, True, True, False, False, True, True]
     assert [r.getMessage() for r in caplog.records] == ["suppressed 2 further rejection messages in the last 10 s"]
     assert Timing().log_burst == 20 and Timing().log_window_s == 10.0
+
+
+def test_deep_json_is_refused_before_decoding_and_gone_clients_are_forgotten(closing):
+    # 100k nested brackets: a one-line refusal, no RecursionError
+    with pytest.raises(m.ProtocolError, match=r"header: JSON nested 100000 deep, at most 32"):
+        m.decode([b"[" * 100_000 + b"]" * 100_000])
+    assert m.peek_id(b"{" * 50_000) == (None, None)
+    srv = server(closing, timing=Timing(heartbeat_s=0.05, heartbeat_misses=2, forget_after_s=0.3)).start()
+    for k in range(20):
+        cl = peer(closing, srv, client_id=f"display-{k}").start()
+        assert cl.wait_connected(15)
+        cl.close()
+    assert wait_for(lambda: srv.clients() == [] and srv.stats["forgotten"] == 20)

@@ -76,6 +76,7 @@ class Timing:
     max_retries: int = 5
     log_burst: int = 20  # rejection lines logged per log_window_s; a flooding peer's rest are summarised
     log_window_s: float = 10.0
+    forget_after_s: float = 60.0  # a client silent this long is dropped from the registry (and its pending)
 
     @property
     def dead_after_s(self) -> float:
@@ -926,6 +927,10 @@ class ServerEndpoint(_Endpoint):
             clients = list(self._clients.values())
         for c in clients:
             if not c.alive:
+                if c.hellos and now - c.link.last_rx > max(t.forget_after_s, t.dead_after_s):
+                    with self._lock:
+                        self._clients.pop(c.client_id, None)
+                    self.stats["forgotten"] += 1
                 continue
             if now - c.link.last_rx > t.dead_after_s:
                 c.alive = False
