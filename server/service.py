@@ -11,7 +11,9 @@ import threading
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ReferenceSpec(BaseModel):
@@ -25,9 +27,9 @@ class ReferenceSpec(BaseModel):
 
 
 class SessionCreate(BaseModel):
-    """What the operator fills in to start a probe on the rig."""
+    """What the operator fills in to start a probe on the rig. Upper bounds: server/limits.py (README)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     operator: str = Field(min_length=1, max_length=100)
     subject_id: str = Field(min_length=1, max_length=100, description="animal id")
     rig: str = Field("rig-1", min_length=1, max_length=100)
@@ -37,11 +39,20 @@ class SessionCreate(BaseModel):
         "population, generations, seed, ...); its subject/noise are ignored on a rig",
     )
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
-    units: list[str] = Field(default_factory=lambda: ["sim:0"], min_length=1, description="rig unit keys")
+    units: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["sim:0"], min_length=1, max_length=1024, description="rig unit keys (at most 1024)")
     target_units: list[str] | None = Field(None, description="units the probe targets (default: all)")
     on_ms: float = Field(100.0, gt=0, le=2000)
     off_ms: float = Field(100.0, gt=0, le=2000)
-    response_window_ms: tuple[float, float] = (50.0, 200.0)
+    response_window_ms: tuple[float, float] = Field(
+        (50.0, 200.0), description="[start, end) after onset in ms, 0 <= start < end <= 2000")
+
+    @field_validator("response_window_ms")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 <= v[0] < v[1] <= 2000.0):
+            raise ValueError(f"[{v[0]:g}, {v[1]:g}] is not a window (allowed: 0 <= start < end <= 2000 ms)")
+        return v
 
 
 class ServiceError(ValueError):
@@ -52,7 +63,7 @@ class SessionService:
     """Creates sessions in the database and runs one at a time on the rig through a LiveLoop."""
 
     def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None, resume: bool = False,
-                 stall_s: float = 8.0, endpoint_options: dict | None = None):
+                 stall_s: float = 8.0, endpoint_options: dict | None = None, reference_dir=None):
         """``database``: a server.db.Database, or a Repository itself. ``resume``: re-open the live session
         that was running (or paused) when the server died, before the wire accepts a single message, so
         what display and bridge re-send lands in it (crash-only; ``snslab server`` does this)."""
@@ -60,6 +71,10 @@ class SessionService:
 
         self.repo = database.repository() if hasattr(database, "repository") else database
         self.stall_s = stall_s
+        # reference.path: only files in this folder (uploads land there); None = any file (library use)
+        from pathlib import Path
+
+        self.reference_dir = None if reference_dir is None else Path(reference_dir).resolve()
         self.loop = None
         self._lock = threading.RLock()
         self._errors: dict[uuid.UUID, str] = {}
@@ -101,6 +116,12 @@ class SessionService:
         if probe.mode != "maximize" and spec.reference.source == "none":
             raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
                                "(allowed: maximize-session, image, code)")
+        from .limits import LimitError, check_session
+
+        try:
+            check_session(spec, probe)
+        except LimitError as err:
+            raise ServiceError(str(err)) from None
         generator = build_generator(probe)
         if probe.mode != "maximize":
             build_stages(probe)
@@ -132,21 +153,43 @@ class SessionService:
                 raise ServiceError("reference.session_id: required for source maximize-session")
             code = self.best_code(src.session_id)
             return code, generator.render(code[None])[0]
-        from pathlib import Path
-
-        if not src.path or not Path(src.path).is_file():
-            raise ServiceError(f"reference.path: file not found: {src.path}")
+        path = self.reference_path(src.path)
         if src.source == "code":
-            code = generator.check_codes(np.load(src.path).astype(np.float64).ravel())[0]
+            try:
+                raw = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise ServiceError(f"reference.path: not a .npy code ({err})") from None
+            code = generator.check_codes(np.asarray(raw, dtype=np.float64).ravel())[0]
             return code, generator.render(code[None])[0]
         from PIL import Image
 
         h, w, _ = generator.image_shape
-        img = np.asarray(Image.open(src.path).convert("RGB").resize((w, h)), dtype=np.float32) / 255.0
+        try:
+            with Image.open(path) as im:
+                if im.width * im.height > 64_000_000:
+                    raise ServiceError(f"reference.path: {im.width}x{im.height} px (allowed: up to 64 megapixels)")
+                img = np.asarray(im.convert("RGB").resize((w, h)), dtype=np.float32) / 255.0
+        except (OSError, ValueError) as err:
+            raise ServiceError(f"reference.path: not an image ({str(err).splitlines()[0][:100]})") from None
         try:
             return generator.encode(img[None])[0], img
         except NotImplementedError:
             return None, img
+
+    def reference_path(self, name: str | None):
+        """The file a reference.path names: inside the reference folder when there is one. Missing and not
+        allowed give the same answer, so a request cannot probe which files exist on the server."""
+        from pathlib import Path
+
+        if self.reference_dir is None:
+            if not name or not Path(name).is_file():
+                raise ServiceError(f"reference.path: file not found: {name}")
+            return Path(name)
+        path = (self.reference_dir / (name or "")).resolve()
+        if not name or not path.is_relative_to(self.reference_dir) or not path.is_file():
+            raise ServiceError(f"reference.path: no reference {name!r} in the server's reference folder "
+                               "(upload one with POST /api/references)")
+        return path
 
     def best_code(self, session_id: uuid.UUID):
         """The code of the highest mean response among the scored candidates of a (maximize) session."""

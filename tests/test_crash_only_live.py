@@ -123,9 +123,8 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         if kind == "server":
             assert _until(lambda: _healthy(base), 240), procs[kind].log()
 
-    # the reference code the invariance probe keeps the response of, in the server's data directory
-    (tmp_path / "data").mkdir()
-    ref = tmp_path / "data" / "ref.npy"
+    # the reference code the invariance probe keeps the response of, uploaded to the server below
+    ref = tmp_path / "ref.npy"
     np.save(ref, np.random.default_rng(0).normal(0, 0.6, 16))
     kills = {"server": 0, "bridge": 0, "display": 0, "real display": 0, "paused": 0, "boundary": 0}
     rng = np.random.default_rng(2026)
@@ -134,9 +133,12 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         launch("server")
         launch("bridge")
         launch("display")
+        up = httpx.post(f"{base}/api/references", params={"kind": "code"}, content=ref.read_bytes(), headers=auth,
+                        timeout=30)
+        assert up.status_code == 201, up.text
         r = httpx.post(f"{base}/api/sessions", headers=auth, timeout=30, json={
             "operator": "crash", "subject_id": "M1", "probe": PROBE, "units": ["sim:0"],
-            "reference": {"source": "code", "path": str(ref)}, "on_ms": 20, "off_ms": 20,
+            "reference": {"source": "code", "path": up.json()["path"]}, "on_ms": 20, "off_ms": 20,
             "response_window_ms": list(WINDOW)})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
@@ -272,7 +274,11 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
 def _same(a, b, where):
     """Deep equality of two unpickled optimizer states (arrays bit for bit)."""
     assert type(a) is type(b), where
-    if isinstance(a, np.ndarray):
+    if isinstance(a, np.ndarray) and where.endswith("._funhist_values"):
+        # cmaes allocates this ring buffer with np.empty and fills one slot per generation: only the
+        # filled slots are state, the rest is whatever memory the process had
+        assert np.array_equal(a[:GENERATIONS], b[:GENERATIONS]), where
+    elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where

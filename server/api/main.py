@@ -21,7 +21,7 @@ from server.settings import Settings
 
 from . import errors
 from .deps import TOKEN_ENV, Reader, operator_token as resolve_token
-from .routes import health, sessions, stimuli
+from .routes import health, references, sessions, stimuli
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 
@@ -76,6 +76,7 @@ def create_app(
     api.include_router(health.router)
     api.include_router(sessions.router, dependencies=[Reader])
     api.include_router(stimuli.router, dependencies=[Reader])
+    api.include_router(references.router)
     app.include_router(api)
 
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
@@ -103,7 +104,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     logging.getLogger("snslab").setLevel(logging.INFO)  # sessions re-opened, re-shows, clients, refusals
     settings = settings or Settings()
     database = connect(settings)
-    service = SessionService(database, bind=wire_bind, resume=True, **(service_options or {}))
+    service = SessionService(database, bind=wire_bind, resume=True, reference_dir=settings.data_dir / "references",
+                             **(service_options or {}))
     try:
         token = os.environ.get(TOKEN_ENV, "").strip() or None
         app = create_app(settings, service, database=database, operator_token=token)
