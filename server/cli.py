@@ -7,18 +7,22 @@ from pathlib import Path
 
 import typer
 
+from snslab_common.errors import SnslabError
+
+from recording_bridge import cli as bridge_command
+from stimulus_client import cli as display_command
+
 from .config import describe_fields
+from .db_commands import app as db_app
+
+_display_app, _bridge_app = display_command.app, bridge_command.app
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="snslab: closed-loop Stretch-and-Squeeze probes of visual neurons (invariance and adversarial).",
 )
-
-
-@app.callback()
-def _root() -> None:
-    """Subcommands: insilico, demo, server, display, bridge, db."""
 
 
 def _fail(message: str) -> None:
@@ -52,7 +56,6 @@ def insilico(
         "have no spike counts and are never stored",
     ),
 ) -> None:
-    from .engine.base import ConfigError
     from .config import load_config
     from .insilico import run_probe, write_outputs
 
@@ -70,14 +73,9 @@ def insilico(
         if recorder is not None:
             recorder.finish()
             typer.echo("stored sessions: " + ", ".join(f"{p}={sid}" for p, sid in recorder.sessions))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (SnslabError, ValueError, FileNotFoundError) as err:  # config, database, storage: one clear line
         _fail(str(err))
         return
-    except Exception as err:  # DatabaseUnavailable and friends: one clear line, no traceback
-        if type(err).__name__ in ("DatabaseUnavailable", "StorageError", "SessionNotFound"):
-            _fail(str(err))
-            return
-        raise
     paths = write_outputs(result)
     ev = result.evaluation
     typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")
@@ -106,11 +104,9 @@ def resume(session_id: str = typer.Argument(..., help="the stored session's id (
         return
     try:
         phase = resume_stored(connect().repository(), sid)
-    except Exception as err:
-        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
-            _fail(str(err))
-            return
-        raise
+    except SnslabError as err:
+        _fail(str(err))
+        return
     typer.echo(f"session {sid} completed: {phase.search.generation} generations")
 
 
@@ -126,14 +122,12 @@ def replay(session_id: str = typer.Argument(..., help="the stored session's id")
     try:
         sid = uuid.UUID(session_id)
         rep = replay_session(connect().repository(), sid)
+    except SnslabError as err:
+        _fail(str(err))
+        return
     except ValueError as err:
         _fail(f"session_id: {err}")
         return
-    except Exception as err:
-        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
-            _fail(str(err))
-            return
-        raise
     if not rep.identical:
         _fail(f"replay differs from the stored session: {rep.mismatch}")
     typer.echo(f"replayed {rep.generations} generations of session {sid} bit for bit")
@@ -174,10 +168,8 @@ def server(
                     "unauthenticated and unencrypted", fg=typer.colors.YELLOW, err=True)
     try:
         serve(host, port, wire_bind=wire, service_options=options)
-    except Exception as err:
-        if type(err).__name__ == "DatabaseUnavailable":
-            _fail(str(err))
-        raise
+    except SnslabError as err:  # DatabaseUnavailable: one line, no traceback
+        _fail(str(err))
 
 
 @app.command(help="Run a complete closed-loop demo session on this machine: database, server, simulated "
@@ -238,21 +230,16 @@ def keys_add(
         _fail(str(err))
 
 
-_PASS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}}
+# the rig commands: the same typer commands as snslab-display / snslab-bridge on a display or recording PC
+app.command(name="display", help=_display_app.registered_commands[0].help)(display_command.display)
+app.command(name="bridge", help=_bridge_app.registered_commands[0].help,
+            epilog=bridge_command.adapter_help())(bridge_command.bridge)
+app.add_typer(db_app, name="db")
 
 
-@app.command(help="Run the PsychoPy display client on the rig's display PC (see `snslab display --help`).", **_PASS)
-def display(ctx: typer.Context) -> None:
-    from stimulus_client.app import main as display_main
+from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
 
-    raise typer.Exit(display_main(list(ctx.args)) or 0)
-
-
-@app.command(help="Run the recording bridge on the recording PC (see `snslab bridge --help`).", **_PASS)
-def bridge(ctx: typer.Context) -> None:
-    from recording_bridge.app import main as bridge_main
-
-    raise typer.Exit(bridge_main(list(ctx.args)) or 0)
+_register_sweep(app, _fail)
 
 
 def main() -> None:  # pragma: no cover

@@ -15,6 +15,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from snslab_common.errors import SnslabError
+
 
 class ReferenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,9 +55,14 @@ class SessionCreate(BaseModel):
         if not (0.0 <= v[0] < v[1] <= 2000.0):
             raise ValueError(f"[{v[0]:g}, {v[1]:g}] is not a window (allowed: 0 <= start < end <= 2000 ms)")
         return v
+    compute_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="a timed dry run of the generator and stages on this server at creation: refuse "
+        "a session whose compute per generation exceeds its display time (refuse), only log a warning (warn), "
+        "or skip the dry run (off); a session whose compute the lead-in cannot hide is always warned about"
+    )
 
 
-class ServiceError(ValueError):
+class ServiceError(SnslabError, ValueError):
     """An operator request that cannot be carried out; the message is one line."""
 
 
@@ -109,9 +116,9 @@ class SessionService:
     # -- create -------------------------------------------------------------------------------------
     def create(self, spec: SessionCreate) -> uuid.UUID:
         from .config import parse_config
-        from .insilico import build_generator, build_stages
+        from .probe_setup import build_generator, build_stages
 
-        probe = parse_config(spec.probe | {"reference": {"source": "code", "path": "-"}}
+        probe = parse_config(spec.probe | {"reference": self._probe_reference(spec.reference)}
                              if spec.reference.source != "none" else spec.probe)
         if probe.mode != "maximize" and spec.reference.source == "none":
             raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
@@ -123,13 +130,19 @@ class SessionService:
         except LimitError as err:
             raise ServiceError(str(err)) from None
         generator = build_generator(probe)
-        if probe.mode != "maximize":
-            build_stages(probe)
+        stages = build_stages(probe) if probe.mode != "maximize" else {}
         targets = spec.target_units or spec.units
         for t in targets:
             if t not in spec.units:
                 raise ServiceError(f"target_units: {t!r} is not among units ({', '.join(spec.units)})")
         ref_code, _ = self._reference(spec, generator)  # fails early on a bad reference
+        feasible = None
+        if spec.compute_check != "off":
+            from .feasibility import check
+
+            feasible = check(probe, generator, stages, on_ms=spec.on_ms, off_ms=spec.off_ms)
+            if feasible.verdict == "too-slow" and spec.compute_check == "refuse":
+                raise ServiceError(feasible.message() + "; compute_check = 'warn' creates it anyway")
         stored = {"session": spec.model_dump(mode="json"), "probe": probe.model_dump(mode="json")}
         if ref_code is not None:  # exact floats: a restart or a replay sees the very same reference
             stored["reference_code"] = [float(v) for v in ref_code]
@@ -140,10 +153,24 @@ class SessionService:
         self.repo.add_units(sid, [(i, 0, key) for i, key in enumerate(spec.units)])
         self.repo.set_session_status(sid, "paused")
         self.repo.log_event(sid, "operator", f"created by {spec.operator}")
+        if feasible is not None and feasible.verdict != "ok":
+            self.repo.log_event(sid, "compute", feasible.message(), {
+                "verdict": feasible.verdict, "compute_s": feasible.compute_s, "display_s": feasible.display_s,
+                "lead_in_s": feasible.lead_in_s, "parts": feasible.parts}, level="warning")
         return sid
 
+    @staticmethod
+    def _probe_reference(src: ReferenceSpec) -> dict:
+        """The probe config's reference: an image keeps its file (reloaded on restart when the generator
+        cannot encode it); codes, given or from a maximize session, are stored with the session."""
+        if src.source == "image" and src.path:
+            from pathlib import Path
+
+            return {"source": "image", "path": str(Path(src.path).expanduser().resolve())}
+        return {"source": "code", "path": src.path if src.source == "code" else None}
+
     def _reference(self, spec: SessionCreate, generator):
-        import numpy as np
+        from .probe_setup import load_reference
 
         src = spec.reference
         if src.source == "none":
@@ -153,28 +180,7 @@ class SessionService:
                 raise ServiceError("reference.session_id: required for source maximize-session")
             code = self.best_code(src.session_id)
             return code, generator.render(code[None])[0]
-        path = self.reference_path(src.path)
-        if src.source == "code":
-            try:
-                raw = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise ServiceError(f"reference.path: not a .npy code ({err})") from None
-            code = generator.check_codes(np.asarray(raw, dtype=np.float64).ravel())[0]
-            return code, generator.render(code[None])[0]
-        from PIL import Image
-
-        h, w, _ = generator.image_shape
-        try:
-            with Image.open(path) as im:
-                if im.width * im.height > 64_000_000:
-                    raise ServiceError(f"reference.path: {im.width}x{im.height} px (allowed: up to 64 megapixels)")
-                img = np.asarray(im.convert("RGB").resize((w, h)), dtype=np.float32) / 255.0
-        except (OSError, ValueError) as err:
-            raise ServiceError(f"reference.path: not an image ({str(err).splitlines()[0][:100]})") from None
-        try:
-            return generator.encode(img[None])[0], img
-        except NotImplementedError:
-            return None, img
+        return load_reference(src.source, self.reference_path(src.path), generator)
 
     def reference_path(self, name: str | None):
         """The file a reference.path names: inside the reference folder when there is one. Missing and not

@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     )
     db_echo: bool = Field(False, description="log every SQL statement (debugging)")
     operator_token: SecretStr | None = Field(
-        None, description="SNSLAB_OPERATOR_TOKEN: creates and controls sessions, and reads; unset -> a random one, "
-        "printed at start")
+        None, description="the token operators send to create and control sessions (SNSLAB_OPERATOR_TOKEN); "
+        "unset: the server makes a random one and prints it"
+    )
     viewer_token: SecretStr | None = Field(
         None, description="SNSLAB_VIEWER_TOKEN: read-only access to the API and dashboard (unset: only the operator "
         "token reads)")

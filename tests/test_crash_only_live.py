@@ -138,7 +138,7 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         assert up.status_code == 201, up.text
         r = httpx.post(f"{base}/api/sessions", headers=auth, timeout=30, json={
             "operator": "crash", "subject_id": "M1", "probe": PROBE, "units": ["sim:0"],
-            "reference": {"source": "code", "path": up.json()["path"]}, "on_ms": 20, "off_ms": 20,
+            "reference": {"source": "code", "path": up.json()["path"]}, "on_ms": 20, "off_ms": 20, "compute_check": "warn",
             "response_window_ms": list(WINDOW)})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]

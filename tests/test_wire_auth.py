@@ -163,12 +163,10 @@ def _until_true(cond, timeout):
 def _bridge_with_keys(address, keys):
     import threading
 
-    from recording_bridge.app import build_parser, make_bridge
+    from recording_bridge.app import BridgeOptions, make_bridge
 
-    args = build_parser().parse_args([
-        "--server", address, "--client-id", "bridge-1", "--adapter", "sim", "--session-seed", str(PROBE["seed"]),
-        "--mode", "invariance", "--subject-param", "image_size=16", "--subject-param", "wavelength=6.0",
-        "--keys", str(keys)])
+    args = BridgeOptions(server=address, client_id="bridge-1", adapter="sim", session_seed=PROBE["seed"],
+                         mode="invariance", subject_params={"image_size": 16, "wavelength": 6.0}, keys=str(keys))
     bridge = make_bridge(args, peer_timing=FAST)
     bridge.peer.start()
     stop = threading.Event()

@@ -26,7 +26,9 @@ from server.db.records import (
     WriteResult,
     group_unit_rows,
 )
-from server.db.repository import Repository, encode_png
+from server.db.repository import Repository
+from server.db import sweeps as _sweeps  # noqa: F401  (issue 16: the sweep tables join the metadata)
+from server.png import encode_png
 
 __all__ = [
     "Database",
