@@ -121,7 +121,7 @@ def test_only_listed_keys_get_in_and_a_key_acts_only_as_its_role_and_id(keys, re
         open_ids = list(service.loop.ledger.reports)[:3]
         display.peer.send("counts_batch", {"seq": 1, "units": ["sim:0"], "items": [
             {"presentation_id": i, "counts": [999], "onset_source": "ttl", "valid": True} for i in open_ids]})
-        assert service.wait(sid, 120), service.loop.stats
+        assert service.wait(sid, 300), service.loop.stats
         assert _until_true(lambda: nacks, 10)
         assert nacks[0][0] == "counts_batch" and "accepted from a bridge only" in nacks[0][1]
         answers = [_drain(s, 1.0) for s in attackers]
