@@ -30,7 +30,7 @@ pytestmark = [requires_display_stack, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 
 SEED = 4
-GENERATIONS = 14
+GENERATIONS = 24
 TOKEN = "crash-only-token"
 PROBE = {
     "mode": "invariance", "seed": SEED, "population": 6, "generations": GENERATIONS, "reference_repeats": 2,
