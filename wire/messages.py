@@ -497,7 +497,7 @@ def decode(
             ref=ref, code="unsupported_version",
         )  # fmt: skip
     mtype = raw.get("type")
-    if mtype not in PAYLOADS:
+    if not isinstance(mtype, str) or mtype not in PAYLOADS:  # (a list here is unhashable: found by hypothesis)
         raise ProtocolError(
             "type", f"unknown message type {str(mtype)[:40]!r} (allowed: {', '.join(sorted(PAYLOADS))})", ref=ref
         )
