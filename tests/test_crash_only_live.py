@@ -275,9 +275,9 @@ def _same(a, b, where):
     """Deep equality of two unpickled optimizer states (arrays bit for bit)."""
     assert type(a) is type(b), where
     if isinstance(a, np.ndarray) and where.endswith("._funhist_values"):
-        # cmaes allocates this ring buffer with np.empty and fills one slot per generation: only the
-        # filled slots are state, the rest is whatever memory the process had
-        assert np.array_equal(a[:GENERATIONS], b[:GENERATIONS]), where
+        # cmaes allocates this ring buffer with np.empty and fills two slots per generation (sep-CMA: best
+        # and worst): only the filled slots are state, the rest is whatever memory the process had
+        assert np.array_equal(a[:2 * GENERATIONS], b[:2 * GENERATIONS]), where
     elif isinstance(a, np.ndarray):
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), where
     elif isinstance(a, dict):
