@@ -97,6 +97,9 @@ class LiveLoop:
         endpoint.on_hello = self._on_hello
         if stall_s > 0:
             threading.Thread(target=self._watch, name="snslab-stall-watch", daemon=True).start()
+        from .spike_intake import attach  # raw spike times + recording identity (issue 14)
+
+        attach(self)
 
     # -- dispatch ----------------------------------------------------------------------------------
     def start(self, batch: Batch | None = None) -> None:
