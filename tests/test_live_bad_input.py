@@ -235,6 +235,12 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
                          operator_token=TOKEN)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with TestClient(app) as http:
+            def read_token(request):  # reads need a token too: GETs carry it as access_token
+                if request.method == "GET" and "access_token" not in request.url.params:
+                    request.url = request.url.copy_add_param("access_token", TOKEN)
+                return request
+
+            http.auth = read_token
             for method, url, headers, body, status, field in [
                 ("post", f"/api/sessions/{sid}/stop", {"Authorization": "Bearer x"}, None, 401, "wrong operator token"),
                 ("post", f"/api/sessions/{sid}/stop", {}, None, 401, "operator token required"),
