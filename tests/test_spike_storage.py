@@ -124,3 +124,53 @@ def test_spike_times_that_trail_a_finished_session_are_stored_with_it(repo, db_e
     tr = load_spike_trains(db_engine, first)[pid]
     assert tr.unit_times_ns(0).tolist() == [-150_000_000, 75_000_000] and tr.onset_rig_s == 12.0
     assert load_spike_trains(db_engine, second) == {}
+
+
+def _stored_bytes(engine, sid) -> int:
+    with engine.connect() as c:
+        return c.execute(text("SELECT coalesce(sum(length(times)), 0) FROM spike_chunks WHERE session_id = :s"),
+                         {"s": sid}).scalar()
+
+
+def test_overlapping_margins_are_stored_once_and_every_train_reads_back_exactly(repo, db_engine):
+    from server.db.records import Proposal
+    from server.db.spikes import SpikeTrainRecord, store_spike_trains
+
+    sid = repo.create_session(config={}, seed=1, mode="insilico", operator="t", subject_id="s", rig="r")
+    repo.add_units(sid, [(ch, 1, "") for ch in range(3)])
+    ids = repo.begin_generation(sid, 0, [Proposal(np.full((4, 4, 3), 30 * i, np.uint8), "candidate", i, code=np.zeros(4), code_index=i)
+                                      for i in range(8)], b"s")
+    rng = np.random.default_rng(7)
+    # rig spike times (ns) of 3 units; unit 2 fires once, 40 s after the first onsets (an int64 delta)
+    spikes = [np.sort(rng.integers(99_000_000_000, 103_000_000_000, 60)) for _ in range(2)] + [np.array([140_000_000_000])]
+    onsets = [100.0 + 0.2 * k for k in range(6)] + [140.0, 140.1]
+    clock = {"kind": "offset", "offset_s": 0.0}
+    expect = {}
+    for pid, on in zip(ids, onsets):
+        on_ns = round(on * 1e9)
+        expect[pid] = [t[(t >= on_ns - 200_000_000) & (t < on_ns + 500_000_000)] - on_ns for t in spikes]
+    expect[ids[3]][0] = expect[ids[3]][0] + 1  # one presentation 1 ns off its neighbours (rounding): fix bits
+    expect[ids[7]][2] = expect[ids[7]][2] + 5  # 5 ns off its predecessor: that batch is stored as sent
+
+    def record(pid, on):
+        tr = expect[pid]
+        return SpikeTrainRecord(pid, on, -200.0, 500.0, [len(t) for t in tr], 4,
+                                np.concatenate(tr).astype("<i4").tobytes(), clock)
+
+    assert store_spike_trains(db_engine, sid, [record(p, o) for p, o in zip(ids[:3], onsets[:3])]) == (3, [])
+    shared = _stored_bytes(db_engine, sid)
+    sent = sum(4 * sum(len(t) for t in expect[p]) for p in ids[:3])
+    assert shared < sent  # the overlap of the three margins is stored once
+    # a re-sent batch stores only what is new
+    assert store_spike_trains(db_engine, sid, [record(p, o) for p, o in zip(ids[:5], onsets[:5])]) == (2, [])
+    assert store_spike_trains(db_engine, sid, [record(p, o) for p, o in zip(ids, onsets)][::-1]) == (3, [])
+    got = load_spike_trains(db_engine, sid)
+    assert set(got) == set(ids)
+    for pid, on in zip(ids, onsets):
+        assert got[pid].onset_rig_s == on and got[pid].clock == clock
+        assert [t.tolist() for t in got[pid].per_unit()] == [t.tolist() for t in expect[pid]], pid
+    with db_engine.connect() as c:
+        widths = c.execute(text("SELECT array_agg(time_bytes ORDER BY id) FROM spike_chunks WHERE session_id = :s"),
+                           {"s": sid}).scalar()
+        fixed = c.execute(text("SELECT array_agg(presentation_id) FROM spike_trains WHERE length(fix) > 0")).scalar()
+    assert widths == [4, 4, 8] and fixed == [ids[4]]
