@@ -60,6 +60,7 @@ class BridgeOptions:
     subject_params: dict[str, Any] = field(default_factory=dict)
     session_seed: int | None = None
     mode: str = "invariance"
+    keys: str | None = None  # CURVE key folder (server.key + <client_id>.key_secret), wire/auth.py
     spike_margin: tuple[float, float] | None = DEFAULT_MARGIN  # seconds around onset; None: no spike times
     recording: dict[str, Any] = field(default_factory=dict)  # the acquisition system's recording identity
     units: list[str] = field(default_factory=list)  # unit names to count; empty: discover them from the data
@@ -239,6 +240,10 @@ def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
         need = max(margin[1], args.response_window[1], args.baseline_window[1]) - min(margin[0], 0.0) + 1.0
         capture = SpikeCapture(units=source.units() or None, margin=margin, retain_s=max(2.0, need))
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
+    if getattr(args, "keys", None):
+        from wire.auth import ClientKeys
+
+        kwargs["keys"] = ClientKeys.load(args.keys, args.client_id)  # KeyError_ is a ValueError: one line
     caps = {"needs_images": simulated or hasattr(source, "set_key"), "adapter": args.adapter}
     identity = recording_identity(source, dict(args.recording))
     caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})

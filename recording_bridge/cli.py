@@ -83,6 +83,8 @@ def bridge(
     session_seed: int | None = typer.Option(None, help="sim: draw the counts an in-silico run with this session "
                                             "seed gets (with --mode)"),
     mode: str = typer.Option("invariance", help="sim: probe mode of that session (for --session-seed)"),
+    keys: str | None = typer.Option(None, metavar="DIR", help="CURVE keys (from `snslab keys init`): DIR holds "
+                                    "server.key and <client-id>.key_secret"),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR"),
     config: Path | None = config_option("bridge"),
 ) -> None:
@@ -94,6 +96,7 @@ def bridge(
         response_window=_window(response_window, "--response-window"),
         baseline_window=_window(baseline_window, "--baseline-window"), subject=subject,
         subject_params=parse_params(subject_param, "--subject-param"), session_seed=session_seed, mode=mode,
+        keys=keys,
         spike_margin=None if spike_margin.strip().lower() == "off" else _window(spike_margin, "--spike-margin"),
         recording=parse_params(recording, "--recording"),
         units=list(unit), units_file=units_file, data_deadline=data_deadline,

@@ -7,8 +7,20 @@ Runs entirely in the wire endpoint's loop thread (handlers), so the runner is ne
     bridge --counts_batch--> validate ids -> runner.add_counts (persisted first) -> score, tell, persist
           -> next generation dispatched at once
 
-A restarted display gets every outstanding presentation again (``wire.ledger``); repeated reports and
-counts are recognised by presentation id and never counted twice.
+Crash-only (docs/protocol.md, "Restarts"): whatever process dies, starting it again is all it takes.
+
+- server restarted: the service re-opens the session from the database before the wire accepts anything;
+  display and bridge keep what they hold, re-send what was not acknowledged, and are sent everything still
+  open (same ids): the bridge counts what it saw before the restart;
+- display restarted (a new instance of a display this server knew): what it had not reported is shown
+  again as *new* presentations (same slot, attempt + 1, stored; ``SessionRunner.reshow``);
+- bridge restarted: it is sent every presentation still waiting for counts and their reports;
+- anything else that leaves a presentation unanswered (a report acknowledged by a server that died before
+  forwarding it, a rig that lost data): when nothing has been answered for ``stall_s`` while a display is
+  connected (and a bridge), every unanswered presentation is shown again as a new attempt.
+
+Repeated reports and counts are recognised by presentation id and never counted twice; counts for a
+presentation that was superseded by a re-show are acknowledged and not counted.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ class LiveLoop:
         off_ms: float = 100.0,
         repository=None,
         on_done: Callable[["LiveLoop"], None] | None = None,
+        paused: bool = False,
+        stall_s: float = 8.0,
     ):
         self.endpoint = endpoint
         self.runner = runner
@@ -73,25 +87,36 @@ class LiveLoop:
         self.on_done = on_done
         self.ledger = PresentationLedger()
         self.stats = LiveStats()
-        self.paused = False
+        self.paused = paused
         self.finished = threading.Event()
         self._finishing = False
         self._batch_seq = 0
         self._dispatched: set[int] = set()
+        self._instances = {c.client_id: c.instance for c in endpoint.clients()}  # who restarted, who is new
+        self.stall_s = stall_s
+        self._progress = time.monotonic()  # last report or counts: the watchdog's clock
         endpoint.on("presentation_report", self._on_report)
         endpoint.on("counts_batch", self._on_counts)
         endpoint.on_hello = self._on_hello
+        if stall_s > 0:
+            threading.Thread(target=self._watch, name="snslab-stall-watch", daemon=True).start()
         from .spike_intake import attach  # raw spike times + recording identity (issue 14)
 
         attach(self)
 
     # -- dispatch ----------------------------------------------------------------------------------
     def start(self, batch: Batch | None = None) -> None:
-        """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``."""
-        batch = batch or (None if self.runner.done else self.runner.next_batch())
+        """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``.
+        ``batch`` is what a resumed runner still has open: only its unanswered presentations go out."""
+        if batch is not None:
+            self._dispatched.update(batch.ids)
+            todo = {p.presentation_id for p in self.runner.unanswered()}
+            batch = Batch(batch.generation, [p for p in batch.presentations if p.presentation_id in todo])
+        elif not self.runner.done and not self.paused:
+            batch = self.runner.next_batch()
         if batch is not None:
             self._dispatch(batch.presentations)
-        else:
+        elif self.runner.done:
             self._finish()
 
     def _stimulus_id(self, image: np.ndarray) -> tuple[str, bytes]:
@@ -139,18 +164,57 @@ class LiveLoop:
     def _on_hello(self, client, new_instance: bool) -> None:
         if not new_instance:
             return
+        previous = self._instances.get(client.client_id)
+        self._instances[client.client_id] = client.instance
         if client.role == "display":
+            if previous is not None and previous != client.instance and not self.finished.is_set():
+                # this display restarted: what it had not reported may have been on screen when it died, so
+                # it is shown again as new presentations (stored attempt + 1), not under the old ids
+                self._reshow(set(self.ledger.outstanding()), f"display {client.client_id} restarted")
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
         elif self._wants_batches(client):
-            # a (re)started bridge (or virtual rig) needs every presentation not yet counted (shown or not:
-            # it may have connected after the display showed it), and the reports of those
-            todo = [str(pid) for pid in self.runner.pending_ids()]
-            for batch, blobs in self.ledger.batches_for(todo):
+            # a (re)started bridge (or virtual rig), or one that outlived a server restart: every presentation
+            # still waiting for counts (shown or not: it may have connected after the display showed it), and
+            # the reports of those
+            waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
+            for batch, blobs in self.ledger.batches_with(waiting):
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-            for pid in todo:
-                if pid in self.ledger.reports:
-                    self.endpoint.send_to(client.client_id, "presentation_report", self.ledger.reports[pid])
+            for pid, rep in self.ledger.reports.items():
+                if pid in waiting:
+                    self.endpoint.send_to(client.client_id, "presentation_report", rep)
+
+    def _reshow(self, presentation_ids: set[str], why: str) -> int:
+        """Show these unanswered presentations again as new attempts (new ids, stored), cancelling the old."""
+        if self.runner.open is None and self.runner.ahead is None:
+            return 0
+        ids = [p.presentation_id for p in self.runner.unanswered() if str(p.presentation_id) in presentation_ids]
+        if not ids:
+            return 0
+        self.ledger.cancel([str(i) for i in ids])
+        fresh = self.runner.reshow(ids)
+        log.warning("session %s: %s; showing %d presentations again", self.session_id, why, len(fresh))
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "session", f"{why}: showing {len(fresh)} presentations again")
+        self._dispatch(fresh)
+        self._progress = time.monotonic()
+        return len(fresh)
+
+    def _watch(self) -> None:
+        """Every stall_s/4, ask the loop thread whether the session is stuck."""
+        while not self.finished.wait(max(0.05, self.stall_s / 4)):
+            self.endpoint.call_soon(self._check_stall)
+
+    def _check_stall(self) -> None:
+        if self.finished.is_set() or time.monotonic() - self._progress < self.stall_s:
+            return
+        if not self.endpoint.clients(role="display", alive_only=True) or not self.endpoint.clients(
+                role="bridge", alive_only=True):
+            return  # nobody to show or count anything: wait for them
+        waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
+        if not waiting:
+            return
+        self._reshow(waiting, f"nothing answered for {self.stall_s:g} s")
 
     # -- reports and counts --------------------------------------------------------------------------
     def _check_session(self, msg) -> None:
@@ -172,8 +236,12 @@ class LiveLoop:
         rep: PresentationReport = msg.payload
         status = self.ledger.record(rep)
         if status == "unknown":
+            if self._of_this_session([self._pid(rep.presentation_id)]):
+                self.stats.duplicates += 1  # dispatched before a server restart and answered or superseded
+                return
             self.stats.rejected += 1
             raise Reject(f"presentation_id: {rep.presentation_id!r} was never dispatched in this session")
+        self._progress = time.monotonic()
         if status == "duplicate":
             self.stats.duplicates += 1
             return
@@ -187,11 +255,17 @@ class LiveLoop:
         batch: CountsBatch = msg.payload
         columns, positions = self._unit_columns(batch.units)
         open_ids = self.runner.pending_ids()
-        for it in batch.items:  # the whole batch is checked before anything is stored or counted
-            pid = self._pid(it.presentation_id)
-            if pid not in open_ids and pid not in self._dispatched:
-                self.stats.rejected += 1
-                raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+        # the whole batch is checked before anything is stored or counted
+        other = [self._pid(it.presentation_id) for it in batch.items
+                 if self._pid(it.presentation_id) not in open_ids and self._pid(it.presentation_id) not in self._dispatched]
+        if other:
+            known = self._of_this_session(other)  # dispatched before a server restart
+            for it in batch.items:
+                if self._pid(it.presentation_id) in other and self._pid(it.presentation_id) not in known:
+                    self.stats.rejected += 1
+                    raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+            self._dispatched.update(known)
+        self._progress = time.monotonic()
         items, invalid = [], []
         for it in batch.items:
             pid = self._pid(it.presentation_id)
@@ -270,6 +344,18 @@ class LiveLoop:
             self.repo.log_event(self.session_id, "invalid_counts", f"generation {generation}: {text}",
                                 {"generation": generation, "reasons": reasons}, "warning")
 
+    def _of_this_session(self, ids: list[int]) -> set[int]:
+        """Which of these ids are presentations of this session in the database (any generation or attempt)."""
+        ids = [i for i in ids if i >= 0]
+        if self.repo is None or not ids:
+            return set()
+        import sqlalchemy as sa
+
+        with self.repo.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id FROM presentations WHERE session_id = :s AND id = ANY(:ids)"),
+                                {"s": self.session_id, "ids": ids}).scalars().all()
+        return {int(r) for r in rows}
+
     @staticmethod
     def _pid(text: str) -> int:
         """The database id a wire id names; -1 unless it is the id exactly as dispatched ("012" is not 12)."""
@@ -320,13 +406,20 @@ class LiveLoop:
 
     # -- operator ------------------------------------------------------------------------------------
     def pause(self) -> None:
+        """No new generation is proposed; the open one (and the lead-in sent with it) is shown and answered
+        to its end, so a pause never leaves a generation half-answered (and a restart keeps the pause)."""
         self.paused = True
-        for c in self.endpoint.clients(role="display"):
-            self.endpoint.send_to(c.client_id, "control", {"action": "pause", "reason": "operator"})
 
     def resume(self) -> None:
         self.paused = False
-        for c in self.endpoint.clients(role="display"):
+        for c in self.endpoint.clients(role="display"):  # a display paused by an older server carries on
             self.endpoint.send_to(c.client_id, "control", {"action": "resume", "reason": "operator"})
         if self.runner.open is None and not self.runner.done:
             self._next()
+
+    def halt(self) -> None:
+        """Stop for good: the display drops what it still has queued."""
+        self.paused = True
+        for c in self.endpoint.clients(role="display"):
+            self.endpoint.send_to(c.client_id, "control", {"action": "clear", "reason": "session stopped"})
+        self.finished.set()

@@ -32,6 +32,7 @@ class ClientOptions:
     server: str = DEFAULT_SERVER
     client_id: str = field(default_factory=lambda: f"display-{socket.gethostname()}"[:64].replace(" ", "-"))
     session: str = ""
+    keys: str | None = None  # CURVE key folder (server.key + <client_id>.key_secret), wire/auth.py
     fullscreen: bool = False
     screen: int = 0
     size: tuple[int, int] = (800, 600)
@@ -90,7 +91,7 @@ def run(args: ClientOptions) -> int:
         )  # fmt: skip
         peer = Peer(
             args.server, client_id=args.client_id, role="display", capabilities=capabilities,
-            session=args.session, timing=Timing(heartbeat_s=args.heartbeat),
+            session=args.session, timing=Timing(heartbeat_s=args.heartbeat), keys=_keys(args),
         )  # fmt: skip
         peer.on("stimulus_batch", lambda msg: _on_batch(msg, schedule))
         peer.on("control", lambda msg: _on_control(msg, schedule))
@@ -144,6 +145,18 @@ def _realtime_priority() -> None:
         log.info("the display runs at real-time priority (SCHED_RR 10)")
     except (AttributeError, PermissionError, OSError) as e:
         log.info("real-time priority not available (%s); presenting at normal priority", e)
+
+
+def _keys(args):
+    """The client's CURVE keys, or None; a bad key folder ends the program with one line."""
+    if not args.keys:
+        return None
+    from wire.auth import ClientKeys, KeyError_
+
+    try:
+        return ClientKeys.load(args.keys, args.client_id)
+    except KeyError_ as err:
+        raise SystemExit(f"error: --keys: {err}") from None
 
 
 def _on_batch(msg: Received, schedule: Schedule) -> None:

@@ -84,6 +84,8 @@ def display(
         help="name of this display towards the server; keep it the same across restarts so outstanding "
         "presentations come back to it"),
     session: str = typer.Option("", help="only serve this session id (default: adopt the server's)"),
+    keys: str | None = typer.Option(None, metavar="DIR", help="CURVE keys (from `snslab keys init`): DIR holds "
+                                    "server.key and <client-id>.key_secret"),
     fullscreen: bool = typer.Option(False, "--fullscreen/--windowed",
                                     help="full screen (the rig) or a window (development)"),
     screen: int = typer.Option(0, min=0, help="screen index for the window"),
@@ -132,7 +134,7 @@ def display(
         background=background, fixation=fixation, fixation_size=fixation_size,
         photodiode_patch=_patch(photodiode_patch), lsl_markers=lsl_markers, lsl_scope=lsl_scope.value, ttl=_ttl(ttl),
         heartbeat=heartbeat, flush_s=flush_s, log_level=log_level.value, pace=_choice(pace, "--pace", PACES),
-        priority=_choice(priority, "--priority", PRIORITIES),
+        priority=_choice(priority, "--priority", PRIORITIES), keys=keys,
     )
     raise typer.Exit(run(opts))
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from api_fixtures import INSILICO, chromium, requires_chromium
+from api_fixtures import INSILICO, TOKEN, chromium, requires_chromium
 from api_fixtures import api_database, api_db_url, api_settings, live_server, stored  # noqa: F401  (fixtures)
 
 pytest_plugins = ["db_fixtures"]
@@ -28,7 +28,7 @@ BUDGET_MS = 5000
 def page(live_server, stored, tmp_path_factory) -> tuple[str, list[str]]:
     """The DOM after BUDGET_MS of virtual time, and the requests the page made meanwhile."""
     live_server.requests.clear()
-    html = chromium(f"{live_server.url}/?session={stored.invariance}", tmp_path_factory.mktemp("chromium"),
+    html = chromium(f"{live_server.url}/?session={stored.invariance}&access_token={TOKEN}", tmp_path_factory.mktemp("chromium"),
                     "--dump-dom", budget_ms=BUDGET_MS)
     return html, list(live_server.requests)
 
@@ -124,7 +124,7 @@ def test_screenshot_is_a_real_picture(live_server, stored, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "dashboard.png"
-    chromium(f"{live_server.url}/?session={stored.invariance}", tmp_path, f"--screenshot={shot}",
+    chromium(f"{live_server.url}/?session={stored.invariance}&access_token={TOKEN}", tmp_path, f"--screenshot={shot}",
              f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

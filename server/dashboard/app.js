@@ -1,10 +1,26 @@
 // The operator dashboard: polls the JSON API about once a second and redraws the selected session.
-// Reads need nothing; the buttons send the operator token, asked for once and kept in sessionStorage.
+// Reads send a read token (viewer or operator; from ?access_token= or asked once, kept in localStorage);
+// the buttons send the operator token, asked for once and kept in sessionStorage.
 "use strict";
 
 const POLL_MS = 1000;
 const LIST_EVERY = 5;          // refresh the session list every 5th poll
 const TOKEN_KEY = "snslab-operator-token";
+const READ_KEY = "snslab-read-token";
+
+function readToken() {
+  const fromUrl = new URLSearchParams(location.search).get("access_token");
+  if (fromUrl) localStorage.setItem(READ_KEY, fromUrl);
+  let t = localStorage.getItem(READ_KEY);
+  if (!t) {
+    t = (prompt("Read token (SNSLAB_VIEWER_TOKEN or the operator token):") || "").trim();
+    if (t) localStorage.setItem(READ_KEY, t);
+  }
+  return t || "";
+}
+
+// GET URLs (images, EventSource) carry the read token as a query parameter
+const withToken = url => url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(readToken());
 const FINISHED = ["completed", "aborted", "failed"];
 
 const state = {
@@ -32,7 +48,10 @@ function h(tag, attrs, ...children) {
 }
 
 async function api(path, options) {
-  const r = await fetch("/api" + path, options);
+  const opts = Object.assign({}, options);
+  if (!opts.method || opts.method === "GET") opts.headers = Object.assign({ Authorization: `Bearer ${readToken()}` }, opts.headers);
+  const r = await fetch("/api" + path, opts);
+  if (r.status === 401 && (!options || !options.method)) localStorage.removeItem(READ_KEY);  // ask again next time
   let body = null;
   try { body = await r.json(); } catch (_) { body = null; }
   if (!r.ok) {
@@ -212,7 +231,7 @@ function renderImages(g, images, presentations) {
     const name = im.kind === "candidate" ? `#${im.order_in_batch}` : im.kind === "reference" ? "ref" : im.kind;
     return h("figure", { class: `tile ${im.kind}${invalid ? " invalid" : ""}`,
                          title: `presentation ${im.presentation_id}, ${im.kind} at position ${im.order_in_batch}${why}` },
-      h("img", { src: im.url, alt: `${im.kind} ${im.order_in_batch}`, loading: "eager", "data-presentation": im.presentation_id }),
+      h("img", { src: withToken(im.url), alt: `${im.kind} ${im.order_in_batch}`, loading: "eager", "data-presentation": im.presentation_id }),
       h("figcaption", {}, h("span", {}, invalid ? `${name} ✕` : name),
         h("span", { class: "count" }, counts === null ? "…" : `${counts} sp`)));
   }));
