@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from snslab_common.errors import SnslabError
+from wire.depth import json_depth
 
 PROTOCOL_VERSION = 1
 
@@ -504,16 +505,6 @@ def _check_sizes(frames: Sequence[bytes | memoryview], limits: Limits) -> None:
     for i, f in enumerate(frames[1:]):
         if len(f) > limits.max_blob_bytes:
             raise ProtocolError(f"blob[{i}]", f"{len(f)} bytes, at most {limits.max_blob_bytes}")
-
-
-def json_depth(raw: bytes | memoryview) -> int:
-    """Deepest nesting of ``[``/``{`` in a JSON text, counted without parsing (brackets inside strings
-    count too, which can only over-estimate), so deep input is refused before ``json.loads`` recurses."""
-    import numpy as np
-
-    a = np.frombuffer(raw, dtype=np.uint8)
-    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D)).astype(np.int32)
-    return int(np.cumsum(step).max(initial=0))
 
 
 def peek_id(header: bytes | memoryview) -> tuple[str | None, str | None]:
