@@ -194,12 +194,17 @@ def demo(
     seed: int = typer.Option(1, help="session seed"),
     port: int = typer.Option(0, help="dashboard port (0: a free one)"),
     exit_when_done: bool = typer.Option(False, "--exit-when-done", help="stop when the probe is done"),
+    rig: str = typer.Option("lsl", help="lsl (default): snslab virtual-rig publishes an LSL spike stream and the "
+                            "bridge reads it, as on a lab's LSL rig; openephys: virtual Open Ephys Event "
+                            "Broadcaster frames and TTL words; sim: the bridge's own simulated neuron"),
 ) -> None:
-    from .demo import run_demo
+    from .demo import RIGS, run_demo
 
+    if rig not in RIGS:
+        _fail(f"--rig: {rig!r} (allowed: {', '.join(RIGS)})")
     try:
         run_demo(max_generations=maximize_generations, generations=generations, population=population, seed=seed,
-                 port=port or None, exit_when_done=exit_when_done, out=typer.echo)
+                 port=port or None, exit_when_done=exit_when_done, rig_kind=rig, out=typer.echo)
     except RuntimeError as err:
         _fail(str(err))
 
@@ -257,6 +262,16 @@ _register_sweep(app, _fail)
 from .analysis.cli import register as _register_analysis  # noqa: E402  recount, rescore, export (issue 14)
 
 _register_analysis(app)
+
+
+@app.command("virtual-rig", help="Run a virtual acquisition system (a model neuron that sees the display's screen, "
+             "published as LSL and/or Open Ephys frames, on its own clock, with optional faults; writes the true "
+             "counts). See `snslab virtual-rig --help`.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def virtual_rig(ctx: typer.Context) -> None:
+    from recording_bridge.virtual_rig import main as rig_main
+
+    raise typer.Exit(rig_main(list(ctx.args)) or 0)
 
 
 def main() -> None:  # pragma: no cover

@@ -2,8 +2,8 @@
 
 Runs entirely in the wire endpoint's loop thread (handlers), so the runner is never touched concurrently:
 
-    runner.next_batch() --(committed)--> stimulus_batch --> display (and the sim bridge, which needs images)
-    display --presentation_report--> persist timing, forward to bridges
+    runner.next_batch() --(committed)--> stimulus_batch --> display and every bridge
+    display --presentation_report--> persist timing, forward to every bridge
     bridge --counts_batch--> validate ids -> runner.add_counts (persisted first) -> score, tell, persist
           -> next generation dispatched at once
 
@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from wire import CountsBatch, PresentationLedger, PresentationReport, Reject, ServerEndpoint, StimulusBatch
+from wire.units import unit_key
 from wire.messages import ImageSpec, Presentation, image_to_blob
 
 from .session_runner import Batch, Counts, SessionRunner
@@ -76,8 +77,10 @@ class LiveLoop:
         self.runner = runner
         self.session_id = session_id
         self.wire_session = str(session_id)
-        self.unit_keys = list(unit_keys)
+        self.unit_keys = [unit_key(k) for k in unit_keys]  # session unit names, as keys on the wire
         self.unit_position = {k: i for i, k in enumerate(self.unit_keys)}
+        self._unit_notes: set[str] = set()  # units already noted in the event log (once each)
+        self._invalid_reasons: dict[str, int] = {}  # since the last generation summary
         self.target_positions = target_positions
         self.on_ms, self.off_ms = on_ms, off_ms
         self.repo = repository
@@ -148,9 +151,15 @@ class LiveLoop:
         self.ledger.add_batch(batch, blobs)
         self._dispatched.update(int(p.presentation_id) for p in pres)
         for c in self.endpoint.clients(alive_only=False):
-            if c.role == "display" or (c.role == "bridge" and c.capabilities.get("needs_images")):
+            if self._wants_batches(c):
                 self.endpoint.send_to(c.client_id, "stimulus_batch", batch, blobs)
         self.stats.dispatched += len(pres)
+
+    @staticmethod
+    def _wants_batches(client) -> bool:
+        """Displays show batches; every bridge counts them (ids, generation, order, attempt; the simulator
+        also uses the images); a monitor that asks for images (``snslab virtual-rig``) gets them too."""
+        return client.role in ("display", "bridge") or bool(client.capabilities.get("needs_images"))
 
     def _on_hello(self, client, new_instance: bool) -> None:
         if not new_instance:
@@ -164,12 +173,13 @@ class LiveLoop:
                 self._reshow(set(self.ledger.outstanding()), f"display {client.client_id} restarted")
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-        elif client.role == "bridge":
-            # a (re)started bridge, or one that outlived a server restart: everything still waiting for counts
+        elif self._wants_batches(client):
+            # a (re)started bridge (or virtual rig), or one that outlived a server restart: every presentation
+            # still waiting for counts (shown or not: it may have connected after the display showed it), and
+            # the reports of those
             waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
-            if client.capabilities.get("needs_images"):
-                for batch, blobs in self.ledger.batches_with(waiting):
-                    self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
+            for batch, blobs in self.ledger.batches_with(waiting):
+                self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
             for pid, rep in self.ledger.reports.items():
                 if pid in waiting:
                     self.endpoint.send_to(client.client_id, "presentation_report", rep)
@@ -243,15 +253,7 @@ class LiveLoop:
         self._check_session(msg)
         self._check_sender(msg, "bridge")
         batch: CountsBatch = msg.payload
-        positions = []
-        for key in batch.units:
-            if key not in self.unit_position:
-                self.stats.rejected += 1
-                raise Reject(f"units: {key!r} is not a unit of this session (allowed: {', '.join(self.unit_keys)})")
-            positions.append(self.unit_position[key])
-        if sorted(positions) != list(range(len(self.unit_keys))):
-            self.stats.rejected += 1
-            raise Reject(f"units: the batch must carry every unit of the session ({len(self.unit_keys)})")
+        columns, positions = self._unit_columns(batch.units)
         open_ids = self.runner.pending_ids()
         # the whole batch is checked before anything is stored or counted
         other = [self._pid(it.presentation_id) for it in batch.items
@@ -271,13 +273,16 @@ class LiveLoop:
                 self.stats.duplicates += 1  # an answer to an earlier generation: already counted
                 continue
             counts = np.zeros(len(self.unit_keys), dtype=np.int64)
-            counts[positions] = it.counts
+            counts[positions] = np.asarray(it.counts, dtype=np.int64)[columns]
             baseline = None
             if it.baseline_counts is not None:
                 baseline = np.zeros(len(self.unit_keys), dtype=np.int64)
-                baseline[positions] = it.baseline_counts
+                baseline[positions] = np.asarray(it.baseline_counts, dtype=np.int64)[columns]
             if not it.valid:
                 invalid.append(pid)
+                for reason in it.qc_reasons[:1] or ["no reason given"]:
+                    kind = reason.split(":")[0][:80]
+                    self._invalid_reasons[kind] = self._invalid_reasons.get(kind, 0) + 1
             items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons), tuple(it.window_ms),
                                 tuple(it.baseline_window_ms or (-50.0, 0.0))))
         self.stats.counts += len(items)
@@ -288,12 +293,56 @@ class LiveLoop:
             self._dispatch(self.runner.reshow([pid for pid in invalid if pid in self.runner.pending_ids()]))
         if report is not None:
             log.info("session %s generation %d scored", self.session_id, report.generation)
+            self._summarise_invalid(report.generation)
             if self.runner.done:
                 self._finish()
             elif not self.paused:
                 self._next(t_last)
         elif self.runner.open is None and not self.runner.done and not self.paused:
             self._next()  # proposing the next generation failed after the last one was scored: try again
+
+    def _unit_columns(self, units: list[str]) -> tuple[list[int], list[int]]:
+        """Which batch columns are session units, and their positions in the session.
+
+        A bridge that discovers units from the data lists the units it has seen: a session unit it does not
+        list had no spike it saw (stored as 0), and a unit the session does not have is ignored. Both are
+        noted once in the event log. A batch with none of the session's units, or a unit twice, is refused.
+        """
+        if len(set(units)) != len(units):
+            self.stats.rejected += 1
+            raise Reject("units: a unit appears twice in the batch")
+        columns = [i for i, k in enumerate(units) if k in self.unit_position]
+        if not columns:
+            self.stats.rejected += 1
+            raise Reject(f"units: none of {', '.join(units[:5])} is a unit of this session "
+                         f"(allowed: {', '.join(self.unit_keys)})")
+        for k in units:
+            if k not in self.unit_position:
+                self._note_unit(k, f"unit {k} is not a unit of this session: its counts are ignored")
+        listed = set(units)
+        for k in self.unit_keys:
+            if k not in listed:
+                self._note_unit(k, f"unit {k} is not in the bridge's batch yet: no spike seen, stored as 0")
+        return columns, [self.unit_position[units[i]] for i in columns]
+
+    def _note_unit(self, key: str, message: str) -> None:
+        if key in self._unit_notes:
+            return
+        self._unit_notes.add(key)
+        log.info("session %s: %s", self.session_id, message)
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "units", message, {"unit": key})
+
+    def _summarise_invalid(self, generation: int) -> None:
+        """One event per generation with how many presentations came back invalid, by reason."""
+        if not self._invalid_reasons:
+            return
+        reasons, self._invalid_reasons = self._invalid_reasons, {}
+        text = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        log.info("session %s generation %d: invalid presentations: %s", self.session_id, generation, text)
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "invalid_counts", f"generation {generation}: {text}",
+                                {"generation": generation, "reasons": reasons}, "warning")
 
     def _of_this_session(self, ids: list[int]) -> set[int]:
         """Which of these ids are presentations of this session in the database (any generation or attempt)."""

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from snslab_common.errors import SnslabError
 from wire.depth import json_depth
+from wire.units import UNIT_KEY_PATTERN
 
 PROTOCOL_VERSION = 1
 
@@ -83,6 +84,7 @@ class ProtocolError(SnslabError, ValueError):
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
 SessionId = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})?$")]
 MessageId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+UnitKey = Annotated[str, Field(pattern=UNIT_KEY_PATTERN)]  # a unit name percent-encoded (wire.units)
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 Reason = Annotated[str, Field(max_length=500)]
 
@@ -266,7 +268,7 @@ class CountsBatch(Payload):
     """The bridge's output. ``seq`` increases by one per batch so the server can see gaps."""
 
     seq: Annotated[int, Field(ge=0)]
-    units: Annotated[list[Id], Field(min_length=1)]
+    units: Annotated[list[UnitKey], Field(min_length=1)]
     items: list[CountsItem]
 
     @model_validator(mode="after")
@@ -317,7 +319,7 @@ class SpikesBatch(Payload):
     drift, ...): what an analyst needs to trust or redo the alignment."""
 
     seq: Annotated[int, Field(ge=0)]
-    units: Annotated[list[Id], Field(min_length=1)]
+    units: Annotated[list[UnitKey], Field(min_length=1)]
     clock: Annotated[dict[Id, str | int | float | bool | None], Field(max_length=32)] = {}
     items: list[SpikeTrains]
 
@@ -510,9 +512,7 @@ def _check_sizes(frames: Sequence[bytes | memoryview], limits: Limits) -> None:
 def peek_id(header: bytes | memoryview) -> tuple[str | None, str | None]:
     """Best-effort (id, type) of a header that failed validation, so the receiver can nack it."""
     try:
-        if len(header) > 65536 or json_depth(header) > LIMITS.max_json_depth:
-            return None, None
-        raw = json.loads(bytes(header))
+        raw = json.loads(bytes(header) if len(header) <= 65536 and json_depth(header) <= LIMITS.max_json_depth else b"")
     except (ValueError, RecursionError):
         return None, None
     if not isinstance(raw, dict):
@@ -532,8 +532,7 @@ def decode(
     if not frames:
         raise ProtocolError("frames", "empty message")
     _check_sizes(frames, limits)
-    depth = json_depth(frames[0])
-    if depth > limits.max_json_depth:
+    if (depth := json_depth(frames[0])) > limits.max_json_depth:
         raise ProtocolError("header", f"JSON nested {depth} deep, at most {limits.max_json_depth}")
     try:
         raw = json.loads(bytes(frames[0]))  # NaN/Infinity parse, then fail validation naming the field

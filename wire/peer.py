@@ -226,9 +226,10 @@ class Peer(_Endpoint):
         self._resend_due(self._link, now, self._send_frames)
 
     def _next_due(self, now: float) -> float:
-        due = super()._next_due(now)
-        due = min(due, self._link.last_hb_tx + self.timing.heartbeat_s, self._last_hello + self.timing.heartbeat_s)
-        return due if self.state == "ready" else min(due, now + 0.1)
+        due = min(super()._next_due(now), self._link.last_hb_tx + self.timing.heartbeat_s)
+        if self.state == "ready":  # the hello timer only runs while not connected (else it is always due: a busy loop)
+            return due
+        return min(due, self._last_hello + self.timing.heartbeat_s, now + 0.1)
 
 
 # ================================================================================================ server
