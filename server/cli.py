@@ -18,7 +18,12 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Subcommands: insilico, demo, server, display, bridge, db."""
+    """Subcommands: insilico, demo, server, session, display, bridge, db."""
+
+
+from .session_cli import app as session_app  # noqa: E402  (snslab session ...: the HTTP client's commands)
+
+app.add_typer(session_app, name="session")
 
 
 def _fail(message: str) -> None:

@@ -21,7 +21,7 @@ from server.settings import Settings
 
 from . import errors
 from .deps import TOKEN_ENV, operator_token as resolve_token
-from .routes import health, sessions, stimuli
+from .routes import dashboard as dashboard_routes, health, sessions, stimuli
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 
@@ -51,6 +51,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        if getattr(app.state, "push_hub", None) is not None:
+            await app.state.push_hub.close()
         if owned is not None:
             owned.close()
 
@@ -66,6 +68,7 @@ def create_app(
     api.include_router(health.router)
     api.include_router(sessions.router)
     api.include_router(stimuli.router)
+    api.include_router(dashboard_routes.router)
     app.include_router(api)
 
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
@@ -97,7 +100,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         print(f"database {database.masked_url}; display and bridge connect to {service.wire_address}")
         if token is None:
             print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token}")
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        # open dashboard streams end within a few seconds of Ctrl-C (browsers reconnect to the next server)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     finally:
         service.close()
         database.close()
