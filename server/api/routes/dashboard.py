@@ -17,7 +17,7 @@ import uuid
 import zipfile
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from server.db import dashboard_queries as dq
@@ -163,6 +163,16 @@ def view(
     return state | {"events": events}
 
 
+@router.get("/sessions/{session_id}/generations/{generation}/tiles", responses=NOT_FOUND)
+def tiles(session_id: uuid.UUID, generation: Annotated[int, Path(ge=0)], repo: RepositoryDep) -> list[dict[str, Any]]:
+    """A generation's active presentations in batch order with image URL, kind, validity, QC reasons and every
+    unit's counts (null until answered): the dashboard's image grid, also for past generations."""
+    s = repo.session_summary(session_id)
+    if generation >= s.n_generations:
+        raise HTTPException(404, f"session {session_id} has no generation {generation} (it has {s.n_generations})")
+    return _tiles(repo, session_id, generation)
+
+
 @router.get("/sessions/{session_id}/stream", response_class=StreamingResponse, responses=NOT_FOUND | {
     200: {"content": {"text/event-stream": {}}, "description": "one `update` event per change: the whole view "
           "(as GET .../view) with the events since the previous update; the SSE id is the newest event id"}})
@@ -183,6 +193,16 @@ async def stream(
     gen = hub(request.app).stream(session_id, max(0, after), request.is_disconnected)
     return StreamingResponse(gen, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/push")
+def push_stats(request: Request) -> dict[str, Any]:
+    """The server-push producers now running: per watched session its viewers, the views built and the CPU
+    seconds spent building them (one producer per session, however many viewers)."""
+    h = getattr(request.app.state, "push_hub", None)
+    feeds = {} if h is None else dict(h.feeds)
+    return {"feeds": {str(sid): {"subscribers": len(f.subscribers), "builds": f.builds, "build_cpu_s": f.build_s,
+                                 "last_event_id": f.last_event_id} for sid, f in feeds.items()}}
 
 
 @router.get("/sessions/{session_id}/neuron", responses=NOT_FOUND)
