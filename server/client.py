@@ -109,7 +109,8 @@ class Client:
         return self._json("GET", f"/sessions/{session_id}/rig")
 
     def stream(self, session_id: uuid.UUID | str, last_event_id: int | None = None) -> Iterator[dict[str, Any]]:
-        """Server-sent updates of one session (each a dict with the whole current state), until closed."""
+        """Server-sent updates of one session, until closed: each a dict with the whole current view (as
+        GET .../view) and the events since the previous update. ``last_event_id``: resume after that event."""
         import json
 
         headers = {"Accept": "text/event-stream"}
@@ -120,12 +121,16 @@ class Client:
                 r.read()
                 raise ApiError(r.status_code, r.json().get("detail", r.reason_phrase))
             data: list[str] = []
+            event = "message"
             for line in r.iter_lines():
                 if line.startswith("data:"):
                     data.append(line[5:].lstrip())
-                elif not line and data:
-                    yield json.loads("\n".join(data))
-                    data = []
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif not line:
+                    if data and event == "update":
+                        yield json.loads("\n".join(data))
+                    data, event = [], "message"
 
     # -- the operator's verbs --------------------------------------------------------------------------
     def create(self, spec: dict[str, Any]) -> SessionDetailOut:

@@ -53,6 +53,7 @@ class SessionFeed:
         self.ready = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.idle_since: float | None = None
+        self.failures = 0
 
     # -- producer --------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -69,10 +70,15 @@ class SessionFeed:
                     last_rig = now
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database may be away for a moment: say so, keep trying
-                log.warning("push feed %s: %s", self.session_id, exc)
+            except Exception as exc:  # the database may be away for a moment: say so, keep trying, slower
+                self.failures += 1
+                if self.failures in (1, 10) or self.failures % 100 == 0:
+                    log.warning("push feed %s (failure %d): %s", self.session_id, self.failures, exc)
                 self._broadcast(sse(json.dumps({"detail": str(exc).splitlines()[0] if str(exc) else
                                                 type(exc).__name__}), event="problem"))
+                await asyncio.sleep(min(5.0, 0.25 * self.failures))
+            else:
+                self.failures = 0
             if not self.subscribers:
                 self.idle_since = self.idle_since or time.monotonic()
                 if time.monotonic() - self.idle_since > self.hub.linger_s:
@@ -120,11 +126,13 @@ class SessionFeed:
         """A queue for the updates to come, and the catch-up message: the current state plus the events
         after ``after_event_id``."""
         q: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_MAX)
-        self.subscribers.add(q)
         await self.ready.wait()
+        # from here to subscribing nothing awaits, so no update falls between the catch-up and the queue
+        self.subscribers.add(q)
         missed = [e for e in self.events if e["id"] > after_event_id]
         if after_event_id < (self.events[0]["id"] - 1 if self.events else self.last_event_id):
-            # older than what the feed remembers: read the gap from the database (one query)
+            # older than what the feed remembers: read the gap from the database (one query); an update
+            # broadcast meanwhile may repeat some of these events (same ids)
             missed = await asyncio.to_thread(self.hub.events_after, self.session_id, after_event_id)
         return q, self._message(missed)
 
