@@ -414,7 +414,7 @@ def _stop_rig(proc, results, stop) -> dict:
 
 def run_memory(generations: int, reference_code: np.ndarray, rig: str, latency_s: float) -> tuple[dict, list, object]:
     from server.config import parse_config
-    from server.insilico import build_generator, build_search, build_stages
+    from server.probe_setup import build_generator, build_search, build_stages
     from server.live import LiveLoop
     from server.session_runner import SessionRunner
     from wire import ServerEndpoint

@@ -33,14 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server.db.database import create_database, make_engine, migrate, normalize_url  # noqa: E402
-from server.db.repository import (  # noqa: E402
-    PresentationTiming,
-    Proposal,
-    Repository,
-    ResponseRecord,
-    ScoreRecord,
-    encode_png,
-)
+from server.db.records import PresentationTiming, Proposal, ResponseRecord, ScoreRecord  # noqa: E402
+from server.db.repository import Repository  # noqa: E402
+from server.png import encode_png  # noqa: E402
 
 TARGET = 5000.0
 CODE_SIZE = 64

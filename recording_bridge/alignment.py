@@ -31,9 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
-from .base import Marker, Onset, Rejections
+from .base import Marker, Onset
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class OnsetAligner:
         self._ttl: list[Edge] = []  # unclaimed TTL words, in time order
         self._pd: list[float] = []  # photodiode edges, sorted
         self._claimed: dict[float, str] = {}  # photodiode edge -> presentation that took it
-        self.rejected = Rejections(log, "onset aligner")
+        self.rejected = RejectionLog(log, "onset aligner")
 
     def add_marker(self, marker: Marker) -> bool:
         pid = marker.presentation_id

@@ -20,7 +20,7 @@ import time
 from wire.messages import CountsBatch, CountsItem, blob_to_image
 from wire.transport import Peer
 
-from server.engine.base import as_displayed
+from snslab_common.seeds import SeedStreams, as_displayed
 
 from .adapters import make_adapter
 from .base import Marker
@@ -180,7 +180,6 @@ def make_bridge(args, peer_timing=None) -> Bridge:
     if simulated:
         import numpy as np
 
-        from server.engine.base import SeedStreams
 
         count_seed = None
         if args.session_seed is not None:

@@ -14,10 +14,8 @@ rigs (``"Electrode 1:2"``, ``"17:1"``) and ``"sim:<index>"`` for the simulated n
 
 from __future__ import annotations
 
-import logging
 import math
 from abc import ABC, abstractmethod
-from collections import Counter
 from dataclasses import dataclass
 
 ONSET_SOURCES = ("photodiode", "ttl", "flip", "none")
@@ -61,29 +59,6 @@ class Onset:
         if self.rig_s is None or not math.isfinite(self.rig_s):
             if self.valid:
                 raise ValueError(f"presentation {self.presentation_id}: a valid onset needs a finite rig time")
-
-
-class Rejections:
-    """Counts rejected input per kind and logs each on one line, rate-limited so a flood cannot drown the log.
-
-    The first ``first`` rejections of a kind are logged, then every ``every``-th with the running count.
-    """
-
-    def __init__(self, logger: logging.Logger, prefix: str, first: int = 20, every: int = 1000):
-        self.logger, self.prefix, self.first, self.every = logger, prefix, first, every
-        self.counts: Counter[str] = Counter()
-
-    def __call__(self, reason: str, kind: str = "input") -> None:
-        self.counts[kind] += 1
-        n = self.counts[kind]
-        if n <= self.first:
-            self.logger.warning("%s: rejected %s: %s", self.prefix, kind, reason)
-        elif n % self.every == 0:
-            self.logger.warning("%s: rejected %s: %s (%d so far)", self.prefix, kind, reason, n)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 class SpikeSource(ABC):

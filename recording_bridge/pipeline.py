@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 from typing import Iterable
 
-from .base import Marker, Rejections, SpikeSource
+from snslab_common.rejections import RejectionLog
+
+from .base import Marker, SpikeSource
 from .windows import PresentationCounts, WindowCounter
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ class CountingPipeline:
     def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True):
         self.source, self.counter, self.check_ids = source, counter, check_ids
         self._expected: set[str] = set()
-        self.rejected = Rejections(log, f"pipeline[{source.name}]")
+        self.rejected = RejectionLog(log, f"pipeline[{source.name}]")
 
     def expect(self, presentation_ids: Iterable[str]) -> None:
         """Presentation ids the server has dispatched (and so may come back with an onset)."""

@@ -27,9 +27,10 @@ from typing import Iterable
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
-from .base import ONSET_SOURCES, Onset, Rejections, SpikeEvent
+from .base import ONSET_SOURCES, Onset, SpikeEvent
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class WindowCounter:
         self.discarded_before = -math.inf  # spikes earlier than this were dropped
         self.last_watermark = -math.inf
         self.late_spikes = 0
-        self.rejected = Rejections(log, "window counter")
+        self.rejected = RejectionLog(log, "window counter")
 
     # ---- input -------------------------------------------------------------------------------------
     def add_onset(self, onset: Onset) -> bool:

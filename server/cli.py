@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from snslab_common.errors import SnslabError
+
 from .config import describe_fields
 
 app = typer.Typer(
@@ -57,7 +59,6 @@ def insilico(
         "have no spike counts and are never stored",
     ),
 ) -> None:
-    from .engine.base import ConfigError
     from .config import load_config
     from .insilico import run_probe, write_outputs
 
@@ -75,14 +76,9 @@ def insilico(
         if recorder is not None:
             recorder.finish()
             typer.echo("stored sessions: " + ", ".join(f"{p}={sid}" for p, sid in recorder.sessions))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (SnslabError, ValueError, FileNotFoundError) as err:  # config, database, storage: one clear line
         _fail(str(err))
         return
-    except Exception as err:  # DatabaseUnavailable and friends: one clear line, no traceback
-        if type(err).__name__ in ("DatabaseUnavailable", "StorageError", "SessionNotFound"):
-            _fail(str(err))
-            return
-        raise
     paths = write_outputs(result)
     ev = result.evaluation
     typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")
@@ -111,11 +107,9 @@ def resume(session_id: str = typer.Argument(..., help="the stored session's id (
         return
     try:
         phase = resume_stored(connect().repository(), sid)
-    except Exception as err:
-        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
-            _fail(str(err))
-            return
-        raise
+    except SnslabError as err:
+        _fail(str(err))
+        return
     typer.echo(f"session {sid} completed: {phase.search.generation} generations")
 
 
@@ -131,14 +125,12 @@ def replay(session_id: str = typer.Argument(..., help="the stored session's id")
     try:
         sid = uuid.UUID(session_id)
         rep = replay_session(connect().repository(), sid)
+    except SnslabError as err:
+        _fail(str(err))
+        return
     except ValueError as err:
         _fail(f"session_id: {err}")
         return
-    except Exception as err:
-        if type(err).__name__ in ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError"):
-            _fail(str(err))
-            return
-        raise
     if not rep.identical:
         _fail(f"replay differs from the stored session: {rep.mismatch}")
     typer.echo(f"replayed {rep.generations} generations of session {sid} bit for bit")

@@ -17,20 +17,19 @@ import numpy as np
 
 from .config import ProbeConfig
 from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, as_displayed, presentation_counts, presentation_rng
-from .engine.evaluation import (
-    affine_control_table,
-    max_pixel_distance,
-    pink_noise_images,
-    retention_and_stretch,
-)
-from .engine.confirm import FrontConfirmation
-from .engine.generators import make_generator
-from .engine.optimizers import make_optimizer
-from .engine.probes import UNIT, Bound, EarlyStop, Probe
+from .engine.evaluation import affine_control_table, max_pixel_distance, retention_and_stretch
+from .engine.probes import UNIT
 from .engine.search import GenerationReport, Selection, SnSSearch
+from .probe_setup import (  # noqa: F401  (build_* stay importable from here)
+    build_generator,
+    build_search,
+    build_stages,
+    build_subject,
+    load_reference,
+    natural_threshold,
+)
 from .session_runner import Batch, Counts, SessionRunner
-from .engine.stages import make_stage
-from .engine.subjects import make_subject
+from .stored import rebuild
 
 
 class RunRecorder(Protocol):
@@ -103,24 +102,6 @@ class RunResult:
         return self.phases[-1]
 
 
-def build_generator(config: ProbeConfig) -> ImageGenerator:
-    return make_generator(config.generator.name, **config.generator.params)
-
-
-def build_subject(config: ProbeConfig, generator: ImageGenerator) -> Subject:
-    params = dict(config.subject.params)
-    if config.subject.name != "cnn-unit":
-        params.setdefault("image_size", generator.image_shape[0])
-    return make_subject(config.subject.name, **params)
-
-
-def build_stages(config: ProbeConfig) -> dict:
-    keys = [s.key for s in config.stages]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("stages", "two stages share a name; give one a distinct 'label'")
-    return {s.key: make_stage(s.name, **s.params) for s in config.stages}
-
-
 class InSilicoRig:
     """The in-silico rig: shows a batch to a model subject and counts spikes in the response window.
 
@@ -157,20 +138,9 @@ def _run_phase(phase: Phase, runner: SessionRunner, rig: InSilicoRig, progress, 
     phase.selection = runner.search.result()
 
 
-def natural_threshold(config: ProbeConfig, generator: ImageGenerator, subject: Subject) -> float | None:
-    """The early-stopping threshold: max (invariance) or min (adversarial) response to natural-like images."""
-    if not config.early_stop.enabled or config.mode == "maximize":
-        return None
-    rng = SeedStreams(config.seed).rng("natural")
-    r = subject.rate(pink_noise_images(config.early_stop.natural_images, generator.image_shape, rng)).mean(1)
-    return float(r.max() if config.mode == "invariance" else r.min())
-
-
 def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
     """Finish a stored in-silico session after a crash (kill -9 included), from its last committed
     generation: the result equals an uninterrupted run with the same seed."""
-    from .stored import rebuild
-
     stored = rebuild(repository, session_id)
     runner = stored.runner(repository)
     subject = build_subject(stored.probe, stored.search.generator)
@@ -182,45 +152,6 @@ def resume_stored(repository, session_id, *, progress: bool = False) -> Phase:
     phase.reports = list(runner.reports)  # every generation scored here, the resumed one included
     repository.set_session_status(session_id, "completed")
     return phase
-
-
-def build_search(
-    config: ProbeConfig,
-    generator: ImageGenerator,
-    stages: dict,
-    *,
-    mode: str | None = None,
-    generations: int | None = None,
-    reference_code: np.ndarray | None = None,
-    reference_image: np.ndarray | None = None,
-    natural_threshold: float | None = None,
-) -> SnSSearch:
-    """The search of one phase, every random stream derived from the session seed (also used live)."""
-    streams = SeedStreams(config.seed)
-    mode = mode or config.mode
-    phase_seed = streams.seed("maximize" if mode == "maximize" else "probe")
-    n = generator.code_size
-    x0 = np.zeros(n) if mode == "maximize" else _initial_code(mode, reference_code, n, streams.rng("x0"),
-                                                              config.start_from)
-    opt = make_optimizer(config.optimizer.name, x0, config.optimizer.sigma0, config.population,
-                         seed=phase_seed, **config.optimizer.params)
-    if mode == "maximize":
-        probe = Probe("maximize", ())
-    else:
-        bounds = tuple(Bound.parse(k, v) for k, v in config.bounds.items())
-        probe = Probe(mode, tuple(stages), config.ordering or "", bounds)
-    early = None
-    if natural_threshold is not None and mode != "maximize":
-        early = EarlyStop(mode, natural_threshold, config.early_stop.min_generation)
-    confirmation = None
-    if mode != "maximize" and config.confirm:
-        confirmation = FrontConfirmation(mode, config.retests, config.confirm_kappa)
-    search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
-                       reference_image=reference_image if mode != "maximize" else None,
-                       max_generations=generations or config.generations, early_stop=early,
-                       confirmation=confirmation)
-    search.reference_code = reference_code
-    return search
 
 
 def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
@@ -257,7 +188,8 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
             reference_code = phase.selection.code
             reference_image = generator.render(reference_code[None])[0]
         else:
-            reference_code, reference_image = _load_reference(config, generator)
+            reference_code, reference_image = load_reference(config.reference.source, config.reference.path,
+                                                             generator)
 
         if config.mode != "maximize":
             search = build_search(config, generator, stages, reference_code=reference_code,
@@ -275,40 +207,6 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     selected_image = generator.render(final.selection.code[None])[0]
     evaluation = _evaluate(config, subject, reference_image, selected_image, final)
     return RunResult(config, generator, subject, reference_code, reference_image, phases, selected_image, evaluation)
-
-
-def _initial_code(mode: str, reference_code: np.ndarray | None, n: int, rng: np.random.Generator,
-                  start_from: str = "noise") -> np.ndarray:
-    """Adversarial probes start at the reference code; invariance probes at small noise (as the published
-    method) or, with ``start_from = "reference"``, at the reference code too."""
-    if mode == "adversarial" or start_from == "reference":
-        if reference_code is None:
-            raise ConfigError("reference", f"the {mode} probe starts at the reference code; "
-                              "this generator cannot encode an image", "source = 'maximize' or 'code'")
-        return reference_code.copy()
-    s = np.sqrt(0.01 * abs(reference_code.mean())) if reference_code is not None else 0.0
-    return rng.normal(0.0, s, n) if s > 0 else np.zeros(n)
-
-
-def _load_reference(config: ProbeConfig, generator: ImageGenerator):
-    path = config.reference.path
-    if path is None:
-        raise ConfigError("reference.path", f"required when reference.source = {config.reference.source!r}")
-    if not Path(path).is_file():
-        raise ConfigError("reference.path", f"file not found: {path}")
-    if config.reference.source == "code":
-        code = np.load(path).astype(np.float64).ravel()
-        code = generator.check_codes(code)[0]
-        return code, generator.render(code[None])[0]
-    from PIL import Image
-
-    h, w, _ = generator.image_shape
-    img = np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-    try:
-        code = generator.encode(img[None])[0]
-    except NotImplementedError:
-        code = None
-    return code, img
 
 
 def _evaluate(config, subject, reference_image, selected_image, final: Phase) -> dict[str, Any]:

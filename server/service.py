@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from snslab_common.errors import SnslabError
+
 
 class ReferenceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +46,7 @@ class SessionCreate(BaseModel):
     response_window_ms: tuple[float, float] = (50.0, 200.0)
 
 
-class ServiceError(ValueError):
+class ServiceError(SnslabError, ValueError):
     """An operator request that cannot be carried out; the message is one line."""
 
 
@@ -72,9 +74,9 @@ class SessionService:
     # -- create -------------------------------------------------------------------------------------
     def create(self, spec: SessionCreate) -> uuid.UUID:
         from .config import parse_config
-        from .insilico import build_generator, build_stages
+        from .probe_setup import build_generator, build_stages
 
-        probe = parse_config(spec.probe | {"reference": {"source": "code", "path": "-"}}
+        probe = parse_config(spec.probe | {"reference": self._probe_reference(spec.reference)}
                              if spec.reference.source != "none" else spec.probe)
         if probe.mode != "maximize" and spec.reference.source == "none":
             raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
@@ -99,8 +101,18 @@ class SessionService:
         self.repo.log_event(sid, "operator", f"created by {spec.operator}")
         return sid
 
+    @staticmethod
+    def _probe_reference(src: ReferenceSpec) -> dict:
+        """The probe config's reference: an image keeps its file (reloaded on restart when the generator
+        cannot encode it); codes, given or from a maximize session, are stored with the session."""
+        if src.source == "image" and src.path:
+            from pathlib import Path
+
+            return {"source": "image", "path": str(Path(src.path).expanduser().resolve())}
+        return {"source": "code", "path": src.path if src.source == "code" else None}
+
     def _reference(self, spec: SessionCreate, generator):
-        import numpy as np
+        from .probe_setup import load_reference
 
         src = spec.reference
         if src.source == "none":
@@ -110,21 +122,7 @@ class SessionService:
                 raise ServiceError("reference.session_id: required for source maximize-session")
             code = self.best_code(src.session_id)
             return code, generator.render(code[None])[0]
-        from pathlib import Path
-
-        if not src.path or not Path(src.path).is_file():
-            raise ServiceError(f"reference.path: file not found: {src.path}")
-        if src.source == "code":
-            code = generator.check_codes(np.load(src.path).astype(np.float64).ravel())[0]
-            return code, generator.render(code[None])[0]
-        from PIL import Image
-
-        h, w, _ = generator.image_shape
-        img = np.asarray(Image.open(src.path).convert("RGB").resize((w, h)), dtype=np.float32) / 255.0
-        try:
-            return generator.encode(img[None])[0], img
-        except NotImplementedError:
-            return None, img
+        return load_reference(src.source, src.path, generator)
 
     def best_code(self, session_id: uuid.UUID):
         """The code of the highest mean response among the scored candidates of a (maximize) session."""

@@ -157,7 +157,7 @@ class SessionRunner:
     def _reference_png_bytes(self) -> bytes:
         """The reference's PNG is encoded once per session, not at every repeat of every generation."""
         if self._reference_png is None:
-            from .db.repository import encode_png
+            from .png import encode_png
 
             self._reference_png = encode_png(self.reference_image)
         return self._reference_png
@@ -168,7 +168,7 @@ class SessionRunner:
         proposal = self.search.ask()
         pngs = None
         if self.repo is not None:
-            from .db.repository import encode_png, png_pool
+            from .png import encode_png, png_pool
 
             pngs = [png_pool().submit(encode_png, im) for im in proposal.images]
         return _Prepared(state_before, proposal, pngs, time.perf_counter() - t0)

@@ -3,7 +3,8 @@ resuming it after a crash (live or in silico) and for replaying it offline bit f
 
 A session's config is stored in one of two shapes: a live session ``{"session": SessionCreate, "probe":
 ProbeConfig, "reference_code": [...]}``; an in-silico phase ``ProbeConfig + {"phase", "reference_code"}``.
-The reference code is stored as exact floats, so the rebuilt search sees the very same reference image.
+The reference code is stored as exact floats, so the rebuilt search sees the very same reference image; an
+image reference is reloaded from its file (server.probe_setup.load_reference), the image the first run saw.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .config import ProbeConfig
 from .engine.search import GenerationReport, SnSSearch
-from .insilico import _load_reference, build_generator, build_search, build_stages, build_subject, natural_threshold
+from .probe_setup import build_generator, build_search, build_stages, build_subject, load_reference, natural_threshold
 from .session_runner import Counts, SessionRunner
 
 
@@ -61,11 +62,15 @@ def rebuild(repository, session_id: uuid.UUID) -> StoredSession:
         search = build_search(probe, generator, {}, mode="maximize", generations=gens)
         reference_image = None
     else:
-        if ref_code is not None:
+        if probe.reference.source == "image":  # the picture itself, as the first run saw it
+            reference_code, reference_image = load_reference("image", probe.reference.path, generator)
+            if ref_code is not None:
+                reference_code = np.asarray(ref_code, dtype=np.float64)
+        elif ref_code is not None:
             reference_code = np.asarray(ref_code, dtype=np.float64)
             reference_image = generator.render(reference_code[None])[0]
         else:
-            reference_code, reference_image = _load_reference(probe, generator)
+            reference_code, reference_image = load_reference(probe.reference.source, probe.reference.path, generator)
         threshold = None
         if live is None:
             threshold = natural_threshold(probe, generator, build_subject(probe, generator))

@@ -26,14 +26,9 @@ from typing import TextIO
 
 import numpy as np
 
-from server.db.repository import (
-    PresentationTiming,
-    Proposal,
-    Repository,
-    ResponseRecord,
-    ScoreRecord,
-    encode_png,
-)
+from server.db.records import PresentationTiming, Proposal, ResponseRecord, ScoreRecord
+from server.db.repository import Repository
+from server.png import encode_png
 
 N_UNITS = 6
 CODE_SIZE = 5

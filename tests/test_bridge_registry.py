@@ -27,9 +27,9 @@ def test_make_adapter_errors_are_one_line():
     with pytest.raises(ConfigError) as e:
         make_adapter("blackrock")
     assert str(e.value) == "adapter: unknown recording source 'blackrock' (allowed: lsl, openephys, sim)"
-    with pytest.raises(ConfigError, match=r"adapter\.openephys: unknown parameter\(s\) port .*allowed: .*endpoint"):
+    with pytest.raises(ConfigError, match=r"adapter\.port: unknown parameter for recording source 'openephys' .*allowed: .*endpoint"):
         make_adapter("openephys", port=5557)
-    with pytest.raises(ConfigError, match=r"adapter\.sim: .*subject"):
+    with pytest.raises(ConfigError, match=r"adapter\.subject: required by recording source 'sim'"):
         make_adapter("sim", rng=0)
     with pytest.raises(ConfigError, match="word_lines"):
         make_adapter("openephys", word_lines=[])

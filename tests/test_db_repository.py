@@ -10,18 +10,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from server.db.repository import (
+from server.db.records import (
     GenerationStateError,
     PresentationTiming,
     Proposal,
-    Repository,
     ResponseRecord,
     ScoreRecord,
     SessionNotFound,
     StorageError,
-    encode_png,
     group_unit_rows,
 )
+from server.db.repository import Repository
+from server.png import encode_png
 
 pytest_plugins = ["db_fixtures"]
 

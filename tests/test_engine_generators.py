@@ -155,7 +155,7 @@ def test_numpy_only_use_never_imports_torch():
     code = (
         "import sys\n"
         "import server.engine.generators, server.engine.stages, server.engine.subjects\n"
-        "import server.engine.affine, server.engine.gabor, server.engine.imaging\n"
+        "import server.engine.affine, snslab_common.gabor, server.engine.imaging\n"
         "from server.engine.generators import make_generator\n"
         "from server.engine.stages import make_stage\n"
         "from server.engine.subjects import make_subject\n"
@@ -273,11 +273,12 @@ def test_deepsim_key_layouts_are_recognised():
     assert "missing key 'conv4_1.weight'" in str(err.value) and "(256, 256, 3, 3)" in str(err.value)
 
 
-@pytest.mark.parametrize("module", ["generators", "stages", "subjects", "affine"])
+@pytest.mark.parametrize("module", ["server.engine.generators", "server.engine.stages", "snslab_common.neurons",
+                                    "server.engine.affine"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
 
-    mod = importlib.import_module(f"server.engine.{module}")
+    mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

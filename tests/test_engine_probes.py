@@ -101,7 +101,7 @@ def test_invariance_start_noise_or_reference():
     """The published invariance start is small noise around zero; `start_from = "reference"` starts at the
     reference code (the benchmark's comparison start), and then the early stop, which marks arrival from
     noise, is refused in one line."""
-    from server.insilico import build_generator, build_search, build_stages
+    from server.probe_setup import build_generator, build_search, build_stages
 
     base = {"mode": "invariance", "seed": 5, "population": 8, "reference": {"source": "code"},
             "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1}, "stages": ["pixel"]}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from server.engine.base import ConfigError
-from server.engine.gabor import gabor_pair, grating, to_rgb
+from snslab_common.gabor import gabor_pair, grating, to_rgb
 from server.engine.subjects import (
     SUBJECTS,
     ComplexCell,

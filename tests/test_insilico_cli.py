@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from server.cli import app
 from server.config import parse_config
 from server.engine.base import ConfigError
-from server.insilico import build_generator, build_stages, build_subject, run_probe
+from server.insilico import run_probe
+from server.probe_setup import build_generator, build_stages, build_subject
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = """

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from server.config import parse_config
-from server.db.repository import GenerationStateError, Proposal, ResponseRecord
+from server.db.records import GenerationStateError, Proposal, ResponseRecord
 from server.insilico import DatabaseRecorder, InSilicoRig, resume_stored, run_probe
 from server.session_runner import SessionRunner
 
@@ -37,7 +37,7 @@ def config(tmp_path):
 def _runner(config, recorder=None) -> tuple[SessionRunner, InSilicoRig]:
     """The probe phase's runner as run_probe builds it (in memory, or stored by ``recorder``), not yet run."""
     from server.engine.base import SeedStreams
-    from server.insilico import build_generator, build_subject
+    from server.probe_setup import build_generator, build_subject
 
     captured = {}
 

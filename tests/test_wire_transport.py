@@ -14,7 +14,8 @@ import zmq
 
 from wire import messages as m
 from wire.ledger import PresentationLedger
-from wire.transport import Peer, Reject, ServerEndpoint, Timing, _LogLimiter
+from snslab_common.rejections import RejectionLog
+from wire.transport import Peer, Reject, ServerEndpoint, Timing
 
 FAST = Timing(heartbeat_s=0.1, heartbeat_misses=5, ack_timeout_s=0.05, backoff=2.0, max_ack_timeout_s=0.2, max_retries=3)
 
@@ -210,7 +211,7 @@ def test_retries_are_bounded_while_the_server_is_alive(closing):
 
 def test_resend_schedule_backs_off_and_is_bounded(closing):
     """The re-send clock on a fake time line: 0.05, 0.1, 0.2 (capped), then give up."""
-    from wire.transport import _Link, _Pending
+    from wire.reliability import _Link, _Pending
 
     cl = peer(closing, 1, timing=Timing(ack_timeout_s=0.05, backoff=2.0, max_ack_timeout_s=0.2, max_retries=3))
     link = _Link()
@@ -464,7 +465,7 @@ def test_log_lines_are_rate_limited(closing, caplog):
 
 def test_rejection_log_keeps_a_burst_per_window_and_summarises_the_rest(caplog):
     """A flooding peer gets log_burst lines per window; the next window opens with the count it dropped."""
-    limiter = _LogLimiter(burst=3, window_s=10.0)
+    limiter = RejectionLog(logging.getLogger("snslab.wire"), "test", burst=3, window_s=10.0)
     with caplog.at_level(logging.WARNING, logger="snslab.wire"):
         allowed = [limiter.allow(t) for t in (0.0, 1.0, 2.0, 3.0, 9.9, 10.5, 11.0)]
     assert allowed == [True, True, True, False, False, True, True]

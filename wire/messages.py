@@ -35,6 +35,8 @@ from typing import Annotated, Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from snslab_common.errors import SnslabError
+
 PROTOCOL_VERSION = 1
 
 
@@ -64,7 +66,7 @@ class Limits:
 LIMITS = Limits()
 
 
-class ProtocolError(ValueError):
+class ProtocolError(SnslabError, ValueError):
     """A message that breaks the protocol. ``str(err)`` is one line: ``<field>: <problem>``."""
 
     def __init__(self, field: str, problem: str, *, ref: str | None = None, code: str = "bad_message"):

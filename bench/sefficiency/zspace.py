@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.engine.gabor import gabor_pair
+from snslab_common.gabor import gabor_pair
 from server.engine.generators import DCTGenerator
 
 

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import inspect
-
-from server.engine.base import ConfigError
+from snslab_common.registry import make_from_registry
 
 from ..base import SpikeSource
 from .lsl import LslSource  # pylsl itself is imported only when an LslSource is built
@@ -23,19 +21,7 @@ ADAPTERS: dict[str, type[SpikeSource]] = {
 
 def make_adapter(name: str, **params) -> SpikeSource:
     """Build the source named in the config; ConfigError (one line) for unknown names or parameters."""
-    cls = ADAPTERS.get(name)
-    if cls is None:
-        raise ConfigError("adapter", f"unknown recording source {name!r}", sorted(ADAPTERS))
-    sig = inspect.signature(cls.__init__)
-    allowed = [p for p in sig.parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"adapter.{name}", f"unknown parameter(s) {', '.join(unknown)}", allowed)
-    try:
-        sig.bind(None, **params)
-    except TypeError as e:
-        raise ConfigError(f"adapter.{name}", str(e), allowed) from None
-    return cls(**params)
+    return make_from_registry("adapter", ADAPTERS, name, params, what="recording source")
 
 
 __all__ = ["ADAPTERS", "make_adapter", "LslSource", "OpenEphysSource", "SimSource"]

@@ -34,10 +34,11 @@ import time
 
 import numpy as np
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
 from ..alignment import Edge, OnsetAligner
-from ..base import Marker, Onset, Rejections, SpikeEvent, SpikeSource
+from ..base import Marker, Onset, SpikeEvent, SpikeSource
 from wire.lsl_config import use_loopback_lsl
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class LslSource(SpikeSource):
         self._corr_at: dict[str, float] = {}
         self._wm = -math.inf
         self._waiting_logged: set[str] = set()
-        self.rejected = Rejections(log, "lsl")
+        self.rejected = RejectionLog(log, "lsl")
 
     # ---- connection --------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> bool:

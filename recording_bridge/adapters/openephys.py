@@ -36,10 +36,11 @@ import math
 
 import zmq
 
-from server.engine.base import ConfigError
+from snslab_common.errors import ConfigError
+from snslab_common.rejections import RejectionLog
 
 from ..alignment import Edge, OnsetAligner
-from ..base import Marker, Onset, Rejections, SpikeEvent, SpikeSource
+from ..base import Marker, Onset, SpikeEvent, SpikeSource
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class OpenEphysSource(SpikeSource):
         self._streams: set[str] = set()
         self.gaps = 0
         self.lost_ttl = 0
-        self.rejected = Rejections(log, "openephys")
+        self.rejected = RejectionLog(log, "openephys")
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, 0)  # never drop on our side

@@ -1,4 +1,4 @@
-"""A simulated rig: a model neuron from the engine that sees the images actually shown.
+"""A simulated rig: a model neuron (snslab_common.neurons, by name) that sees the images actually shown.
 
 Spike times are an inhomogeneous Poisson process per unit: the baseline rate everywhere, and the
 subject's rate for the image during ``[onset + latency_s, onset + latency_s + response_s)``. Rig data
@@ -10,7 +10,7 @@ generator and the block index, so the spikes do not depend on how often ``poll``
 
 Keyed presentations (``count_seed`` set, ``present(..., key=(generation, order, attempt))``) match the
 in-silico rig exactly: the response-period count of each unit is
-``presentation_counts(rate, response_s, presentation_rng(count_seed, *key))`` (server.engine.base) and the
+``presentation_counts(rate, response_s, presentation_rng(count_seed, *key))`` (snslab_common.seeds) and the
 spike times are further draws from that generator, placed uniformly in the period. With the defaults
 (latency 50 ms, response 150 ms, no display lag) the period *is* the counter's [50, 200) ms window, so the
 live counts equal the in-silico counts whatever the timing or poll rate. Example::
@@ -36,9 +36,12 @@ from typing import Callable
 
 import numpy as np
 
-from server.engine.base import ConfigError, presentation_counts, presentation_rng
+from snslab_common.errors import ConfigError
+from snslab_common.neurons import make_model_neuron
+from snslab_common.rejections import RejectionLog
+from snslab_common.seeds import presentation_counts, presentation_rng
 
-from ..base import ONSET_SOURCES, Marker, Onset, Rejections, SpikeEvent, SpikeSource
+from ..base import ONSET_SOURCES, Marker, Onset, SpikeEvent, SpikeSource
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +61,7 @@ class _Presentation:
 
 def _load_subject(subject, subject_params):
     if isinstance(subject, str):
-        try:
-            from server.engine import subjects as engine_subjects  # lazy: only the sim needs the engine
-        except ImportError as e:
-            raise ConfigError("subject", f"server.engine.subjects cannot be imported here ({e})") from e
-        make = getattr(engine_subjects, "make_subject", None)
-        if make is None:
-            raise ConfigError("subject", "server.engine.subjects has no make_subject(name, **params)")
-        subject = make(subject, **(subject_params or {}))
+        subject = make_model_neuron(subject, **(subject_params or {}))
     elif subject_params:
         raise ConfigError("subject_params", "given with a subject object; pass them to the subject instead")
     if not callable(getattr(subject, "rate", None)):
@@ -130,7 +126,7 @@ class SimSource(SpikeSource):
         self._onsets: list[Onset] = []
         self._seen: set[str] = set()
         self._units = [f"sim:{u}" for u in range(self.n_units)]
-        self.rejected = Rejections(log, "sim")
+        self.rejected = RejectionLog(log, "sim")
 
     # ---- presentations -----------------------------------------------------------------------------
     def set_image(self, presentation_id: str, image: np.ndarray, key: tuple[int, int, int] | None = None) -> None:

@@ -26,7 +26,8 @@ from server.db.records import (
     WriteResult,
     group_unit_rows,
 )
-from server.db.repository import Repository, encode_png
+from server.db.repository import Repository
+from server.png import encode_png
 
 __all__ = [
     "Database",

@@ -1,4 +1,5 @@
-"""The fast path for spike counts: validated response batches packed into PostgreSQL's binary COPY format.
+"""Bulk writes: COPY -> merge -> sort the leftovers (timings and responses), and the fast path for spike
+counts: validated response batches packed into PostgreSQL's binary COPY format.
 
 Packing rows with numpy instead of psycopg's per-element array dumper is what lets the batched write path
 store thousands of 96-unit presentations per second (bench/storage.py): every row has the same layout (the
@@ -7,7 +8,8 @@ session's unit count), so the whole stream is a few structured-array assignments
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,59 @@ def ensure_temp_table(raw: Any, definition: str) -> None:
     name = definition.split(" ", 1)[0]
     if raw.execute("SELECT to_regclass(%s)", (f"pg_temp.{name}",)).fetchone()[0] is None:
         raw.execute(f"CREATE TEMP TABLE {definition} ON COMMIT DELETE ROWS")
+
+
+@dataclass
+class Merged:
+    """What a bulk write did: rows written, identical repeats, repeats that differ, ids of nothing known."""
+
+    written: int = 0
+    duplicates: int = 0
+    conflicts: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+
+
+def copy_and_merge(
+    raw: Any, *, staging: str, copy: str, fill: Callable[[Any], None], merge: str, leftovers: str,
+    params: Mapping[str, Any], n_rows: int,
+) -> Merged:
+    """The bulk write both batched paths use: COPY the rows into a staging table, merge them with ONE
+    statement (``merge`` returns the ids it wrote; first write wins), then sort the rows it left:
+    ``leftovers`` (given ``%(written)s``) returns (id, unknown, identical) for each of them."""
+    ensure_temp_table(raw, staging)
+    out = Merged()
+    with raw.cursor() as cur:
+        with cur.copy(copy) as cp:
+            fill(cp)
+        cur.execute(merge, params)
+        written = [r[0] for r in cur.fetchall()]
+        out.written = len(written)
+        if out.written != n_rows:
+            cur.execute(leftovers, {**params, "written": written})
+            for pid, unknown, same in cur.fetchall():
+                if unknown:
+                    out.unknown.append(pid)
+                elif same:
+                    out.duplicates += 1
+                else:
+                    out.conflicts.append(pid)
+    return out
+
+
+def first_per_id(rows: list[tuple]) -> tuple[list[tuple], int, list[int]]:
+    """Keep the first row per presentation id within one batch. Returns (rows, identical repeats,
+    ids whose repeat differed)."""
+    seen: dict[int, tuple] = {}
+    dupes, conflicts = 0, []
+    for r in rows:
+        first = seen.get(r[0])
+        if first is None:
+            seen[r[0]] = r
+        elif first == r:
+            dupes += 1
+        else:
+            conflicts.append(r[0])
+    return list(seen.values()), dupes, conflicts
 
 
 class ResponseBatch:

@@ -14,25 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import sessionmaker
 
+from server.db.jsonb import json_dumps
+from server.db.repository import Repository
 from server.settings import Settings
-
-if TYPE_CHECKING:
-    from server.db.repository import Repository
+from snslab_common.errors import SnslabError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 MIGRATION_LOCK_KEY = 0x736E736C6162  # "snslab": serialises migrations between processes
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(SnslabError, RuntimeError):
     """The database cannot be used; the message is one line naming the URL and the cause."""
 
     def __init__(self, url: str | URL | None, problem: str):
@@ -77,45 +70,6 @@ def normalize_url(url: str | URL) -> URL:
     if u.get_backend_name() not in ("postgresql", "postgres"):
         raise DatabaseUnavailable(u, "snslab needs PostgreSQL (postgresql://user:password@host/dbname)")
     return u.set(drivername="postgresql+psycopg")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (bytes, bytearray)):
-        raise TypeError("bytes cannot be stored in a JSON column; use a BYTEA column")
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def json_dumps(obj: Any) -> str:
-    """JSON for JSONB columns: numpy scalars/arrays become numbers/lists; NaN and infinity are refused
-    (PostgreSQL's JSON has no such values), with the offending key named."""
-    try:
-        return json.dumps(obj, default=_json_default, allow_nan=False)
-    except ValueError:
-        raise ValueError(f"non-finite number in JSON value {_find_nonfinite(obj)!r}") from None
-
-
-def _find_nonfinite(obj: Any, path: str = "$") -> str:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return path
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            found = _find_nonfinite(v, f"{path}.{k}")
-            if found:
-                return found
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            found = _find_nonfinite(v, f"{path}[{i}]")
-            if found:
-                return found
-    return ""
 
 
 def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
@@ -269,30 +223,17 @@ def current_revision(engine: Engine) -> str | None:
 
 @dataclass
 class Database:
-    """An open, migrated database: the engine, an ORM session factory and the repository."""
+    """An open, migrated database: the engine and the repository."""
 
     url: URL
     engine: Engine
     settings: Settings
     embedded: bool = False
-    _sessions: sessionmaker[OrmSession] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
     @property
     def masked_url(self) -> str:
         return mask_url(self.url)
 
-    @contextmanager
-    def session(self) -> Iterator[OrmSession]:
-        """An ORM session in a transaction (commit on success, rollback on error), e.g. for FastAPI deps."""
-        with self._sessions.begin() as s:
-            yield s
-
     def repository(self) -> Repository:
-        from server.db.repository import Repository
-
         stimulus_dir = self.settings.stimulus_dir if self.settings.stimulus_store == "files" else None
         return Repository(self.engine, stimulus_dir=stimulus_dir)
 

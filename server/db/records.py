@@ -1,6 +1,6 @@
 """What the repository takes and gives back: plain, typed records (no SQLAlchemy, no database).
 
-The session runner, the API and replay code import these; only server/db/repository.py talks SQL.
+The session runner, the API and replay code import these; only the repository (server/db) talks SQL.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from snslab_common.errors import SnslabError
+
 # --- errors ------------------------------------------------------------------------------------------------
 
 
-class StorageError(RuntimeError):
+class StorageError(SnslabError, RuntimeError):
     """A write that would make the recording inconsistent; nothing was stored."""
 
 

@@ -17,15 +17,9 @@ from typing import Any
 import numpy as np
 
 from server.engine.base import ConfigError, ImageGenerator
-from server.engine.imaging import (
-    as_image_batch,
-    check_state_dict,
-    load_state_dict_file,
-    make_from_registry,
-    pick_device,
-    positive,
-    size2,
-)
+from server.engine.imaging import check_state_dict, load_state_dict_file, pick_device
+from snslab_common.imaging import as_image_batch, positive, size2
+from snslab_common.registry import make_from_registry
 
 
 @lru_cache(maxsize=16)

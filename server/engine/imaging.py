@@ -1,4 +1,4 @@
-"""Small helpers shared by generators, stages and subjects: image checks, grey, resizing, registries.
+"""Helpers shared by generators and stages: resizing and torch weights (image checks: snslab_common.imaging).
 
 numpy only; the one torch helper (``load_state_dict_file``) imports torch when called, so numpy-only users of
 the engine never import torch.
@@ -6,57 +6,14 @@ the engine never import torch.
 
 from __future__ import annotations
 
-import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from server.engine.base import ConfigError
-
-
-# --------------------------------------------------------------------------------------------------- images
-def as_image_batch(images: np.ndarray, field: str = "images") -> np.ndarray:
-    """(B, H, W, 3) or a single (H, W, 3) image -> float (B, H, W, 3) array (no copy when possible)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ConfigError(field, f"expected images of shape (B, H, W, 3), got {images.shape}", "(B, H, W, 3)")
-    if not np.issubdtype(images.dtype, np.floating):
-        images = images.astype(np.float32)
-    return images
-
-
-def grey(images: np.ndarray) -> np.ndarray:
-    """Mean of the RGB channels: (B, H, W, 3) -> (B, H, W) float64 (the model neurons' luminance)."""
-    return np.asarray(images, dtype=np.float64).mean(axis=-1)
-
-
-def size2(value: Any, field: str) -> tuple[int, int]:
-    """An image size given as an int (square) or (H, W) -> (H, W) of positive ints, else ConfigError."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        h = w = int(value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        h, w = int(value[0]), int(value[1])
-    else:
-        raise ConfigError(field, f"bad image size {value!r}", "a positive int or [H, W]")
-    if h < 1 or w < 1:
-        raise ConfigError(field, f"bad image size {value!r}", "a positive int or [H, W]")
-    return h, w
-
-
-def positive(value: Any, field: str, *, integer: bool = False, allow_zero: bool = False) -> Any:
-    """Check a positive (or non-negative) number and return it as int/float, else ConfigError."""
-    ok_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or not np.isfinite(value):
-        raise ConfigError(field, f"bad value {value!r}", "a non-negative number" if allow_zero else "a positive number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(field, f"bad value {value!r}", "a non-negative number" if allow_zero else "a positive number")
-    return int(value) if integer else float(value)
+from snslab_common.errors import ConfigError
+from snslab_common.imaging import size2
 
 
 # ------------------------------------------------------------------------------------------------- resizing
@@ -118,35 +75,6 @@ def resize(images: np.ndarray, size: int | tuple[int, int], antialias: bool = Fa
         a += b
         x = a
     return x
-
-
-# ----------------------------------------------------------------------------------------------- registries
-def make_from_registry(kind: str, registry: Mapping[str, type], name: str, params: Mapping[str, Any]) -> Any:
-    """Build ``registry[name](**params)``; unknown names, unknown or missing params -> ConfigError.
-
-    ``kind`` is the config field ("generator", "stage", "subject"); parameter errors name "<kind>.<param>".
-    """
-    if not isinstance(name, str) or name not in registry:
-        raise ConfigError(kind, f"unknown {kind} {name!r}", sorted(registry))
-    cls = registry[name]
-    sig = inspect.signature(cls.__init__)
-    accepted = {
-        p.name: p
-        for p in list(sig.parameters.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not p.name.startswith("_")
-    }
-    for key in params:
-        if key not in accepted:
-            raise ConfigError(f"{kind}.{key}", f"unknown parameter for {kind} {name!r}", sorted(accepted))
-    for p in accepted.values():
-        if p.default is inspect.Parameter.empty and p.name not in params:
-            raise ConfigError(f"{kind}.{p.name}", f"required by {kind} {name!r}")
-    try:
-        return cls(**params)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(kind, f"bad parameters for {kind} {name!r}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------- torch weights

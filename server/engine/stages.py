@@ -16,17 +16,10 @@ import numpy as np
 from scipy import fft as sfft
 
 from server.engine.base import ConfigError, Stage
-from server.engine.gabor import gabor_pair
-from server.engine.imaging import (
-    as_image_batch,
-    check_state_dict,
-    grey,
-    load_state_dict_file,
-    make_from_registry,
-    pick_device,
-    positive,
-    resize,
-)
+from server.engine.imaging import check_state_dict, load_state_dict_file, pick_device, resize
+from snslab_common.gabor import gabor_pair
+from snslab_common.imaging import as_image_batch, grey, positive
+from snslab_common.registry import make_from_registry
 
 
 class PixelStage(Stage):
@@ -49,7 +42,7 @@ class GaborEnergyStage(Stage):
     """A fixed bank of quadrature Gabor pairs on the grey image; feature = sqrt(even^2 + odd^2).
 
     >>> import numpy as np
-    >>> from server.engine.gabor import grating, to_rgb
+    >>> from snslab_common.gabor import grating, to_rgb
     >>> stage = GaborEnergyStage(orientations=8, wavelengths=(4, 8, 16), stride=4, size=64)
     >>> imgs = to_rgb(np.stack([grating(64, 0.0, 8.0, phase) for phase in (0.0, 1.5)]))
     >>> stage.features(imgs).shape                  # 8 orientations x 3 wavelengths x 16 x 16 positions

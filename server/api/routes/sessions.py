@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 
 from server.db import SessionNotFound
 from server.db.models import Session as SessionRow
-from server.db.repository import SessionSummary
+from server.db.records import SessionSummary
 from server.service import SessionCreate
 
 from ..actions import log_action

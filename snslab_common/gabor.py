@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.engine.imaging import size2
+from snslab_common.imaging import size2
 
 
 def _coords(shape: tuple[int, int], centre: tuple[float, float] | None, orientation: float):
