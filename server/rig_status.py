@@ -7,6 +7,7 @@ stored session shows its own history too. Fields a client does not report are No
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import uuid
@@ -34,7 +35,8 @@ def _clients(service) -> list[dict[str, Any]]:
         caps = dict(c.capabilities or {})
         seen = last_rx.get(c.client_id)
         item = {"client_id": c.client_id, "role": c.role, "alive": c.alive,
-                "last_seen_s": None if not seen else max(0.0, now - seen), "capabilities": caps}
+                "last_seen_s": None if seen is None or not math.isfinite(seen) else max(0.0, now - seen),
+                "capabilities": caps}
         if c.role == "display":
             item["refresh_hz"] = caps.get("refresh_hz")
             item["refresh_measured"] = caps.get("refresh_measured")

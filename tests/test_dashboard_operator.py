@@ -157,8 +157,8 @@ def test_form_creates_a_session_that_runs(browser, srv, rig, engine):
         with engine.connect() as c:
             msgs = c.execute(sa.text("SELECT message FROM events WHERE session_id = :s ORDER BY id"),
                              {"s": sid}).scalars().all()
-        assert any(m.startswith("create by ana (dashboard)") for m in msgs)
-        assert any(m.startswith("start by ana (dashboard)") for m in msgs)
+        assert any(m.startswith("create requested by ana (dashboard)") for m in msgs)
+        assert any(m.startswith("start requested by ana (dashboard)") for m in msgs)
         ui.shot("form-session-completed")
         assert ui.errors == []
         STATE["maximize"] = sid

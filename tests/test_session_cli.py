@@ -77,7 +77,7 @@ def test_session_commands_drive_a_live_server(srv, api_db_url, tmp_path):
         assert _status(engine, sid) == status, verb
     messages = _events(engine, sid)
     for verb in ("create", "start", "pause", "resume", "stop"):  # who did what, in the log
-        assert sum(m.startswith(f"{verb} by ") and "(snslab session)" in m for m in messages) == 1, messages
+        assert sum(m.startswith(f"{verb} requested by ") and "(snslab session)" in m for m in messages) == 1, messages
 
     shown = snslab(srv, "show", sid, "--json")
     assert shown.returncode == 0

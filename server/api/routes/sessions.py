@@ -270,9 +270,10 @@ def create_session(spec: SessionCreate, request: Request, repo: RepositoryDep,
 def _verb(name: str, doc: str):
     def action(session_id: uuid.UUID, request: Request, repo: RepositoryDep,
                service: RequiredServiceDep) -> SessionDetailOut:
-        repo.session_summary(session_id)  # unknown id -> 404 before the service is asked
+        before = repo.session_summary(session_id).status  # unknown id -> 404 before the service is asked
         getattr(service, name)(session_id)
-        log_action(request, repo, session_id, name)  # who and from where, in the event log
+        if repo.session_summary(session_id).status != before:  # who asked, for every change (not for no-ops)
+            log_action(request, repo, session_id, name)
         return _detail(repo, service, session_id)
 
     action.__name__ = f"{name}_session"
