@@ -180,6 +180,15 @@ function onView(v) {
   render();
 }
 
+// Redraw a part only when what it shows changed: ten open pages on a small machine must not redraw every
+// plot on every update.
+const drawn = {};
+function changed(part, key) {
+  if (drawn[part] === key) return false;
+  drawn[part] = key;
+  return true;
+}
+
 function render() {
   const v = state.view;
   if (!v) return;
@@ -187,13 +196,29 @@ function render() {
   renderDetail(d);
   renderScrub(d);
   const cut = state.asOf ?? Infinity;
-  renderGenerations(d, v.generations.filter(g => g.index <= cut));
-  renderFront(d, v.front, cut);
-  renderNeuron(v.neuron, cut);
+  const at = `${state.selected}|${state.asOf}|`;
+  const gens = v.generations.filter(g => g.index <= cut);
+  if (changed("generations", at + JSON.stringify(gens.slice(-1)) + gens.length + (d.generations_budget || 0))) {
+    renderGenerations(d, gens);
+  }
+  const members = v.front.members;
+  if (changed("front", at + members.length + ":" + (members.length ? members[members.length - 1].presentation_id : ""))) {
+    renderFront(d, v.front, cut);
+  }
+  const u = v.neuron.units[state.neuronUnit] || {};
+  if (changed("neuron", at + state.neuronUnit + JSON.stringify([v.neuron.warning, v.neuron.status,
+      (u.references || []).length, (u.baseline_hz || []).slice(-1)]))) {
+    renderNeuron(v.neuron, cut);
+  }
   renderRig(v.rig, d);
-  if (state.asOf === null) renderImages(v.images.generation, v.images.tiles);
-  else if (state.tilesAsOf && state.tilesAsOf.generation === state.asOf) renderImages(state.asOf, state.tilesAsOf.tiles);
-  renderExports(v.exports);
+  if (state.asOf === null) {
+    if (changed("images", at + v.images.generation + JSON.stringify(v.images.tiles.map(t => [t.counts, t.valid])))) {
+      renderImages(v.images.generation, v.images.tiles);
+    }
+  } else if (state.tilesAsOf && state.tilesAsOf.generation === state.asOf) {
+    if (changed("images", at + state.asOf)) renderImages(state.asOf, state.tilesAsOf.tiles);
+  }
+  if (changed("exports", at + JSON.stringify(v.exports))) renderExports(v.exports);
 }
 
 // --- the selected session ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from server.rig_status import rig_status
 
 from ..deps import Operator, RepositoryDep, ServiceDep
 from ..push import PushHub
+from ..stimulus_cache import stimulus_cache
 from ..schemas import ErrorOut
 from . import sessions as resources
 from .stimuli import stimulus_url
@@ -76,8 +77,10 @@ def _rig(repo, service, detail) -> dict[str, Any]:
                       generations_budget=detail.generations_budget, status=detail.status)
 
 
-def _tiles(repo, session_id: uuid.UUID, generation: int) -> list[dict[str, Any]]:
+def _tiles(repo, session_id: uuid.UUID, generation: int, app=None) -> list[dict[str, Any]]:
     tiles = dq.generation_tiles(repo.engine, session_id, generation)
+    if app is not None:  # every viewer is about to fetch these: one query now instead of one per image and viewer
+        stimulus_cache(app).warm(repo, [t["stimulus_sha256"] for t in tiles])
     for t in tiles:
         t["url"] = stimulus_url(t["stimulus_sha256"])
     return tiles
@@ -95,7 +98,7 @@ def build_view(app, session_id: uuid.UUID, after_event_id: int = 0, generation: 
         "sessions": _session_list(app),
         "generations": [x.model_dump(mode="json") for x in resources.generations(session_id, repo, 0)],
         "front": resources.front(session_id, repo, 0).model_dump(mode="json"),
-        "images": {"generation": g, "tiles": _tiles(repo, session_id, g) if g >= 0 else []},
+        "images": {"generation": g, "tiles": _tiles(repo, session_id, g, app) if g >= 0 else []},
         "neuron": _neuron(repo, session_id, _labels(detail), _thresholds(app)),
         "rig": _rig(repo, service, detail),
         "exports": _exports(app, session_id),
