@@ -24,6 +24,8 @@ const state = {
 
 const $ = id => document.getElementById(id);
 const token = () => localStorage.getItem(TOKEN_KEY) || "";
+// Links and images cannot send a header: where a token is set it rides along as ?access_token= (GET only).
+const withToken = url => token() ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token()) : url;
 
 function h(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -196,7 +198,7 @@ function render() {
   renderDetail(d);
   renderScrub(d);
   const cut = state.asOf ?? Infinity;
-  const at = `${state.selected}|${state.asOf}|`;
+  const at = `${state.selected}|${state.asOf}|${token()}|`;
   const gens = v.generations.filter(g => g.index <= cut);
   if (changed("generations", at + JSON.stringify(gens.slice(-1)) + gens.length + (d.generations_budget || 0))) {
     renderGenerations(d, gens);
@@ -424,7 +426,7 @@ function renderImages(g, tiles) {
     const name = t.kind === "candidate" ? `#${t.order_in_batch}` : t.kind === "reference" ? "ref" : t.kind;
     return h("figure", { class: `tile ${t.kind}${invalid ? " invalid" : ""}`,
                          title: `presentation ${t.presentation_id}, ${t.kind} at position ${t.order_in_batch}${why}` },
-      h("img", { src: t.url, alt: `${t.kind} ${t.order_in_batch}`, loading: "eager", "data-presentation": t.presentation_id }),
+      h("img", { src: withToken(t.url), alt: `${t.kind} ${t.order_in_batch}`, loading: "eager", "data-presentation": t.presentation_id }),
       h("figcaption", {}, h("span", {}, invalid ? `${name} ✕` : name),
         h("span", { class: "count" }, counts === null ? "…" : `${counts} sp`)));
   }));
@@ -433,10 +435,10 @@ function renderImages(g, tiles) {
 function renderExports(x) {
   const g = state.asOf === null ? "" : `?generation=${state.asOf}`;
   const links = [
-    h("a", { href: x.front_zip + g, download: "", id: "export-front" }, "front images (zip + CSV)"),
-    h("a", { href: x.presentations_csv, download: "", id: "export-presentations" }, "every presentation (CSV)"),
+    h("a", { href: withToken(x.front_zip + g), download: "", id: "export-front" }, "front images (zip + CSV)"),
+    h("a", { href: withToken(x.presentations_csv), download: "", id: "export-presentations" }, "every presentation (CSV)"),
   ];
-  links.push(x.nwb ? h("a", { href: x.nwb, id: "export-nwb" }, "NWB")
+  links.push(x.nwb ? h("a", { href: withToken(x.nwb), id: "export-nwb" }, "NWB")
                    : h("span", { class: "muted", title: "no NWB export on this server" }, "NWB: "
                        , h("code", {}, x.nwb_command)));
   $("exports").replaceChildren(...links);
