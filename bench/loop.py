@@ -60,18 +60,29 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-POPULATION, REPEATS, ON_MS, OFF_MS = 40, 4, 100.0, 100.0
+from bench.loopmeasures import (  # noqa: E402
+    JITTER_S,
+    STEPS,
+    StepTimes,
+    breakdown,
+    display_idle,
+    lead_ins,
+    next_body,
+    per_presentation,
+    shown_per_generation,
+)
+from bench.looprig import OFF_MS, ON_MS, _start_rig, _stop_rig  # noqa: E402
+
+POPULATION, REPEATS = 40, 4
 PER_GENERATION = POPULATION + REPEATS
 DISPLAY_S = PER_GENERATION * (ON_MS + OFF_MS) / 1000.0
 TARGET = 0.02
-RIG_NICE = int(os.environ.get("SNSLAB_BENCH_RIG_NICE", "0"))  # set by --rig-nice (spawned rig processes read it)
 
 
 def probe_config(generations: int, seed: int = 1) -> dict:
@@ -82,334 +93,13 @@ def probe_config(generations: int, seed: int = 1) -> dict:
     }  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------ the rig process
-
-JITTER_S = 0.005  # a gap in the display's cadence up to this long is timer jitter, not idle time
-
-
-def _report_fields(p, batch_id: str, generation: int, flip: float) -> dict:
-    """A presentation_report as the fake display sends it (the flip time is the onset)."""
-    return {
-        "presentation_id": p.presentation_id, "batch_id": batch_id, "generation": generation,
-        "stimulus_id": p.stimulus_id, "order": p.order, "attempt": p.attempt, "flip_time": flip,
-        "offset_time": flip + p.on_ms / 1000.0, "frames_on": max(1, round(p.on_ms * 0.06)),
-        "frames_off": max(1, round(p.off_ms * 0.06)), "refresh_hz": 60.0, "on_duration_s": p.on_ms / 1000.0,
-        "dropped_frames": 0, "marker_sent": False,
-    }  # fmt: skip
-
-
-class _Counts:
-    """The bridge's answers: deterministic Poisson counts, drawn in the order the counts are sent."""
-
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(0)
-        self.seq = 0
-
-    def batch(self, rep):
-        from wire.messages import CountsBatch, CountsItem
-
-        self.seq += 1
-        item = CountsItem(presentation_id=rep.presentation_id, counts=[int(self.rng.poisson(6))],
-                          baseline_counts=[int(self.rng.poisson(2))], onset_rig_s=rep.flip_time,
-                          onset_source="simulated", valid=True)
-        return CountsBatch(seq=self.seq, units=["sim:0"], items=[item])
-
-
-def _rig(address: str, results, stop, rig: str = "realtime", latency_s: float = 0.02) -> None:
-    """Display + bridge peers (a process of their own). Puts {"connected": True} on ``results`` once both are
-    welcomed, and the record of the run once ``stop`` is set:
-
-    batches: [(generation, decoded at, new presentations, presentations, batch_id)] in arrival order;
-    last: {generation: when its last counts were sent};
-    shows (realtime): [(generation, onset, gap before it or None, timer lateness, presentation_id)];
-    shown (instant): {generation: presentations reported}."""
-    import logging
-
-    from wire import Peer
-
-    if RIG_NICE:
-        os.nice(RIG_NICE)  # the rig's PCs are other machines: their stand-ins must not take the server's CPU
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s rig %(levelname)s %(message)s")
-    display = Peer(address, client_id="bench-display", role="display")
-    bridge = Peer(address, client_id="bench-bridge", role="bridge", capabilities={"needs_images": False})
-    run = _rig_realtime if rig == "realtime" else _rig_instant
-    out = run(display, bridge, results, stop, latency_s)
-    results.put(out)
-    display.close()
-    bridge.close(flush_s=1.0)
-
-
-def _decode(msg) -> float:
-    """Copy the images out of the frames (what stimulus_client does before queueing); the time it is done."""
-    from wire.messages import blob_to_image
-
-    images = [np.array(blob_to_image(blob, spec)) for blob, spec in zip(msg.blobs, msg.payload.images)]
-    assert len(images) == len(msg.payload.images)
-    return time.perf_counter()
-
-
-def _connect(display, bridge, results) -> None:
-    display.on("control", lambda msg: None)
-    display.start()
-    bridge.start()
-    display.wait_connected(30)
-    bridge.wait_connected(30)
-    results.put({"connected": True})
-
-
-def _rig_instant(display, bridge, results, stop, latency_s: float) -> dict:
-    """Every presentation reported at once; counts answered right away, one batch in flight at a time."""
-    import queue
-
-    batches: list[tuple] = []
-    last: dict[int, float] = {}  # the last counts sent for a generation: the one that completed it
-    shown: dict[int, int] = defaultdict(int)  # presentations reported per generation (re-tests and re-shows too)
-    reports: queue.Queue = queue.Queue()
-
-    def on_batch(msg) -> None:
-        b = msg.payload
-        t = _decode(msg)
-        batches.append((b.generation, t, len(b.presentations), len(b.presentations), b.batch_id))
-        shown[b.generation] += len(b.presentations)
-        for k, p in enumerate(sorted(b.presentations, key=lambda p: p.order)):
-            display.send("presentation_report", _report_fields(p, b.batch_id, b.generation,
-                                                               t + k * (p.on_ms + p.off_ms) / 1000.0))
-
-    display.on("stimulus_batch", on_batch)
-    bridge.on("presentation_report", lambda msg: reports.put(msg.payload))
-    _connect(display, bridge, results)
-    counts = _Counts()
-    while not stop.is_set():
-        try:
-            rep = reports.get(timeout=0.05)
-        except queue.Empty:
-            continue
-        while bridge.pending_count():  # the server is done with the previous counts
-            time.sleep(0.0002)
-        t0 = time.perf_counter()
-        bridge.send("counts_batch", counts.batch(rep))
-        last[rep.generation] = t0
-    return {"rig": "instant", "batches": batches, "last": last, "shown": dict(shown)}
-
-
-def _rig_realtime(display, bridge, results, stop, latency_s: float) -> dict:
-    """The display shows its FIFO on a fixed cadence and reports each onset; the bridge answers each report
-    at onset + on + off (the end of the response window) + ``latency_s``."""
-    import heapq
-    import itertools
-    from collections import deque
-
-    batches: list[tuple] = []
-    shows: list[tuple] = []
-    last: dict[int, float] = {}
-    fifo: deque = deque()  # (presentation, batch_id, generation, arrived at)
-    known: set[str] = set()  # every presentation id queued or shown
-    period: dict[str, float] = {}  # presentation id -> on + off (s), for the bridge's window end
-    cond = threading.Condition()
-    due: list[tuple] = []  # heap of (when the counts are due, n, report)
-    due_cond = threading.Condition()
-    tie = itertools.count()
-
-    def on_batch(msg) -> None:  # the display peer's loop thread
-        b = msg.payload
-        t = _decode(msg)
-        with cond:
-            new = [p for p in sorted(b.presentations, key=lambda p: p.order) if p.presentation_id not in known]
-            known.update(p.presentation_id for p in new)
-            fifo.extend((p, b.batch_id, b.generation, t) for p in new)
-            batches.append((b.generation, t, len(new), len(b.presentations), b.batch_id))
-            cond.notify_all()
-
-    def show() -> None:  # the display thread
-        free_at = None  # when the previous presentation's off period ends (nominal)
-        while not stop.is_set():
-            with cond:
-                if not fifo:
-                    cond.wait(0.05)
-                    continue
-                p, batch_id, generation, arrived = fifo.popleft()
-            onset = arrived if free_at is None else max(free_at, arrived)
-            while (left := onset - time.perf_counter()) > 0:
-                time.sleep(left)
-            late = time.perf_counter() - onset
-            period[p.presentation_id] = (p.on_ms + p.off_ms) / 1000.0
-            shows.append((generation, onset, None if free_at is None else onset - free_at, late, p.presentation_id))
-            display.send("presentation_report", _report_fields(p, batch_id, generation, onset))
-            free_at = onset + (p.on_ms + p.off_ms) / 1000.0
-
-    def on_report(msg) -> None:  # the bridge peer's loop thread: a report the server forwarded
-        rep = msg.payload
-        when = rep.flip_time + period.get(rep.presentation_id, (ON_MS + OFF_MS) / 1000.0) + latency_s
-        with due_cond:
-            heapq.heappush(due, (when, next(tie), rep))
-            due_cond.notify_all()
-
-    display.on("stimulus_batch", on_batch)
-    bridge.on("presentation_report", on_report)
-    _connect(display, bridge, results)
-    shower = threading.Thread(target=show, name="rig-display", daemon=True)
-    shower.start()
-    counts = _Counts()
-    while not stop.is_set():  # the bridge thread
-        with due_cond:
-            if not due:
-                due_cond.wait(0.05)
-                continue
-            wait = due[0][0] - time.perf_counter()
-            if wait > 0:
-                due_cond.wait(min(wait, 0.05))
-                continue
-            rep = heapq.heappop(due)[2]
-        t0 = time.perf_counter()
-        bridge.send("counts_batch", counts.batch(rep))
-        last[rep.generation] = t0
-    shower.join(5)
-    return {"rig": "realtime", "batches": batches, "last": last, "shows": shows}
-
-
 # ------------------------------------------------------------------------------------------ what was measured
-
-
-def next_body(batches, last: dict[int, float]) -> dict[int, float]:
-    """{g: when the batch carrying g+1's candidates was decoded}: the first batch of generation g+1 with new
-    presentations received after the last counts of g were sent (a lead-in of g+1 comes earlier)."""
-    out = {}
-    for g, t_last in last.items():
-        ts = [t for gen, t, new, *_ in batches if gen == g + 1 and t > t_last and new > 0]
-        if ts:
-            out[g] = min(ts)
-    return out
-
-
-def lead_ins(batches, last: dict[int, float]) -> int:
-    """How many generations had presentations received before the previous generation's last counts."""
-    return len({gen for gen, t, new, *_ in batches if new > 0 and gen - 1 in last and t < last[gen - 1]})
-
-
-def shown_per_generation(out: dict) -> dict[int, int]:
-    if "shows" in out:
-        shown: dict[int, int] = defaultdict(int)
-        for s in out["shows"]:
-            shown[s[0]] += 1
-        return dict(shown)
-    return dict(out["shown"])
-
-
-def display_idle(shows, jitter_s: float = JITTER_S) -> dict:
-    """The display's gaps: {"idle": {g: s}} per boundary g -> g+1 (the sum of the gaps over ``jitter_s``
-    that ended with a presentation of g+1, 0.0 for a boundary without one), "first": idle within the first
-    generation shown, "jitter": the gaps up to ``jitter_s``, "late": the display thread's timer lateness."""
-    if not shows:
-        return {"idle": {}, "first": 0.0, "jitter": [], "late": []}
-    gens = [s[0] for s in shows]
-    first = gens[0]
-    idle = {g: 0.0 for g in range(first, max(gens))}
-    within_first, jitter = 0.0, []
-    for gen, _onset, gap, _late, _pid in shows:
-        if gap is None or gap <= 0:
-            continue
-        if gap <= jitter_s:
-            jitter.append(gap)
-        elif gen == first:
-            within_first += gap
-        else:
-            idle[gen - 1] = idle.get(gen - 1, 0.0) + gap
-    return {"idle": idle, "first": within_first, "jitter": jitter, "late": [s[3] for s in shows]}
 
 
 # ------------------------------------------------------------------------------------------ server timings
 
 
-class StepTimes:
-    """Wraps the server's steps (class attributes, this process only) and records (step, start, end,
-    CPU seconds of the calling thread, that thread)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, float, float, float, int]] = []
-        self._undo: list[tuple[type, str, object]] = []
-
-    def wrap(self, cls: type, method: str, step: str) -> None:
-        orig = cls.__dict__[method]
-        events = self.events
-
-        def timed(*a, **kw):
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                return orig(*a, **kw)
-            finally:
-                events.append((step, t0, time.perf_counter(), time.thread_time() - c0, threading.get_ident()))
-
-        setattr(cls, method, timed)
-        self._undo.append((cls, method, orig))
-
-    def install(self) -> None:
-        from server.db.repository import Repository
-        from server.engine.search import SnSSearch
-        from server.live import LiveLoop
-
-        self.wrap(LiveLoop, "_on_counts", "handler")
-        self.wrap(LiveLoop, "_dispatch", "dispatch")
-        self.wrap(Repository, "record_timings", "persist counts")
-        self.wrap(Repository, "record_responses", "persist counts")
-        self.wrap(SnSSearch, "tell", "tell")
-        self.wrap(SnSSearch, "state", "optimizer state")
-        self.wrap(Repository, "complete_generation", "persist scores")
-        self.wrap(SnSSearch, "ask", "ask+render")
-        self.wrap(Repository, "begin_generation", "persist proposals")
-
-    def uninstall(self) -> None:
-        for cls, method, orig in reversed(self._undo):
-            setattr(cls, method, orig)
-        self._undo.clear()
-
-
-STEPS = ["receive", "persist counts", "tell", "optimizer state", "persist scores", "ask+render",
-         "persist proposals", "dispatch", "other (handler)", "delivery+decode"]  # fmt: skip
-
-
-def breakdown(events, t0: float, t1: float) -> dict[str, float]:
-    """The steps of one boundary: the handler of the last counts (the first to start after t0)."""
-    handlers = sorted((e for e in events if e[0] == "handler" and e[1] >= t0 and e[2] <= t1), key=lambda e: e[1])
-    if not handlers:
-        return {}
-    h = handlers[0]
-    out = dict.fromkeys(STEPS, 0.0)
-    out["receive"] = h[1] - t0
-    on_handler_thread = 0.0  # the scores are committed on a writer thread, overlapping ask+render
-    for step, a, b, _, thread in events:
-        if step != "handler" and a >= h[1] and b <= h[2]:
-            out[step] += b - a
-            on_handler_thread += (b - a) if thread == h[4] else 0.0
-    out["other (handler)"] = (h[2] - h[1]) - on_handler_thread
-    out["delivery+decode"] = t1 - h[2]
-    out["handler CPU"] = h[3]
-    return out
-
-
-def per_presentation(events) -> list[float]:
-    """Handler times of counts that did not complete a generation (not on the critical path)."""
-    tells = [e[1] for e in events if e[0] == "tell"]
-    return [e[2] - e[1] for e in events if e[0] == "handler" and not any(e[1] <= t <= e[2] for t in tells)]
-
-
 # ------------------------------------------------------------------------------------------ one run
-
-
-def _start_rig(address: str, rig: str = "realtime", latency_s: float = 0.02):
-    ctx = mp.get_context("spawn")
-    results, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_rig, args=(address, results, stop, rig, latency_s), daemon=True)
-    proc.start()
-    msg = results.get(timeout=120)
-    assert msg.get("connected")
-    return proc, results, stop
-
-
-def _stop_rig(proc, results, stop) -> dict:
-    stop.set()
-    out = results.get(timeout=60)
-    proc.join(10)
-    return out
 
 
 def run_memory(generations: int, reference_code: np.ndarray, rig: str, latency_s: float) -> tuple[dict, list, object]:

@@ -10,12 +10,13 @@ until the server acknowledges it and re-sends it across reconnects.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from wire.messages import CountsBatch, CountsItem, blob_to_image
 from wire.transport import Peer
@@ -33,51 +34,20 @@ DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 ONSET_SOURCE_ON_WIRE = {"photodiode": "photodiode", "ttl": "ttl", "flip": "flip", "none": "none"}
 
 
-def _window(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(v) / 1000.0 for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"window {text!r}: use START,END in ms, e.g. 50,200") from None
-    if not a < b:
-        raise argparse.ArgumentTypeError(f"window {text!r}: START must be before END")
-    return a, b
+@dataclass
+class BridgeOptions:
+    """What ``snslab bridge`` was asked for (recording_bridge/cli.py parses the command line into it)."""
 
-
-def _param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=VALUE")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="snslab bridge",
-        description="Recording bridge: counts each presentation's spikes per unit in half-open response and "
-        "baseline windows (emitted only once the rig's data has passed the window end) and streams them "
-        "to the snslab server.",
-    )
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
-    p.add_argument("--client-id", default=f"bridge-{socket.gethostname()}"[:64], help="name towards the server")
-    p.add_argument("--adapter", default="sim", help="recording source: sim | lsl | openephys (default sim)")
-    p.add_argument("--param", type=_param, action="append", default=[],
-                   help="adapter parameter NAME=VALUE (repeatable), e.g. endpoint=tcp://127.0.0.1:5557")
-    p.add_argument("--response-window", type=_window, default=(0.05, 0.2), help="ms after onset (default 50,200)")
-    p.add_argument("--baseline-window", type=_window, default=(-0.05, 0.0), help="ms after onset (default -50,0)")
-    sim = p.add_argument_group("simulated rig")
-    sim.add_argument("--subject", default="complex-cell", help="model neuron of the simulated rig")
-    sim.add_argument("--subject-param", type=_param, action="append", default=[],
-                     help="model neuron parameter NAME=VALUE (repeatable), e.g. image_size=32")
-    sim.add_argument("--session-seed", type=int, default=None,
-                     help="draw the counts an in-silico run with this session seed gets (needs --mode)")
-    sim.add_argument("--mode", default="invariance", help="probe mode of that session (for --session-seed)")
-    p.add_argument("--log-level", default="INFO")
-    return p
+    server: str = DEFAULT_SERVER
+    client_id: str = field(default_factory=lambda: f"bridge-{socket.gethostname()}"[:64])
+    adapter: str = "sim"
+    params: dict[str, Any] = field(default_factory=dict)
+    response_window: tuple[float, float] = (0.05, 0.2)  # seconds after onset
+    baseline_window: tuple[float, float] = (-0.05, 0.0)
+    subject: str = "complex-cell"
+    subject_params: dict[str, Any] = field(default_factory=dict)
+    session_seed: int | None = None
+    mode: str = "invariance"
 
 
 class Bridge:
@@ -174,18 +144,17 @@ class Bridge:
             self._send(batch)
 
 
-def make_bridge(args, peer_timing=None) -> Bridge:
-    params = dict(args.param)
+def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
+    params = dict(args.params)
     simulated = args.adapter == "sim"
     if simulated:
         import numpy as np
-
 
         count_seed = None
         if args.session_seed is not None:
             count_seed = SeedStreams(args.session_seed).noise_seed(args.mode)
         params.setdefault("subject", args.subject)
-        params.setdefault("subject_params", dict(args.subject_param))
+        params.setdefault("subject_params", dict(args.subject_params))
         params.setdefault("rng", np.random.default_rng(args.session_seed or 0))
         params.setdefault("count_seed", count_seed)
         params.setdefault("data_lag_s", 0.25)  # reports arrive after the offset flip
@@ -201,9 +170,9 @@ def make_bridge(args, peer_timing=None) -> Bridge:
     return Bridge(peer, source, counter, simulated=simulated)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s bridge %(levelname)s %(message)s")
+def run(args: BridgeOptions, log_level: str = "INFO") -> int:
+    """Run the bridge until SIGTERM/SIGINT; a bad configuration is one line and exit status 2."""
+    logging.basicConfig(level=log_level, format="%(asctime)s bridge %(levelname)s %(message)s")
     try:
         bridge = make_bridge(args)
     except ValueError as err:  # ConfigError and friends: one line
@@ -225,7 +194,3 @@ def main(argv: list[str] | None = None) -> int:
     bridge.peer.close(flush_s=2.0)
     bridge.source.close()
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

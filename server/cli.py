@@ -9,23 +9,21 @@ import typer
 
 from snslab_common.errors import SnslabError
 
+from recording_bridge import cli as bridge_command
+from stimulus_client import cli as display_command
+
 from .config import describe_fields
+from .db_commands import app as db_app
+from .session_cli import app as session_app  # snslab session ...: the HTTP client's commands
+
+_display_app, _bridge_app = display_command.app, bridge_command.app
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="snslab: closed-loop Stretch-and-Squeeze probes of visual neurons (invariance and adversarial).",
 )
-
-
-@app.callback()
-def _root() -> None:
-    """Subcommands: insilico, demo, server, session, display, bridge, db."""
-
-
-from .session_cli import app as session_app  # noqa: E402  (snslab session ...: the HTTP client's commands)
-
-app.add_typer(session_app, name="session")
 
 
 def _fail(message: str) -> None:
@@ -151,10 +149,8 @@ def server(
 
     try:
         serve(host, port, wire_bind=wire)
-    except Exception as err:
-        if type(err).__name__ == "DatabaseUnavailable":
-            _fail(str(err))
-        raise
+    except SnslabError as err:  # DatabaseUnavailable: one line, no traceback
+        _fail(str(err))
 
 
 @app.command(help="Run a complete closed-loop demo session on this machine: database, server, simulated "
@@ -177,21 +173,17 @@ def demo(
         _fail(str(err))
 
 
-_PASS = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}}
+# the rig commands: the same typer commands as snslab-display / snslab-bridge on a display or recording PC
+app.command(name="display", help=_display_app.registered_commands[0].help)(display_command.display)
+app.command(name="bridge", help=_bridge_app.registered_commands[0].help,
+            epilog=bridge_command.adapter_help())(bridge_command.bridge)
+app.add_typer(db_app, name="db")
+app.add_typer(session_app, name="session")
 
 
-@app.command(help="Run the PsychoPy display client on the rig's display PC (see `snslab display --help`).", **_PASS)
-def display(ctx: typer.Context) -> None:
-    from stimulus_client.app import main as display_main
+from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
 
-    raise typer.Exit(display_main(list(ctx.args)) or 0)
-
-
-@app.command(help="Run the recording bridge on the recording PC (see `snslab bridge --help`).", **_PASS)
-def bridge(ctx: typer.Context) -> None:
-    from recording_bridge.app import main as bridge_main
-
-    raise typer.Exit(bridge_main(list(ctx.args)) or 0)
+_register_sweep(app, _fail)
 
 
 def main() -> None:  # pragma: no cover

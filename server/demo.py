@@ -76,7 +76,7 @@ class Rig:
 
     def start_bridge(self) -> subprocess.Popen:
         self.bridge = subprocess.Popen(
-            [sys.executable, "-m", "recording_bridge.app", "--server", self.wire, "--client-id", "demo-bridge",
+            [sys.executable, "-m", "recording_bridge", "--server", self.wire, "--client-id", "demo-bridge",
              "--adapter", "sim", "--subject-param", f"image_size={IMAGE_SIZE}", *self.bridge_args],
             stdout=open(self.log_dir / "bridge.log", "ab"), stderr=subprocess.STDOUT,
         )
@@ -116,7 +116,7 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     out("starting the database ...")
     database = connect(settings)
     service = SessionService(database, bind=f"tcp://127.0.0.1:{free_port()}")
-    token = os.environ.get("SNSLAB_OPERATOR_TOKEN") or "demo"
+    token = settings.operator_token or "demo"
     app = create_app(settings, service, database=database, operator_token=token)
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

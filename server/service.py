@@ -44,6 +44,11 @@ class SessionCreate(BaseModel):
     on_ms: float = Field(100.0, gt=0, le=2000)
     off_ms: float = Field(100.0, gt=0, le=2000)
     response_window_ms: tuple[float, float] = (50.0, 200.0)
+    compute_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="a timed dry run of the generator and stages on this server at creation: refuse "
+        "a session whose compute per generation exceeds its display time (refuse), only log a warning (warn), "
+        "or skip the dry run (off); a session whose compute the lead-in cannot hide is always warned about"
+    )
 
 
 class ServiceError(SnslabError, ValueError):
@@ -82,13 +87,19 @@ class SessionService:
             raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
                                "(allowed: maximize-session, image, code)")
         generator = build_generator(probe)
-        if probe.mode != "maximize":
-            build_stages(probe)
+        stages = build_stages(probe) if probe.mode != "maximize" else {}
         targets = spec.target_units or spec.units
         for t in targets:
             if t not in spec.units:
                 raise ServiceError(f"target_units: {t!r} is not among units ({', '.join(spec.units)})")
         ref_code, _ = self._reference(spec, generator)  # fails early on a bad reference
+        feasible = None
+        if spec.compute_check != "off":
+            from .feasibility import check
+
+            feasible = check(probe, generator, stages, on_ms=spec.on_ms, off_ms=spec.off_ms)
+            if feasible.verdict == "too-slow" and spec.compute_check == "refuse":
+                raise ServiceError(feasible.message() + "; compute_check = 'warn' creates it anyway")
         stored = {"session": spec.model_dump(mode="json"), "probe": probe.model_dump(mode="json")}
         if ref_code is not None:  # exact floats: a restart or a replay sees the very same reference
             stored["reference_code"] = [float(v) for v in ref_code]
@@ -99,6 +110,10 @@ class SessionService:
         self.repo.add_units(sid, [(i, 0, key) for i, key in enumerate(spec.units)])
         self.repo.set_session_status(sid, "paused")
         self.repo.log_event(sid, "operator", f"created by {spec.operator}")
+        if feasible is not None and feasible.verdict != "ok":
+            self.repo.log_event(sid, "compute", feasible.message(), {
+                "verdict": feasible.verdict, "compute_s": feasible.compute_s, "display_s": feasible.display_s,
+                "lead_in_s": feasible.lead_in_s, "parts": feasible.parts}, level="warning")
         return sid
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         "db", description="stimulus images as BYTEA in the database, or as content-addressed files"
     )
     db_echo: bool = Field(False, description="log every SQL statement (debugging)")
+    operator_token: SecretStr | None = Field(
+        None, description="the token operators send to create and control sessions (SNSLAB_OPERATOR_TOKEN); "
+        "unset: the server makes a random one and prints it"
+    )
 
     @property
     def pgdata_dir(self) -> Path:

@@ -1,3 +1,3 @@
-from stimulus_client.app import main
+from stimulus_client.cli import main
 
-raise SystemExit(main())
+main()

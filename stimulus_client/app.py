@@ -7,11 +7,11 @@ Data flow: network thread (wire.Peer) -> Schedule (dedupe by presentation id) ->
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import socket
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,110 +24,34 @@ log = logging.getLogger("snslab.display")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: use WIDTHxHEIGHT, e.g. 1024x768") from None
-    if w < 16 or h < 16:
-        raise argparse.ArgumentTypeError(f"size {text!r}: at least 16x16")
-    return w, h
+@dataclass
+class ClientOptions:
+    """What ``snslab display`` was asked for (stimulus_client/cli.py parses the command line into it)."""
+
+    server: str = DEFAULT_SERVER
+    client_id: str = field(default_factory=lambda: f"display-{socket.gethostname()}"[:64].replace(" ", "-"))
+    session: str = ""
+    fullscreen: bool = False
+    screen: int = 0
+    size: tuple[int, int] = (800, 600)
+    refresh_hz: float | None = None
+    frames_on: int | None = None
+    frames_off: int | None = None
+    image_size: int | None = None
+    background: float = 0.0
+    fixation: bool = False
+    fixation_size: int = 8
+    photodiode_patch: tuple[str, int] | None = None
+    lsl_markers: bool = True
+    lsl_scope: str = "loopback"
+    ttl: str | None = None
+    heartbeat: float = 1.0
+    flush_s: float = 5.0
+    log_level: str = "INFO"
 
 
-def _patch(text: str) -> tuple[str, int]:
-    from stimulus_client.display import CORNERS
-
-    corner, _, size = text.partition(":")
-    if corner not in CORNERS:
-        raise argparse.ArgumentTypeError(f"photodiode patch corner {corner!r} (allowed: {', '.join(CORNERS)})")
-    try:
-        px = int(size or 40)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"photodiode patch size {size!r}: pixels, e.g. bottom-right:40") from None
-    return corner, px
-
-
-def _ttl(text: str) -> str:
-    kind = text.partition(":")[0]
-    if kind not in ("serial", "parallel") or ":" not in text:
-        raise argparse.ArgumentTypeError(f"ttl {text!r}: use serial:/dev/ttyUSB0[@BAUD] or parallel:0x378")
-    return text
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be >= 1")
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="snslab display",
-        description="PsychoPy display client: receives stimulus batches from the snslab server, shows each "
-        "image for a frame-counted duration, sends a flip-locked LSL marker (and optional TTL word) and "
-        "reports every presentation. Reconnects and carries on after a server restart.",
-    )
-    p.add_argument("--server", default=DEFAULT_SERVER, help=f"server ZeroMQ endpoint (default {DEFAULT_SERVER})")
-    p.add_argument(
-        "--client-id", default=f"display-{socket.gethostname()}"[:64].replace(" ", "-"),
-        help="name of this display towards the server; keep it the same across restarts so outstanding "
-        "presentations come back to it (default display-<hostname>)",
-    )  # fmt: skip
-    p.add_argument("--session", default="", help="only serve this session id (default: adopt the server's)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--fullscreen", dest="fullscreen", action="store_true", help="full screen (the rig)")
-    mode.add_argument("--windowed", dest="fullscreen", action="store_false", help="a window (development; default)")
-    p.set_defaults(fullscreen=False)
-    p.add_argument("--screen", type=int, default=0, help="screen index for the window (default 0)")
-    p.add_argument("--size", type=_size, default=(800, 600), help="window size WxH when windowed (default 800x600)")
-    p.add_argument(
-        "--refresh-hz", type=float, default=None,
-        help="refresh rate to convert durations to frames; default: measured at start (60 Hz if unstable)",
-    )  # fmt: skip
-    p.add_argument(
-        "--frames-on", type=_positive_int, default=None,
-        help="show every image this many frames, overriding the server's durations (default: on_ms, 100 ms)",
-    )  # fmt: skip
-    p.add_argument(
-        "--frames-off", type=_positive_int, default=None,
-        help="blank frames after every image, overriding the server's durations (default: off_ms, 100 ms)",
-    )  # fmt: skip
-    p.add_argument("--image-size", type=_positive_int, default=None, help="image width in pixels (default: native)")
-    p.add_argument("--background", type=float, default=0.0, help="grey level, -1 black .. 1 white (default 0)")
-    p.add_argument("--fixation", action="store_true", help="draw a fixation point at the centre")
-    p.add_argument("--fixation-size", type=_positive_int, default=8, help="fixation point diameter in px (default 8)")
-    p.add_argument(
-        "--photodiode-patch", type=_patch, default=None, metavar="CORNER[:PX]",
-        help="square patch in a corner (top-left, top-right, bottom-left, bottom-right), white while an image "
-        "is on, black otherwise, for a photodiode on the rig's analog input; e.g. bottom-right:40",
-    )  # fmt: skip
-    p.add_argument(
-        "--lsl-markers", dest="lsl_markers", action="store_true",
-        help="push 'pres:<presentation_id>' on the LSL stream 'snslab-markers' at each onset flip (default)",
-    )  # fmt: skip
-    p.add_argument("--no-lsl-markers", dest="lsl_markers", action="store_false", help="no LSL marker stream")
-    p.set_defaults(lsl_markers=True)
-    p.add_argument(
-        "--lsl-scope", choices=("loopback", "network"), default="loopback",
-        help="loopback: LSL stays on 127.0.0.1 (default; an LSLAPICFG you set wins); network: liblsl defaults, "
-        "for a recorder on another machine",
-    )  # fmt: skip
-    p.add_argument(
-        "--ttl", type=_ttl, default=None, metavar="serial:DEV[@BAUD]|parallel:ADDR",
-        help="also send a TTL word (1..255, cycling; reported per presentation) at each onset and 0 at offset",
-    )  # fmt: skip
-    p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in s (default 1.0)")
-    p.add_argument("--flush-s", type=float, default=5.0, help="on exit, wait this long for reports to be acknowledged")
-    p.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="how much the client logs (default INFO: connections, batches, rejections)",
-    )  # fmt: skip
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: ClientOptions) -> int:
+    """Show what the server sends until told to stop (SIGTERM, SIGINT, Escape or a stop control)."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.WARNING, format=fmt, stream=sys.stderr)
     logging.getLogger("snslab").setLevel(args.log_level)

@@ -58,28 +58,15 @@ CREATE = {
 TABLES = ("sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events")
 
 
-def _admin_execute(admin_url, sql: str) -> None:
-    import psycopg
-
-    conninfo = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql)
-
-
 def url_text(url) -> str:
     return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="module")
 def api_db_url(pg_admin_url, pg_template):
-    from server.db.database import create_database
+    from db_fixtures import fresh_database
 
-    name = f"snslab_api_{uuid.uuid4().hex[:12]}"
-    create_database(pg_admin_url, name, template=pg_template)
-    try:
-        yield pg_admin_url.set(database=name)
-    finally:
-        _admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from fresh_database(pg_admin_url, pg_template, prefix="snslab_api")
 
 
 @pytest.fixture(scope="module")

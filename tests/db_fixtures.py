@@ -93,8 +93,9 @@ def pg_template(pg_admin_url: URL) -> Iterator[str]:
     _admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _fresh_database(admin_url: URL, template: str | None) -> Iterator[URL]:
-    name = f"snslab_test_{uuid.uuid4().hex[:12]}"
+def fresh_database(admin_url: URL, template: str | None, prefix: str = "snslab_test") -> Iterator[URL]:
+    """A database of its own (a copy of ``template``), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     create_database(admin_url, name, template=template)
     try:
         yield admin_url.set(database=name)
@@ -104,7 +105,7 @@ def _fresh_database(admin_url: URL, template: str | None) -> Iterator[URL]:
 
 @pytest.fixture(scope="module")
 def _module_db(pg_admin_url: URL, pg_template: str) -> Iterator[tuple[URL, Engine]]:
-    for url in _fresh_database(pg_admin_url, pg_template):
+    for url in fresh_database(pg_admin_url, pg_template):
         engine = make_engine(url)
         try:
             yield url, engine
@@ -129,13 +130,13 @@ def db_url(_module_db: tuple[URL, Engine]) -> URL:
 @pytest.fixture
 def fresh_db_url(pg_admin_url: URL, pg_template: str) -> Iterator[URL]:
     """A migrated database of the test's own, dropped after the test."""
-    yield from _fresh_database(pg_admin_url, pg_template)
+    yield from fresh_database(pg_admin_url, pg_template)
 
 
 @pytest.fixture
 def empty_db_url(pg_admin_url: URL) -> Iterator[URL]:
     """A fresh database without any schema (for migration tests)."""
-    yield from _fresh_database(pg_admin_url, None)
+    yield from fresh_database(pg_admin_url, None)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_for as wait_until  # noqa: F401  (the suite's one bounded wait, by its older name)
+
 REPO = Path(__file__).resolve().parents[1]
 
 __all__ = ["xvfb", "display_env", "DisplayProcess", "requires_display_stack"]
@@ -117,13 +119,3 @@ class DisplayProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         self._log.close()
-
-
-def wait_until(cond, timeout: float = 90.0, step: float = 0.02) -> bool:
-    """Bounded wait for slow things (a PsychoPy start on a shared machine takes seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())

@@ -5,12 +5,13 @@ changes nothing stored (row counts and session rows compared before and after)."
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+
+from waiting import wait_for
 
 from api_fixtures import AUTH, CREATE, TOKEN, row_counts, session_rows
 from api_fixtures import api_database, api_db_url, api_settings, client, service, stored  # noqa: F401  (fixtures)
@@ -39,15 +40,6 @@ def create(client, **changes) -> dict:
     r = client.post("/api/sessions", json=CREATE | changes, headers=AUTH)
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def wait_for(predicate, timeout_s: float = 30.0) -> None:
-    """Poll until the live loop (another thread) has done its part; a bound, not a timing assertion."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the live loop did not get there")
-        time.sleep(0.02)
 
 
 # --- the token rule ---------------------------------------------------------------------------------------
@@ -82,8 +74,12 @@ def test_token_is_checked_before_the_body_and_the_session(client, api_database):
 def test_token_comes_from_the_environment(api_settings, api_database, service, monkeypatch):
     from server.api.main import create_app
 
+    from server.settings import Settings
+
     monkeypatch.setenv("SNSLAB_OPERATOR_TOKEN", "from-env")
-    with TestClient(create_app(api_settings, service, database=api_database)) as c:
+    settings = Settings(database_url=api_settings.database_url, data_dir=api_settings.data_dir)
+    assert "from-env" not in repr(settings)  # a SecretStr: never printed with the settings
+    with TestClient(create_app(settings, service, database=api_database)) as c:
         assert c.post("/api/sessions", json=CREATE, headers=AUTH).status_code == 401
         r = c.post("/api/sessions", json=CREATE, headers={"Authorization": "Bearer from-env"})
         assert r.status_code == 201
@@ -94,8 +90,8 @@ def test_without_a_token_setting_a_random_one_is_made_and_logged(api_settings, a
 
     monkeypatch.delenv("SNSLAB_OPERATOR_TOKEN", raising=False)
     with caplog.at_level(logging.WARNING, logger="snslab.api"):
-        a = create_app(api_settings, database=api_database).state.operator_token
-        b = create_app(api_settings, database=api_database).state.operator_token
+        a = create_app(api_settings, database=api_database).state.operator_token.get_secret_value()
+        b = create_app(api_settings, database=api_database).state.operator_token.get_secret_value()
     assert a != b and len(a) >= 20
     assert a in caplog.text and "SNSLAB_OPERATOR_TOKEN" in caplog.text
 
@@ -203,25 +199,25 @@ def test_lifecycle_start_pause_resume_stop(client, service, api_database):
     assert r.status_code == 200
     assert (r.json()["status"], r.json()["live"]["running_here"]) == ("running", True)
     # the live loop proposes generation 0 (8 candidates) and dispatches it to nobody: no clients yet
-    wait_for(lambda: repo.session_summary(uuid.UUID(sid)).n_generations == 1)
+    assert wait_for(lambda: repo.session_summary(uuid.UUID(sid)).n_generations == 1)
     d = client.get(f"/api/sessions/{sid}").json()
     assert (d["generations_started"], d["generations_done"], d["presentations"]) == (1, 0, 8)
     assert d["live"]["clients"] == [] and d["live"]["paused"] is False
-    wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["dispatched"] == 8)
+    assert wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["dispatched"] == 8)
     assert len(client.get(f"/api/sessions/{sid}/generations/0/images").json()) == 8
     assert client.post(f"/api/sessions/{sid}/start", headers=AUTH).json()["status"] == "running"  # idempotent
 
     r = client.post(f"/api/sessions/{sid}/pause", headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "paused"
-    wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["paused"] is True)
+    assert wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["paused"] is True)
     r = client.post(f"/api/sessions/{sid}/resume", headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "running"
-    wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["paused"] is False)
+    assert wait_for(lambda: client.get(f"/api/sessions/{sid}").json()["live"]["paused"] is False)
 
     r = client.post(f"/api/sessions/{sid}/stop", headers=AUTH)
     assert r.status_code == 200
     assert r.json()["status"] == "aborted" and r.json()["finished_at"] is not None
-    wait_for(lambda: not client.get(f"/api/sessions/{sid}").json()["live"]["running_here"])
+    assert wait_for(lambda: not client.get(f"/api/sessions/{sid}").json()["live"]["running_here"])
     assert repo.session_summary(uuid.UUID(sid)).status == "aborted"
 
     with Unchanged(api_database):
@@ -237,7 +233,7 @@ def test_a_second_session_cannot_start_while_one_runs(client, service, api_datab
     first, second = create(client)["id"], create(client)["id"]
     assert client.post(f"/api/sessions/{first}/start", headers=AUTH).status_code == 200
     repo = api_database.repository()
-    wait_for(lambda: repo.session_summary(uuid.UUID(first)).n_generations == 1)
+    assert wait_for(lambda: repo.session_summary(uuid.UUID(first)).n_generations == 1)
     with Unchanged(api_database):
         r = client.post(f"/api/sessions/{second}/start", headers=AUTH)
     assert (r.status_code, r.json()) == (400, {"detail": f"session: {first} is running; stop it first"})

@@ -8,19 +8,16 @@ last 50 + 50 ms here, so a run takes a few seconds.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import loop as bench  # noqa: E402
-from wire import ServerEndpoint  # noqa: E402
-from wire.messages import ImageSpec, Presentation, StimulusBatch, image_to_blob  # noqa: E402
+from bench import loopmeasures as measures
+from bench import looprig
+from wire import ServerEndpoint
+from wire.messages import ImageSpec, Presentation, StimulusBatch, image_to_blob
 
 PERIOD_S = 0.1  # 50 ms on + 50 ms off
 LATENCY_S = 0.02
@@ -33,12 +30,12 @@ def test_idle_is_attributed_to_the_boundary_into_the_generation_shown_after_the_
     # a 40 ms gap before g1's body, g2 after a 30 ms gap
     shows = [(0, 0.0, None, 0.0, "a"), (0, 0.2, 0.0, 0.001, "b"), (0, 0.402, 0.002, 0.0, "c"),
              (1, 0.602, 0.0, 0.0, "d"), (1, 0.842, 0.040, 0.0, "e"), (2, 1.072, 0.030, 0.003, "f")]  # fmt: skip
-    gaps = bench.display_idle(shows)
+    gaps = measures.display_idle(shows)
     assert gaps["idle"] == {0: pytest.approx(0.040), 1: pytest.approx(0.030)}
     assert gaps["jitter"] == [pytest.approx(0.002)] and gaps["first"] == 0.0
     assert max(gaps["late"]) == pytest.approx(0.003)
     no_gap = [(0, 0.0, None, 0.0, "a"), (1, 0.2, 0.0, 0.0, "b"), (2, 0.4, 0.0, 0.0, "c")]
-    assert bench.display_idle(no_gap)["idle"] == {0: 0.0, 1: 0.0}  # every boundary listed, idle or not
+    assert measures.display_idle(no_gap)["idle"] == {0: 0.0, 1: 0.0}  # every boundary listed, idle or not
 
 
 def test_the_candidates_batch_is_the_first_after_the_last_counts():
@@ -46,8 +43,8 @@ def test_the_candidates_batch_is_the_first_after_the_last_counts():
     batches = [(0, 0.0, 44, 44, "g0"), (1, 0.01, 2, 2, "g1.lead"), (1, 9.0, 42, 42, "g1"), (2, 9.01, 2, 2, "x"),
                (2, 18.5, 0, 42, "resent"), (2, 18.6, 42, 42, "g2")]  # fmt: skip
     last = {0: 8.9, 1: 18.4}
-    assert bench.next_body(batches, last) == {0: 9.0, 1: 18.6}  # a re-send with nothing new does not count
-    assert bench.lead_ins(batches, last) == 2
+    assert measures.next_body(batches, last) == {0: 9.0, 1: 18.6}  # a re-send with nothing new does not count
+    assert measures.lead_ins(batches, last) == 2
 
 
 # ------------------------------------------------------------------------------------------- the rig, live
@@ -102,18 +99,20 @@ class ScriptedServer:
 def _run(lead_in: int, generations: int = 3, n: int = 6) -> tuple[dict, ScriptedServer]:
     server = ScriptedServer(generations, n, lead_in)
     server.ep.start()
-    handle = bench._start_rig(server.ep.endpoint, "realtime", LATENCY_S)
+    handle = looprig._start_rig(server.ep.endpoint, "realtime", LATENCY_S)
     try:
         server.start()
         assert server.done.wait(30), f"counted only {server.counted}"
     finally:
-        out = bench._stop_rig(*handle)
+        out = looprig._stop_rig(*handle)
         server.ep.close()
     return out, server
 
 
 @pytest.mark.parametrize("lead_in", [0, 2])
 def test_realtime_rig_cadence_counts_and_idle(lead_in):
+    """What the rig does is checked against its own record (arrival and onset times), so the assertions hold
+    however late a loaded machine runs the rig's threads: no timing thresholds."""
     out, server = _run(lead_in)
     shows = out["shows"]
     ids = [s[4] for s in shows]
@@ -121,26 +120,31 @@ def test_realtime_rig_cadence_counts_and_idle(lead_in):
     assert ids == [f"{g}.{k}" for g in range(3) for k in range(6)]
     assert sorted(server.counted) == sorted(ids)
     onsets = np.array([s[1] for s in shows])
-    gaps = bench.display_idle(shows)
-    body = bench.next_body(out["batches"], out["last"])
+    arrived = {bid: t for _g, t, _new, _n, bid in out["batches"]}
+    # generation 0 goes out whole; later ones as their lead-in (orders < lead_in, with the previous one) + body
+    batch_of = {f"{g}.{k}": f"g{g}.{0 if g == 0 or k < lead_in or not lead_in else lead_in}"
+                for g in range(3) for k in range(6)}
+    # the cadence rule: each onset is the previous one + on + off, or its batch's arrival if that is later
+    for i in range(1, len(shows)):
+        expected = max(onsets[i - 1] + PERIOD_S, arrived[batch_of[ids[i]]])
+        assert onsets[i] == pytest.approx(expected, abs=1e-9)
+        assert shows[i][2] == pytest.approx(expected - onsets[i - 1] - PERIOD_S, abs=1e-9)
+    gaps = measures.display_idle(shows)
+    body = measures.next_body(out["batches"], out["last"])
     assert sorted(body) == [0, 1]
     for g in (0, 1):
         last_onset = onsets[ids.index(f"{g}.5")]
-        # the last counts of g go out at its window's end + the rig's latency (the bridge's thread may be late)
-        assert out["last"][g] - (last_onset + PERIOD_S + LATENCY_S) == pytest.approx(0.0, abs=0.05)
-        # the candidates' batch is the one dispatched after those counts, not the lead-in
+        # the last counts of g go out no earlier than its window's end + the rig's latency
+        assert out["last"][g] >= last_onset + PERIOD_S + LATENCY_S - 1e-9
+        # the candidates' batch is the one dispatched after those counts (the server waits DELAY_S), not the lead-in
         assert body[g] - out["last"][g] >= DELAY_S
-    if lead_in:
-        assert bench.lead_ins(out["batches"], out["last"]) == 2
-        assert gaps["idle"] == {0: 0.0, 1: 0.0}  # the lead-in (200 ms) covers latency + the server's delay
-        steps = np.diff(onsets)
-        assert steps == pytest.approx(np.full(len(steps), PERIOD_S), abs=1e-9)  # one unbroken cadence
-    else:
-        assert bench.lead_ins(out["batches"], out["last"]) == 0
-        for g in (0, 1):
-            # the display waits from the end of g's last presentation to g+1's arrival
-            idle = gaps["idle"][g]
-            assert idle >= LATENCY_S + DELAY_S
-            first_next = onsets[ids.index(f"{g + 1}.0")]
-            assert first_next == pytest.approx(body[g])  # g+1 starts the moment it is decoded
-            assert idle == pytest.approx(first_next - (onsets[ids.index(f"{g}.5")] + PERIOD_S))
+        # idle at g -> g+1: the display's waits for generation g+1's batches (gaps over the jitter bound)
+        waits = [arrived[batch_of[ids[i]]] - (onsets[i - 1] + PERIOD_S) for i in range(1, len(ids))
+                 if ids[i].startswith(f"{g + 1}.")]
+        assert gaps["idle"][g] == pytest.approx(sum(w for w in waits if w > measures.JITTER_S), abs=1e-9)
+        first_next = onsets[ids.index(f"{g + 1}.0")]
+        if lead_in:  # the display had g+1's lead-in to show while the server worked on g+1's candidates
+            assert first_next < body[g]
+        else:  # it waited for g+1 from the end of g, and started g+1 the moment it arrived
+            assert gaps["idle"][g] >= LATENCY_S + DELAY_S and first_next == pytest.approx(body[g], abs=1e-9)
+    assert measures.lead_ins(out["batches"], out["last"]) == (2 if lead_in else 0)

@@ -7,18 +7,15 @@ statistics against known values; front confirmation against planted impostors.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.integrate import quad
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from server.engine.confirm import FrontConfirmation
 
-from sefficiency import stats  # noqa: E402
-from sefficiency.confirm import FrontConfirmation  # noqa: E402
-from sefficiency.fronts import (  # noqa: E402
+from bench.sefficiency import stats
+from bench.sefficiency.fronts import (
     DEFAULT_CELLS,
     build_instances,
     hypervolume_max,
@@ -26,10 +23,10 @@ from sefficiency.fronts import (  # noqa: E402
     nondominated_max,
     to_max,
 )
-from sefficiency.harness import run  # noqa: E402
-from sefficiency.methods import REFERENCE_SHOWS, RandomSearch, ReferenceSnS  # noqa: E402
-from sefficiency.neurons import C50, UNITS, naka_rushton  # noqa: E402
-from sefficiency.zspace import Space  # noqa: E402
+from bench.sefficiency.harness import run
+from bench.sefficiency.methods import REFERENCE_SHOWS, RandomSearch, ReferenceSnS
+from bench.sefficiency.neurons import C50, UNITS, naka_rushton
+from bench.sefficiency.zspace import Space
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +183,7 @@ def test_reference_scheme_early_stop_freezes_its_scores(instances):
 
 
 def test_snslab_adapter_reports_presented_candidates(instances):
-    from sefficiency.snslab import SnSLab
+    from bench.sefficiency.snslab import SnSLab
 
     inst = instances[0]
     m = SnSLab(inst, 0.2, seed=1, popsize=10, retests=4)

@@ -13,7 +13,8 @@ import uuid
 import numpy as np
 import pytest
 import zmq
-from display_fixtures import DisplayProcess, display_env, requires_display_stack, wait_until, xvfb  # noqa: F401
+from display_fixtures import DisplayProcess, display_env, requires_display_stack, xvfb  # noqa: F401
+from waiting import wait_for
 
 from wire import messages as m
 from wire.ledger import PresentationLedger
@@ -154,7 +155,7 @@ def test_client_presents_a_batch_reports_each_once_and_marks_lsl(display_env, tm
         display_env, tmp_path, cleanup, srv.endpoint, "display-t1",
         "--frames-on", "3", "--frames-off", "2", "--fixation", "--photodiode-patch", "bottom-right:20",
     )  # fmt: skip
-    assert wait_until(lambda: srv.hellos or proc.proc.poll() is not None), proc.log()
+    assert wait_for(lambda: srv.hellos or proc.proc.poll() is not None), proc.log()
     client, new_instance = srv.hellos[0]
     assert new_instance and client.role == "display" and client.client_id == "display-t1"
     caps = client.capabilities
@@ -189,11 +190,11 @@ def test_client_presents_a_batch_reports_each_once_and_marks_lsl(display_env, tm
     # paused: the batch is taken (acknowledged) but nothing is shown until resume
     srv.ep.send_to("display-t1", "control", {"action": "pause"})
     srv.dispatch("display-t1", batch, images)
-    assert wait_until(lambda: srv.ep.pending_count() == 0), proc.log()
+    assert wait_for(lambda: srv.ep.pending_count() == 0), proc.log()
     time.sleep(0.5)
     assert srv.reports == []
     srv.ep.send_to("display-t1", "control", {"action": "resume"})
-    assert wait_until(lambda: srv.ledger.complete or proc.proc.poll() is not None), proc.log()
+    assert wait_for(lambda: srv.ledger.complete or proc.proc.poll() is not None), proc.log()
 
     markers = []
     while len(markers) < 6:
@@ -228,17 +229,17 @@ def test_kill9_mid_batch_then_restart_completes_with_nothing_lost_or_doubled(dis
     cleanup(srv)
     args = ("--frames-on", "20", "--frames-off", "5", "--no-lsl-markers")
     first = start_client(display_env, tmp_path, cleanup, srv.endpoint, "display-k", *args)
-    assert wait_until(lambda: srv.hellos or first.proc.poll() is not None), first.log()
+    assert wait_for(lambda: srv.hellos or first.proc.poll() is not None), first.log()
     batch, images = six_images()
     srv.dispatch("display-k", batch, images)
-    assert wait_until(lambda: len(srv.reports) >= 2 or first.proc.poll() is not None, step=0.001), first.log()
+    assert wait_for(lambda: len(srv.reports) >= 2 or first.proc.poll() is not None, step_s=0.001), first.log()
     first.kill9()
     before = set(srv.ledger.reports)
     outstanding = srv.ledger.outstanding()
     assert outstanding, "the client finished before it was killed; the test needs a longer batch"
 
     second = start_client(display_env, tmp_path, cleanup, srv.endpoint, "display-k", *args)
-    assert wait_until(lambda: srv.ledger.complete or second.proc.poll() is not None), second.log()
+    assert wait_for(lambda: srv.ledger.complete or second.proc.poll() is not None), second.log()
 
     ids = [p.presentation_id for p in batch.presentations]
     assert sorted(srv.ledger.reports) == sorted(ids)  # nothing lost
@@ -255,14 +256,14 @@ def test_server_restart_mid_batch_client_carries_on_without_reshowing(display_en
     first = FakeServer()
     port = first.ep.port
     proc = start_client(display_env, tmp_path, cleanup, first.endpoint, "display-r", "--frames-on", "20", "--frames-off", "5", "--no-lsl-markers")
-    assert wait_until(lambda: first.hellos or proc.proc.poll() is not None), proc.log()
+    assert wait_for(lambda: first.hellos or proc.proc.poll() is not None), proc.log()
     batch, images = six_images()
     first.dispatch("display-r", batch, images)
-    assert wait_until(lambda: len(first.reports) >= 2 or proc.proc.poll() is not None, step=0.001), proc.log()
+    assert wait_for(lambda: len(first.reports) >= 2 or proc.proc.poll() is not None, step_s=0.001), proc.log()
     first.close()  # the server dies; its ledger survives (the real one lives in the database)
     second = FakeServer(port=port, ledger=first.ledger)
     cleanup(second)
-    assert wait_until(lambda: second.ledger.complete or proc.proc.poll() is not None), proc.log()
+    assert wait_for(lambda: second.ledger.complete or proc.proc.poll() is not None), proc.log()
     statuses = first.statuses + second.statuses
     assert statuses.count("new") == 6 and sorted(second.ledger.reports) == sorted(p.presentation_id for p in batch.presentations)
     # the client already held every presentation: the re-sent copies were skipped, nothing shown twice

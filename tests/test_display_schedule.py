@@ -10,6 +10,8 @@ import threading
 import numpy as np
 import pytest
 
+from stimulus_client.app import ClientOptions
+
 from stimulus_client.schedule import Schedule, frames_for, presentation_frames, timing_qc, ttl_word
 from wire.messages import ImageSpec, Presentation, StimulusBatch
 
@@ -104,7 +106,7 @@ def test_timing_qc():
 
 def test_display_side_never_imports_the_server_stack():
     code = (
-        "import sys; import wire, wire.transport, wire.ledger, wire.lsl_config, stimulus_client.app, "
+        "import sys; import wire, wire.transport, wire.ledger, wire.lsl_config, stimulus_client.app, stimulus_client.cli, "
         "stimulus_client.schedule, stimulus_client.markers, stimulus_client.display; "
         "bad = sorted(m for m in ('torch', 'fastapi', 'sqlalchemy', 'server', 'recording_bridge', 'scipy') if m in sys.modules); "
         "print(','.join(bad))"
@@ -115,15 +117,19 @@ def test_display_side_never_imports_the_server_stack():
 
 
 def test_cli_help_explains_every_option():
-    from stimulus_client.app import build_parser
+    import click
+    import typer
 
-    parser = build_parser()
-    for action in parser._actions:
-        assert action.help and len(action.help) > 10, action.option_strings
+    from stimulus_client.cli import app
+
+    for param in typer.main.get_command(app).params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help and len(param.help) > 10, param.opts
     out = subprocess.run([sys.executable, "-m", "stimulus_client", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for opt in ("--server", "--fullscreen", "--windowed", "--screen", "--size", "--frames-on", "--frames-off",
-                "--fixation", "--photodiode-patch", "--lsl-markers", "--no-lsl-markers", "--ttl", "--client-id"):  # fmt: skip
+                "--fixation", "--photodiode-patch", "--lsl-markers", "--no-lsl-markers", "--ttl", "--client-id",
+                "--config"):  # fmt: skip
         assert opt in out.stdout
 
 
@@ -133,24 +139,48 @@ def test_cli_help_explains_every_option():
         (["--photodiode-patch", "middle"], "photodiode patch corner 'middle' (allowed: top-left, top-right, bottom-left, bottom-right)"),
         (["--size", "big"], "size 'big': use WIDTHxHEIGHT"),
         (["--ttl", "usb"], "ttl 'usb': use serial:/dev/ttyUSB0[@BAUD] or parallel:0x378"),
-        (["--frames-on", "0"], "0: must be >= 1"),
-        (["--fullscreen", "--windowed"], "not allowed with argument"),
+        (["--frames-on", "0"], "'--frames-on'"),
+        (["--lsl-scope", "lan"], "'lan' is not one of 'loopback', 'network'"),
     ],
 )
-def test_cli_refuses_bad_options_in_one_line(argv, message, capsys):
-    from stimulus_client.app import build_parser
+def test_cli_refuses_bad_options_in_one_line(argv, message):
+    from typer.testing import CliRunner
 
-    with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message in err
+    from stimulus_client.cli import app
+
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2
+    err = r.output.strip().splitlines()[-1]
+    assert err.startswith("Error: Invalid value for") and message in err
 
 
-def test_cli_defaults():
-    from stimulus_client.app import build_parser
+def _parsed(monkeypatch, argv) -> ClientOptions:
+    """What the command line turns into: the options ``run`` would be given (the window is not opened)."""
+    from typer.testing import CliRunner
 
-    a = build_parser().parse_args([])
+    from stimulus_client import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda opts: seen.append(opts) or 0)
+    r = CliRunner().invoke(cli.app, argv)
+    assert r.exit_code == 0, r.output
+    return seen[0]
+
+
+def test_cli_defaults_and_rig_toml(monkeypatch, tmp_path):
+    a = _parsed(monkeypatch, [])
     assert (a.fullscreen, a.size, a.lsl_markers, a.lsl_scope, a.frames_on, a.ttl) == (False, (800, 600), True, "loopback", None, None)
-    a = build_parser().parse_args(["--fullscreen", "--photodiode-patch", "bottom-right:32", "--no-lsl-markers"])
+    a = _parsed(monkeypatch, ["--fullscreen", "--photodiode-patch", "bottom-right:32", "--no-lsl-markers"])
     assert a.fullscreen and a.photodiode_patch == ("bottom-right", 32) and not a.lsl_markers
+    rig = tmp_path / "rig.toml"
+    rig.write_text('[display]\nserver = "tcp://10.0.0.7:5555"\nfullscreen = true\nphotodiode-patch = "top-left:24"\n'
+                   "frames_on = 6\n")
+    a = _parsed(monkeypatch, ["--config", str(rig), "--frames-on", "3"])
+    assert (a.server, a.fullscreen, a.photodiode_patch, a.frames_on) == ("tcp://10.0.0.7:5555", True, ("top-left", 24), 3)
+    rig.write_text('[display]\nfullscreen = true\nbrightness = 2\n')
+    from typer.testing import CliRunner
+
+    from stimulus_client.cli import app
+
+    r = CliRunner().invoke(app, ["--config", str(rig)])
+    assert r.exit_code == 2 and "[display] brightness: unknown setting (allowed: " in r.output

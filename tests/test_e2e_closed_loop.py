@@ -6,13 +6,13 @@ with its flip time, onset source and response; nothing is lost or counted twice;
 the one an in-silico run with the same seed gives.
 """
 
-import time
 
 import numpy as np
 import pytest
 from sqlalchemy import text
 
-from display_fixtures import DisplayProcess, display_env, requires_display_stack, wait_until, xvfb  # noqa: F401
+from display_fixtures import DisplayProcess, display_env, requires_display_stack, xvfb  # noqa: F401
+from waiting import wait_for
 from server.config import parse_config
 from server.insilico import run_probe
 from server.service import SessionCreate, SessionService
@@ -38,13 +38,13 @@ def test_closed_loop_with_psychopy_survives_a_display_kill_and_matches_in_silico
     bridge, stop, th = _bridge(service.wire_address, probe["seed"], "invariance")
     restarted = None
     try:
-        assert wait_until(lambda: sum(c["alive"] for c in service.clients()) == 2, 120), display.log()
+        assert wait_for(lambda: sum(c["alive"] for c in service.clients()) == 2, 120), display.log()
         sid = service.create(SessionCreate(operator="e2e", subject_id="M2", probe=probe,
                                            reference={"source": "code", "path": str(ref)}, units=["sim:0"]))
         service.start(sid)
         loop = service.loop
         # Kill the display in the middle of generation 2: some of its presentations shown, some not.
-        assert wait_until(lambda: len(loop.runner.reports) >= 2 and loop.stats.reports >= 2 * 10 + 4, 120)
+        assert wait_for(lambda: len(loop.runner.reports) >= 2 and loop.stats.reports >= 2 * 10 + 4, 120)
         display.kill9()
         restarted = _display(display_env, service.wire_address, tmp_path, 2)
         assert service.wait(sid, 240), f"{loop.stats}\n{restarted.log()[-2000:]}"

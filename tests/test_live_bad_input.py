@@ -27,6 +27,7 @@ from server.db.models import Base
 from server.service import SessionCreate, SessionService
 from test_live_loop import FAST, ScriptedDisplay, _bridge
 from wire.messages import Envelope, decode, encode
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 
@@ -98,13 +99,6 @@ def snapshot(engine):
         return {name: (n, digest) for name, n, digest in c.execute(text(" UNION ALL ".join(parts)))}
 
 
-def wait_until(cond, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def service(repo):
     # every refusal must be logged: more than the default 20 lines per 10 s come here, and which of them a
@@ -138,7 +132,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         service.start(sid)
         loop = service.loop
         # quiet: the display holds, and every presentation it showed has its counts stored
-        wait_until(lambda: len(display.reported) >= HOLD_AFTER and loop.stats.counts >= HOLD_AFTER, 60, "the hold")
+        assert wait_for(lambda: len(display.reported) >= HOLD_AFTER and loop.stats.counts >= HOLD_AFTER, 60), "the hold"
         before, quiet = snapshot(db_engine), False
         for _ in range(100):
             time.sleep(0.3)

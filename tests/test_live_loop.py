@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from recording_bridge.app import build_parser as bridge_parser
-from recording_bridge.app import make_bridge
+from recording_bridge.app import BridgeOptions, make_bridge
 from server.config import parse_config
 from server.insilico import run_probe
 from server.service import SessionCreate, SessionService
@@ -86,10 +85,8 @@ class ScriptedDisplay:
 
 
 def _bridge(address, seed, mode, image_size=16):
-    args = bridge_parser().parse_args([
-        "--server", address, "--client-id", "bridge-test", "--adapter", "sim", "--session-seed", str(seed),
-        "--mode", mode, "--subject-param", f"image_size={image_size}", "--subject-param", "wavelength=6.0",
-    ])
+    args = BridgeOptions(server=address, client_id="bridge-test", adapter="sim", session_seed=seed, mode=mode,
+                         subject_params={"image_size": image_size, "wavelength": 6.0})
     bridge = make_bridge(args, peer_timing=FAST)
     bridge.peer.start()
     stop = threading.Event()

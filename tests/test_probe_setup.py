@@ -43,6 +43,16 @@ def _bilinear(path, size):
         return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
 
 
+def _create_live(repo, probe, picture):
+    """A live session with an image reference, created the way the operator's API creates it."""
+    service = SessionService(repo, bind="tcp://127.0.0.1:0")
+    try:
+        return service.create(SessionCreate(operator="t", subject_id="m", probe=probe,
+                                             reference={"source": "image", "path": str(picture)}))
+    finally:
+        service.close()
+
+
 def test_in_silico_and_live_load_the_same_reference_image(picture, repo):
     expected = _bilinear(picture, 16)
     assert np.abs(expected - _bicubic(picture)).max() > 1 / 255  # the filters do differ on this file
@@ -50,12 +60,7 @@ def test_in_silico_and_live_load_the_same_reference_image(picture, repo):
                                 "subject": {"name": "complex-cell", "wavelength": 6}})
     result = run_probe(cfg)
     np.testing.assert_array_equal(result.reference_image, expected)
-    service = SessionService(repo, bind="tcp://127.0.0.1:0")
-    try:
-        sid = service.create(SessionCreate(operator="t", subject_id="m", probe=PROBE,
-                                           reference={"source": "image", "path": str(picture)}))
-    finally:
-        service.close()
+    sid = _create_live(repo, PROBE, picture)
     np.testing.assert_array_equal(rebuild(repo, sid).reference_image, expected)
 
 
@@ -65,12 +70,7 @@ def test_a_live_image_reference_the_generator_cannot_encode_survives_a_restart(p
     code, img = load_reference("image", picture, DrawOnlyDCT(**{k: v for k, v in gen.items() if k != "name"}))
     assert code is None
     probe = PROBE | {"generator": gen, "start_from": "noise"}
-    service = SessionService(repo, bind="tcp://127.0.0.1:0")
-    try:
-        sid = service.create(SessionCreate(operator="t", subject_id="m", probe=probe,
-                                           reference={"source": "image", "path": str(picture)}))
-    finally:
-        service.close()
+    sid = _create_live(repo, probe, picture)
     stored = rebuild(repo, sid)  # what a start (or a start after a restart) does first
     assert "reference_code" not in repo.load_resume_point(sid).config
     np.testing.assert_array_equal(stored.reference_image, img)

@@ -16,21 +16,9 @@ from wire import messages as m
 from wire.ledger import PresentationLedger
 from snslab_common.rejections import RejectionLog
 from wire.transport import Peer, Reject, ServerEndpoint, Timing
+from waiting import wait_for
 
 FAST = Timing(heartbeat_s=0.1, heartbeat_misses=5, ack_timeout_s=0.05, backoff=2.0, max_ack_timeout_s=0.2, max_retries=3)
-
-
-def wait_for(cond, timeout=15.0, poll=()):
-    """Bounded wait (generous: the machine is shared); drives endpoints that run without a thread."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        for ep in poll:
-            ep.poll_once(0.005)
-        if not poll:
-            time.sleep(0.005)
-    return cond()
 
 
 def report(pid: str, **kw) -> dict:

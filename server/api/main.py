@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import SecretStr
 
 from server import __version__
 from server.settings import Settings
@@ -34,12 +35,12 @@ Creating and controlling sessions needs the operator token: `Authorization: Bear
 
 
 def create_app(
-    settings: Settings | None = None, service=None, *, database=None, operator_token: str | None = None
+    settings: Settings | None = None, service=None, *, database=None, operator_token: str | SecretStr | None = None
 ) -> FastAPI:
     """The app on ``database`` (default: the settings' database, opened here and closed at shutdown).
 
     With a SessionService the operator's verbs work; without one the app serves stored sessions read-only.
-    ``operator_token`` defaults to $SNSLAB_OPERATOR_TOKEN, else a random one (logged).
+    ``operator_token`` defaults to the settings' (SNSLAB_OPERATOR_TOKEN), else a random one (logged).
     """
     settings = settings or Settings()
     owned = None
@@ -61,7 +62,7 @@ def create_app(
     app.state.database = database
     app.state.repository = service.repo if service is not None else database.repository()
     app.state.service = service
-    app.state.operator_token = resolve_token(operator_token)
+    app.state.operator_token = resolve_token(operator_token, settings)
     errors.install(app)
 
     api = APIRouter(prefix="/api")
@@ -83,8 +84,6 @@ def create_app(
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, *,
           wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info") -> None:
     """Open the database, start the session service (ZeroMQ on ``wire_bind``) and serve HTTP until stopped."""
-    import os
-
     import uvicorn
 
     from server.db import connect
@@ -94,12 +93,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     database = connect(settings)
     service = SessionService(database, bind=wire_bind)
     try:
-        token = os.environ.get(TOKEN_ENV, "").strip() or None
-        app = create_app(settings, service, database=database, operator_token=token)
+        app = create_app(settings, service, database=database)
         print(f"snslab {__version__}: dashboard http://{host}:{port}/  API docs http://{host}:{port}/docs")
         print(f"database {database.masked_url}; display and bridge connect to {service.wire_address}")
-        if token is None:
-            print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token}")
+        if settings.operator_token is None:
+            print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token.get_secret_value()}")
         # open dashboard streams end within a few seconds of Ctrl-C (browsers reconnect to the next server)
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     finally:

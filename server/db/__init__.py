@@ -27,6 +27,7 @@ from server.db.records import (
     group_unit_rows,
 )
 from server.db.repository import Repository
+from server.db import sweeps as _sweeps  # noqa: F401  (issue 16: the sweep tables join the metadata)
 from server.png import encode_png
 
 __all__ = [

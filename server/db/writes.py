@@ -1,12 +1,5 @@
-"""The generation write path, in the order a generation flows through it.
-
-    create_session -> add_units   (server/db/sessions.py)
-    begin_generation      proposals + stimuli + optimizer state, ONE transaction, committed before dispatch
-    record_timings        display/rig onsets and QC, batched, first write wins
-    record_responses      spike counts, batched (COPY), idempotent per presentation, first write wins
-    generation_data       what the optimizer is told: read back from the database, i.e. committed
-    complete_generation   scores + optimizer state after tell, ONE transaction
-    load_resume_point     after a crash: the last completed generation and the in-flight one
+"""The generation write path: begin_generation, record_timings, record_responses, reshow_presentations and
+complete_generation (the order a generation flows through them: server/db/repository.py).
 
 Every write method commits before it returns, so whatever the caller does next (dispatch, tell) only
 depends on data that survives a kill -9. A repeated write (a re-sent response or timing, a begin_generation

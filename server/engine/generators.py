@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from server.engine import torchpaths
 from server.engine.base import ConfigError, ImageGenerator
 from server.engine.imaging import check_state_dict, load_state_dict_file, pick_device
 from snslab_common.imaging import as_image_batch, positive, size2
@@ -285,7 +286,8 @@ class DeePSiMGenerator(ImageGenerator):
     Output = clamp((y + BGR mean (104, 117, 123)) / 255, 0, 1), then BGR -> RGB, optionally resized to
     ``image_size`` (antialiased bilinear). Weights (``torch.save``d state_dict, either public layout) are
     required: the network is built on the meta device and the file's tensors are assigned, so no random
-    initialisation happens.
+    initialisation happens. ``device`` "auto" (default) renders on CUDA when present; ``precision`` and the
+    CUDA-only speed-ups are those of server/engine/torchpaths.py (CPU fp32 results are unchanged).
     """
 
     name = "deepsim"
@@ -295,9 +297,10 @@ class DeePSiMGenerator(ImageGenerator):
         self,
         weights: str | Path,
         variant: str = "fc7",
-        device: str = "cpu",
+        device: str = "auto",
         image_size: int | tuple[int, int] = 256,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        precision: str = "auto",
     ):
         import torch
 
@@ -306,10 +309,11 @@ class DeePSiMGenerator(ImageGenerator):
         self.variant = variant
         self.name = f"deepsim-{variant}"
         self.device = pick_device(device, "generator.device")
+        self.precision = torchpaths.pick_precision(precision, self.device, "generator.precision")
         h, w = size2(image_size, "generator.image_size")
         self.image_shape = (h, w, 3)
         self.code_size = 4096
-        self.batch_size = positive(batch_size, "generator.batch_size", integer=True)
+        self.batch_size = torchpaths.pick_batch(batch_size, self.device, 32, "generator.batch_size")
 
         sd = load_state_dict_file(weights, "generator.weights")
         self.layout, sd = _normalise_deepsim_keys(sd, "generator.weights")
@@ -317,8 +321,14 @@ class DeePSiMGenerator(ImageGenerator):
         with torch.device("meta"):
             net = _build_deepsim(self.layout)
         net.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, assign=True)
-        self.net = net.to(self.device).eval().requires_grad_(False)
+        self.net = torchpaths.prepare_module(net, self.device, self.precision)
         self._mean = torch.tensor(_BGR_MEAN, device=self.device).reshape(1, 3, 1, 1)
+        if self.device == "cuda":
+            self.warmup()
+
+    def warmup(self, n: int | None = None) -> None:
+        """Render ``n`` zero codes (default: a full batch) once, outside any timed path."""
+        torchpaths.warm_up(lambda: self.render(np.zeros((n or self.batch_size, self.code_size))), self.device)
 
     def render(self, codes: np.ndarray) -> np.ndarray:
         import torch
@@ -326,10 +336,10 @@ class DeePSiMGenerator(ImageGenerator):
 
         codes = self.check_codes(codes)
         out = np.empty((codes.shape[0], *self.image_shape), dtype=np.float32)
-        with torch.inference_mode():
+        with torchpaths.compute(self.device, self.precision):
             for start in range(0, codes.shape[0], self.batch_size):
-                z = torch.as_tensor(codes[start : start + self.batch_size], dtype=torch.float32, device=self.device)
-                y = self.net(z)  # (b, 3, 256, 256) BGR
+                z = torchpaths.upload(codes[start : start + self.batch_size], self.device, torch.float32)
+                y = self.net(z).float()  # (b, 3, 256, 256) BGR (float32 already unless under bf16 autocast)
                 x = torch.clamp((y + self._mean) / 255.0, 0.0, 1.0)[:, [2, 1, 0]]
                 if x.shape[-2:] != self.image_shape[:2]:
                     x = F.interpolate(
@@ -343,17 +353,17 @@ class DeePSiMGenerator(ImageGenerator):
 class DeePSiMFc6Generator(DeePSiMGenerator):
     """DeePSiM generator trained to invert AlexNet fc6 (same architecture as fc7)."""
 
-    def __init__(self, weights: str | Path, device: str = "cpu", image_size: int | tuple[int, int] = 256,
-                 batch_size: int = 32):
-        super().__init__(weights, "fc6", device, image_size, batch_size)
+    def __init__(self, weights: str | Path, device: str = "auto", image_size: int | tuple[int, int] = 256,
+                 batch_size: int | None = None, precision: str = "auto"):
+        super().__init__(weights, "fc6", device, image_size, batch_size, precision)
 
 
 class DeePSiMFc7Generator(DeePSiMGenerator):
     """DeePSiM generator trained to invert AlexNet fc7: the reference's generator."""
 
-    def __init__(self, weights: str | Path, device: str = "cpu", image_size: int | tuple[int, int] = 256,
-                 batch_size: int = 32):
-        super().__init__(weights, "fc7", device, image_size, batch_size)
+    def __init__(self, weights: str | Path, device: str = "auto", image_size: int | tuple[int, int] = 256,
+                 batch_size: int | None = None, precision: str = "auto"):
+        super().__init__(weights, "fc7", device, image_size, batch_size, precision)
 
 
 GENERATORS: dict[str, type[ImageGenerator]] = {

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from server.engine.base import ConfigError, Stage
+from server.engine import torchpaths
 from server.engine.imaging import check_state_dict, load_state_dict_file, pick_device, resize
 from snslab_common.gabor import gabor_pair
 from snslab_common.imaging import as_image_batch, grey, positive
@@ -167,7 +168,11 @@ class CNNStage(Stage):
     seeded by ``seed`` (torch's global RNG state is saved and restored). ``layer`` is a dotted name from
     ``model.named_modules()``; the output of its *first* call in the forward pass is read by a hook that then
     stops the pass. Images are resized to ``input_size`` (antialiased bilinear) and normalised with
-    ``normalize`` ("imagenet", None, or (mean, std)).
+    ``normalize`` ("imagenet", None, or (mean, std)), on the stage's device.
+
+    ``device`` "auto" picks CUDA when present; ``precision`` and the CUDA-only speed-ups (channels-last,
+    batches of 256, pinned uploads, a warm-up at construction) are described in server/engine/torchpaths.py;
+    on the CPU in fp32 (the default there) results are exactly those of the plain eager path.
     """
 
     name = "cnn"
@@ -181,8 +186,9 @@ class CNNStage(Stage):
         input_size: int | None = 224,
         normalize: str | tuple | None = "imagenet",
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         seed: int = 0,
+        precision: str = "auto",
         _field: str = "stage",
     ):
         import torch
@@ -196,7 +202,8 @@ class CNNStage(Stage):
         if module is not None and not isinstance(module, torch.nn.Module):
             raise ConfigError(f"{f}.module", f"not a torch.nn.Module: {type(module).__name__}")
         self.device = pick_device(device, f"{f}.device")
-        self.batch_size = positive(batch_size, f"{f}.batch_size", integer=True)
+        self.precision = torchpaths.pick_precision(precision, self.device, f"{f}.precision")
+        self.batch_size = torchpaths.pick_batch(batch_size, self.device, 64, f"{f}.batch_size")
         self.input_size = None if input_size is None else positive(input_size, f"{f}.input_size", integer=True)
         if normalize == "imagenet":
             normalize = (IMAGENET_MEAN, IMAGENET_STD)
@@ -246,21 +253,29 @@ class CNNStage(Stage):
         if not isinstance(layer, str) or layer not in valid:
             raise ConfigError(f"{f}.layer", f"no layer {layer!r} in {self.architecture}", _names_hint(valid))
         self.layer = layer
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = torchpaths.prepare_module(model, self.device, self.precision)
         self._target = modules[layer]
         self._shape: tuple[int, ...] | None = None
+        if self.device == "cuda":
+            self.warmup()
+
+    def warmup(self, n: int | None = None) -> None:
+        """One forward pass of ``n`` grey images (default: a full batch), outside any timed path."""
+        side = self.input_size or 224
+        n = n or self.batch_size
+        torchpaths.warm_up(lambda: self.activations(np.full((n, side, side, 3), 0.5, np.float32)), self.device)
 
     def _prepare(self, x_np: np.ndarray):
         import torch
         import torch.nn.functional as F
 
-        x = torch.as_tensor(np.ascontiguousarray(x_np), dtype=torch.float32, device=self.device).permute(0, 3, 1, 2)
+        x = torchpaths.upload(x_np, self.device, torch.float32).permute(0, 3, 1, 2)
         if self.input_size is not None and x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=True)
         if self._mean is not None:
             x = (x - self._mean) / self._std
-        return x
+        return torchpaths.to_layout(x, self.device, self.precision)
 
     def _run(self, x):
         """Forward until the hooked layer; returns its output tensor (B, ...)."""
@@ -283,11 +298,9 @@ class CNNStage(Stage):
 
     def activations(self, images: np.ndarray):
         """Unflattened layer output as a float32 numpy array (B, *feature_shape)."""
-        import torch
-
         x = as_image_batch(images)
         chunks = []
-        with torch.inference_mode():
+        with torchpaths.compute(self.device, self.precision):
             for start in range(0, x.shape[0], self.batch_size):
                 out = self._run(self._prepare(x[start : start + self.batch_size]))
                 chunks.append(out.detach().float().cpu().numpy())

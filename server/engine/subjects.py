@@ -29,7 +29,7 @@ class CNNUnit(Subject):
 
     ``unit``: a flat index into the layer's flattened output; [c] = the centre position of channel c
     (for a (C, H, W) output: (c, H // 2, W // 2)); [c, y, x] = an explicit position. The network options are
-    those of the ``cnn`` stage (errors name "subject.<param>").
+    those of the ``cnn`` stage (errors name "subject.<param>"), ``device = "auto"`` and ``precision`` included.
     """
 
     name = "cnn-unit"
@@ -47,14 +47,16 @@ class CNNUnit(Subject):
         device: str = "auto",
         baseline: float = 0.0,
         gain: float = 1.0,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         seed: int = 0,
+        precision: str = "auto",
     ):
         from server.engine.stages import CNNStage
 
         self.stage = CNNStage(
             architecture=architecture, layer=layer, weights=weights, module=module, input_size=input_size,
-            normalize=normalize, device=device, batch_size=batch_size, seed=seed, _field="subject",
+            normalize=normalize, device=device, batch_size=batch_size, seed=seed, precision=precision,
+            _field="subject",
         )
         self.baseline = number(baseline, "subject.baseline")
         self.gain = number(gain, "subject.gain")

@@ -351,11 +351,15 @@ def whoami(request: Request) -> dict[str, Any]:
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else request.query_params.get("access_token", "")
     state = request.app.state
+
+    def matches(secret) -> bool:  # a SecretStr (or a plain string) on app.state; None: no such token
+        value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+        return bool(token and value) and secrets.compare_digest(token.encode(), str(value).encode())
+
     role = "anonymous"
-    if token and secrets.compare_digest(token.encode(), str(state.operator_token).encode()):
+    if matches(state.operator_token):
         role = "operator"
-    elif token and getattr(state, "viewer_token", None) and secrets.compare_digest(
-            token.encode(), str(state.viewer_token).encode()):
+    elif matches(getattr(state, "viewer_token", None)):
         role = "viewer"
     elif token:
         role = "unknown-token"

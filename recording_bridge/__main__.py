@@ -1,0 +1,3 @@
+from recording_bridge.cli import main
+
+main()
