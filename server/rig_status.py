@@ -15,7 +15,19 @@ from typing import Any
 
 from server.db import dashboard_queries as q
 
-PACING_KEYS = ("software_paced", "paced", "pacing", "vsync", "frame_pacing")
+PACING_KEYS = ("software_paced", "paced", "pacing", "frame_pacing")
+
+
+def _software_paced(caps: dict[str, Any]) -> bool | None:
+    """Whether the display paces its flips on a software clock (no vsync), as far as its hello says:
+    ``paced`` (the display client's own key), a few other spellings, or ``vsync`` (paced = no vsync)."""
+    for key in PACING_KEYS:
+        if key in caps and caps[key] is not None:
+            v = caps[key]
+            return v.lower() in ("software", "on", "true", "yes") if isinstance(v, str) else bool(v)
+    if caps.get("vsync") is not None:
+        return not bool(caps["vsync"])
+    return None
 
 
 def _clients(service) -> list[dict[str, Any]]:
@@ -40,13 +52,7 @@ def _clients(service) -> list[dict[str, Any]]:
         if c.role == "display":
             item["refresh_hz"] = caps.get("refresh_hz")
             item["refresh_measured"] = caps.get("refresh_measured")
-            paced = next((caps[k] for k in PACING_KEYS if k in caps), None)
-            if isinstance(paced, str):
-                item["software_paced"] = paced.lower() in ("software", "true", "yes", "on")
-            elif "vsync" in caps and paced is not None and not any(k in caps for k in PACING_KEYS[:-2]):
-                item["software_paced"] = not bool(caps["vsync"])
-            else:
-                item["software_paced"] = None if paced is None else bool(paced)
+            item["software_paced"] = _software_paced(caps)
         if c.role == "bridge":
             item["adapter"] = caps.get("adapter")
             item["clock_offset_s"] = caps.get("clock_offset_s")

@@ -54,7 +54,10 @@ def engine(api_db_url):
 
 @pytest.fixture(scope="module")
 def rig(srv):
-    display = ScriptedDisplay(srv.wire, period_s=0.04)
+    # it says what the display client says in its hello: the refresh rate it measured and that it paces
+    # its flips on a software clock (no vsync)
+    display = ScriptedDisplay(srv.wire, period_s=0.04,
+                              capabilities={"refresh_hz": 60.0, "refresh_measured": True, "paced": True})
     bridge = ScriptedBridge(srv.wire, units=["sim:0"], seed=5)
     assert display.peer.wait_connected(30) and bridge.peer.wait_connected(30)
     yield display, bridge
@@ -194,7 +197,7 @@ def test_live_session_pushes_pauses_resumes_and_warns(browser, srv, rig, engine)
         page.wait_for_selector("#neuron-status.neuron-ok")
         assert page.locator("#neuron-warning").is_hidden()
         rig_text = page.locator("#rig").inner_text()
-        assert "60 Hz (measured)" in rig_text and "connected" in rig_text
+        assert "60 Hz (measured) · paced in software (no vsync)" in rig_text and "connected" in rig_text
         assert "12.5 s (median" in rig_text  # the bridge's TTL onsets run 12.5 s after the display's clock
 
         # pause and resume from the buttons: the stored state follows
