@@ -109,8 +109,9 @@ class Client:
         return self._json("GET", f"/sessions/{session_id}/rig")
 
     def stream(self, session_id: uuid.UUID | str, last_event_id: int | None = None) -> Iterator[dict[str, Any]]:
-        """Server-sent updates of one session, until closed: each a dict with the whole current view (as
-        GET .../view) and the events since the previous update. ``last_event_id``: resume after that event."""
+        """Server-sent updates of one session, until closed: each the whole current view (as GET .../view)
+        with the events since the previous update. (The server sends only the parts that changed; they are
+        merged here.) ``last_event_id``: resume after that event."""
         import json
 
         headers = {"Accept": "text/event-stream"}
@@ -122,6 +123,7 @@ class Client:
                 raise ApiError(r.status_code, r.json().get("detail", r.reason_phrase))
             data: list[str] = []
             event = "message"
+            view: dict[str, Any] = {}
             for line in r.iter_lines():
                 if line.startswith("data:"):
                     data.append(line[5:].lstrip())
@@ -129,7 +131,9 @@ class Client:
                     event = line[6:].strip()
                 elif not line:
                     if data and event == "update":
-                        yield json.loads("\n".join(data))
+                        update = json.loads("\n".join(data))
+                        view = view | update if update.pop("partial", False) else update
+                        yield dict(view)
                     data, event = [], "message"
 
     # -- the operator's verbs --------------------------------------------------------------------------

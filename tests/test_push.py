@@ -115,7 +115,16 @@ def test_a_reconnecting_viewer_gets_exactly_what_it_missed(server, session_id, a
         assert update["detail"]["id"] == str(session_id) and update["sessions"][0]["id"] == str(session_id)
         stop2.set()
         repo.log_event(session_id, "test", f"wake the {how} reader")
+        if how == "since":  # the first update was whole; later ones carry only what changed (not the front)
+            deadline = time.monotonic() + 30
+            while len(RAW) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "partial" not in RAW[0] and {"detail", "front", "generations", "neuron"} <= RAW[0]
+            assert all("partial" in keys and "front" not in keys and "events" in keys for keys in RAW[1:])
         missed.append(missed[-1] + 1)
+
+
+RAW: list[set[str]] = []  # the keys of every update _since received, as sent
 
 
 def _since(url: str, sid, since: int, out: queue.Queue, stop: threading.Event) -> None:
@@ -124,15 +133,18 @@ def _since(url: str, sid, since: int, out: queue.Queue, stop: threading.Event) -
     with httpx.stream("GET", f"{url}/api/sessions/{sid}/stream", params={"since": since}, trust_env=False,
                       timeout=30) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        data, event = [], ""
+        data, event, view = [], "", {}
         for line in r.iter_lines():
             if line.startswith("data:"):
                 data.append(line[5:].strip())
             elif line.startswith("event:"):
                 event = line[6:].strip()
             elif not line:
-                if data and event == "update":
-                    out.put(json.loads("\n".join(data)))
+                if data and event == "update":  # the parts that changed, on top of the whole first view
+                    update = json.loads("\n".join(data))
+                    RAW.append(set(update))
+                    view = view | update if update.pop("partial", False) else update
+                    out.put(dict(view))
                     if stop.is_set():
                         return
                 data, event = [], ""

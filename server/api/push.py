@@ -44,7 +44,7 @@ class SessionFeed:
         self.session_id = session_id
         self.subscribers: set[asyncio.Queue] = set()
         self.state: dict[str, Any] | None = None  # the latest view, without events
-        self.state_json: str | None = None
+        self.parts: dict[str, str] = {}  # each part of the latest view, as JSON text
         self.events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.last_event_id = 0
         self.marker: tuple | None = None
@@ -104,21 +104,28 @@ class SessionFeed:
         self.marker = marker
         self.builds += 1
         self.build_s += cpu_s
-        self.state_json = json.dumps(self.state, default=str, separators=(",", ":"))
+        parts = {k: json.dumps(v, default=str, separators=(",", ":")) for k, v in self.state.items()}
+        changed = {k: v for k, v in parts.items() if self.parts.get(k) != v or k == "session_id"}
+        self.parts = parts
         self.ready.set()
-        self._broadcast(self._message(events))
+        self._broadcast(self._message(events, changed))
 
-    def _message(self, events: list[dict[str, Any]]) -> str:
-        body = self.state_json[:-1] + ',"events":' + json.dumps(events, default=str, separators=(",", ":")) + "}"
+    def _message(self, events: list[dict[str, Any]], parts: dict[str, str] | None = None) -> str:
+        """The whole view (``parts`` None) or only the parts that changed since the previous update
+        (``"partial": true``; the page keeps the rest), with the events."""
+        body = ",".join(f'"{k}":{v}' for k, v in (self.parts if parts is None else parts).items())
+        partial = ',"partial":true' if parts is not None else ""
+        body = "{" + body + partial + ',"events":' + json.dumps(events, default=str, separators=(",", ":")) + "}"
         return sse(body, id=self.last_event_id)
 
     def _broadcast(self, text: str) -> None:
         for q in list(self.subscribers):
-            if q.full():  # a viewer that stopped reading: drop its oldest update; the next one is whole again
-                try:
+            if q.full():  # a viewer that stopped reading: end its stream; it reconnects with Last-Event-ID
+                while not q.empty():  # and gets the whole view and every event it missed
                     q.get_nowait()
-                except asyncio.QueueEmpty:
-                    pass
+                q.put_nowait(None)
+                self.subscribers.discard(q)
+                continue
             q.put_nowait(text)
 
     # -- subscribers -----------------------------------------------------------------------------------
@@ -176,6 +183,8 @@ class PushHub:
                         return
                     yield ": keep-alive\n\n"
                     continue
+                if text is None:  # it fell behind: the browser reconnects and catches up
+                    return
                 yield text
         finally:
             feed.unsubscribe(q)

@@ -174,7 +174,9 @@ function openStream(id) {
 function onView(v) {
   if (v.session_id !== state.selected) return;
   const first = !state.view;
-  state.view = v;
+  // an update carries only the parts that changed ("partial"); the first one after (re)connecting is whole
+  state.view = v.partial && state.view ? Object.assign({}, state.view, v) : v;
+  v = state.view;
   state.sessions = v.sessions;
   renderList();
   renderEvents(v.events || []);
