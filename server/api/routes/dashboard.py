@@ -52,7 +52,7 @@ def _nwb_link(app, session_id: uuid.UUID) -> str | None:
 def _exports(app, session_id: uuid.UUID) -> dict[str, Any]:
     base = f"/api/sessions/{session_id}/export"
     return {"front_zip": f"{base}/front.zip", "presentations_csv": f"{base}/presentations.csv",
-            "nwb": _nwb_link(app, session_id), "nwb_command": f"snslab export --nwb {session_id}"}
+            "nwb": _nwb_link(app, session_id), "nwb_command": f"snslab export {session_id} --nwb session.nwb"}
 
 
 def _thresholds(app) -> HealthThresholds:
