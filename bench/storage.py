@@ -12,8 +12,13 @@ Uses DATABASE_URL if set, otherwise starts an embedded PostgreSQL with its defau
    counts are stored as one int4[] per presentation;
 3. the full per-generation path: begin_generation (proposals + 64x64 PNG stimuli) + timings + responses;
 4. the time to load the full history of a session of --history presentations (replay/export), and the
-   dashboard's per-generation statistics and front history on it.
-Target: >= 5,000 presentations/s with 96 units on the batched path.
+   dashboard's per-generation statistics and front history on it;
+5. raw spike times (issue 14): presentations/s storing each presentation's counts *and* its spike times
+   in [-200, 500) ms around onset (server.db.spikes: int32 ns, one bytea per presentation, binary COPY),
+   at --units units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation);
+6. exporting a --history-presentation session with spike times at 60 Hz per unit: `snslab export --nwb`
+   (server.analysis.nwb_export) and `--csv`.
+Target: >= 5,000 presentations/s with 96 units on the batched path, with spike times too.
 """
 
 from __future__ import annotations
@@ -172,7 +177,9 @@ def fill_session(
         ids = repo.begin_generation(
             sid, g, proposals(g, per_gen, rng, unique_images), rng.bytes(2048), rng_state=rng.bit_generator.state
         )
-        repo.record_timings(sid, [PresentationTiming(pid, "photodiode", 1.0 + i, 2.0 + i) for i, pid in enumerate(ids)])
+        on = 10.0 + 0.25 * g * per_gen  # presentations 250 ms apart on the rig clock
+        repo.record_timings(sid, [PresentationTiming(pid, "photodiode", on + 0.25 * i, on + 0.25 * i)
+                                  for i, pid in enumerate(ids)])
         counts = rng.poisson(5, (len(ids), n_units))
         repo.record_responses(sid, [ResponseRecord(pid, counts[i], 50.0, 200.0) for i, pid in enumerate(ids)])
         fit = counts[:, 0].astype(float)
@@ -185,6 +192,83 @@ def fill_session(
             rng_state=rng.bit_generator.state,
         )
     return sid, n_generations * per_gen / (time.perf_counter() - t0)
+
+
+SPAN_NS = (-200_000_000, 500_000_000)
+
+
+def spike_trains(n: int, n_units: int, rate_hz: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Poisson spike times (int ns after onset, sorted) per presentation and unit in [-200, 500) ms."""
+    span = (SPAN_NS[1] - SPAN_NS[0]) / 1e9
+    k = rng.poisson(rate_hz * span, (n, n_units))
+    flat = np.sort(rng.integers(SPAN_NS[0], SPAN_NS[1], k.sum()))  # sorted within each split below
+    out, at = [], 0
+    for row in k:
+        cuts = np.cumsum(row)
+        trains = np.split(flat[at:at + cuts[-1]], cuts[:-1]) if cuts[-1] else [np.zeros(0, np.int64)] * n_units
+        out.append([np.sort(t) for t in trains])
+        at += cuts[-1]
+    return out
+
+
+def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz: float) -> tuple[float, float]:
+    """Presentations/s storing counts + spike trains (packing included), and bytes of spike times per
+    presentation. Presentations are created and spike times drawn beforehand (not timed)."""
+    from server.db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
+
+    sid = make_session(repo, n_units)
+    rng = np.random.default_rng(4)
+    ids: list[int] = []
+    g = 0
+    while len(ids) < total:
+        ids += repo.begin_generation(sid, g, proposals(g, 1000, rng, False), b"s")
+        repo.complete_generation(sid, g, [], b"s")
+        g += 1
+    ids = ids[:total]
+    trains = spike_trains(total, n_units, rate_hz, rng)
+    clock = {"kind": "offset", "offset_s": 12.5, "drift": 0.0, "rig_clock": "bench"}
+    # the bridge's work (counting, packing the spike times it sends) is done beforehand: only the server's is timed
+    responses = [ResponseRecord(ids[j], [int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000)))
+                                         for t in trains[j]], 50.0, 200.0) for j in range(total)]
+    packed = [pack_times(tr, (-200.0, 500.0)) for tr in trains]
+    nbytes = sum(len(b) for _, _, b in packed)
+    t0 = time.perf_counter()
+    for i in range(0, total, batch):
+        part = range(i, min(i + batch, total))
+        records = [SpikeTrainRecord(ids[j], 10.0 + 0.25 * j, -200.0, 500.0, packed[j][0], packed[j][1],
+                                    packed[j][2], clock) for j in part]
+        res = repo.record_responses(sid, responses[i:i + batch])
+        stored, unknown = store_spike_trains(repo.engine, sid, records)
+        assert res.inserted == len(part) and stored == len(part) and not unknown, (res, stored, unknown)
+    return total / (time.perf_counter() - t0), nbytes / total
+
+
+def bench_export(repo: Repository, n_units: int, n: int, rng: np.random.Generator, out_dir: Path) -> dict:
+    """Export time of an n-presentation session (every image unique, spike times at 60 Hz per unit)."""
+    from server.analysis.nwb_export import ExportMetadata, SessionData, export_csv, export_nwb
+    from server.db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
+
+    per_gen = max(1, n // 75)
+    sid, _ = fill_session(repo, n_units, n // per_gen, per_gen, True, rng)
+    h = repo.load_history(sid)
+    trains = spike_trains(len(h), n_units, 60.0, rng)
+    clock = {"kind": "offset", "offset_s": 0.0, "drift": 0.0, "rig_clock": "bench"}
+    recs = []
+    for i in range(len(h)):
+        cnt, tb, blob = pack_times(trains[i], (-200.0, 500.0))
+        recs.append(SpikeTrainRecord(int(h.presentation_id[i]), float(h.rig_onset[i]), -200.0, 500.0, cnt, tb, blob,
+                                     clock))
+    store_spike_trains(repo.engine, sid, recs)
+    meta = ExportMetadata(species="Macaca mulatta", age="P6Y", sex="M", lab="bench", institution="bench")
+    t0 = time.perf_counter()
+    data = SessionData.load(repo, sid)
+    t_load = time.perf_counter() - t0
+    info = export_nwb(repo, sid, out_dir / "bench.nwb", meta, data=data)
+    t_nwb = time.perf_counter() - t0
+    export_csv(repo, sid, out_dir / "csv", data=data)
+    t_all = time.perf_counter() - t0
+    return {"load_s": t_load, "nwb_s": t_nwb, "csv_s": t_all - t_nwb, "spikes": info["spikes"],
+            "presentations": info["presentations"], "mb": (out_dir / "bench.nwb").stat().st_size / 1e6}
 
 
 def timed(fn, repeats: int = 3) -> float:
@@ -201,6 +285,9 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=96)
     ap.add_argument("--presentations", type=int, default=20000)
     ap.add_argument("--history", type=int, default=3000)
+    ap.add_argument("--spike-rates", default="20,60,100", help="spike rates per unit (Hz) for part 5")
+    ap.add_argument("--spike-presentations", type=int, default=5000, help="presentations per rate in part 5")
+    ap.add_argument("--only-spikes", action="store_true", help="run parts 5 and 6 only")
     args = ap.parse_args()
 
     server, admin_url, root = start_server()
@@ -215,6 +302,9 @@ def main() -> None:
             f"{args.units} units per presentation"
         )
 
+        if args.only_spikes:
+            bench_spike_parts(repo, args)
+            return
         print("\n1. responses, batched write path (Repository.record_responses), presentations/s:")
         rates = {}
         for batch in (1, 50, 500):
@@ -263,11 +353,41 @@ def main() -> None:
             f"\nbatched write path: {best:,.0f} presentations/s with {args.units} units "
             f"= {best / TARGET:.1f}x the {TARGET:,.0f}/s target ({verdict} it)"
         )
+        bench_spike_parts(repo, args, counts_only=best)
         engine.dispose()
     finally:
         if server is not None:
             server.cleanup()
             shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_spike_parts(repo: Repository, args, counts_only: float | None = None) -> None:
+    rates = [float(x) for x in args.spike_rates.split(",")]
+    n = args.spike_presentations
+    if counts_only is None:  # the side-by-side reference: counts alone, same batch, same run
+        counts_only = bench_responses(repo, args.units, n, 500)
+        print(f"\n   counts alone, batch 500: {counts_only:,.0f} presentations/s")
+    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s:")
+    worst = None
+    for rate in rates:
+        for batch in (500, 50):
+            r, nbytes = bench_spikes(repo, args.units, n, batch, rate)
+            if batch == 500:
+                worst = r if worst is None else min(worst, r)
+            ratio = f"  ({r / counts_only:.2f}x counts alone)" if counts_only and batch == 500 else ""
+            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: {r:>8,.0f} /s   "
+                  f"{nbytes / 1024:6.1f} KiB of spike times per presentation{ratio}")
+    verdict = "meets" if worst >= TARGET else "MISSES"
+    print(f"   slowest batched rate: {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target ({verdict} it)")
+
+    print(f"\n6. export of a {args.history}-presentation session ({args.units} units, spikes at 60 Hz/unit):")
+    out = Path(tempfile.mkdtemp(prefix="snslab-bench-export-"))
+    try:
+        e = bench_export(repo, args.units, args.history, np.random.default_rng(5), out)
+        print(f"   load {e['load_s']:.1f} s, NWB written after {e['nwb_s']:.1f} s ({e['mb']:.0f} MB, "
+              f"{e['spikes']:,} spike times, {e['presentations']} presentations), CSV {e['csv_s']:.1f} s more")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

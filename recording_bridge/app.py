@@ -1,6 +1,7 @@
 """``snslab bridge``: the rig side of the closed loop, on the recording PC.
 
-    rig (sim | lsl | openephys) -> onsets + spikes -> WindowCounter -> counts_batch -> server
+    rig (sim | lsl | openephys | nwb) -> onsets + spikes -> WindowCounter -> counts_batch -> server
+                                         and spikes + counted onsets -> SpikeCapture -> spikes_batch
 
 The server sends the bridge what it dispatched (stimulus batches: presentation ids, and the images, which
 only the simulated rig needs) and the display's presentation reports (flip times, TTL words). Counts go
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from wire.messages import CountsBatch, CountsItem, blob_to_image
+from wire.messages import CountsBatch, CountsItem, SpikesBatch, SpikeTrains, blob_to_image
 from wire.transport import Peer
 
 from snslab_common.seeds import SeedStreams, as_displayed
@@ -26,6 +27,8 @@ from snslab_common.seeds import SeedStreams, as_displayed
 from .adapters import make_adapter
 from .base import Marker
 from .pipeline import CountingPipeline
+from .provenance import clock_model, recording_identity
+from .spikes import DEFAULT_MARGIN, SpikeCapture
 from .windows import WindowCounter
 
 log = logging.getLogger("snslab.bridge")
@@ -48,14 +51,19 @@ class BridgeOptions:
     subject_params: dict[str, Any] = field(default_factory=dict)
     session_seed: int | None = None
     mode: str = "invariance"
+    spike_margin: tuple[float, float] | None = DEFAULT_MARGIN  # seconds around onset; None: no spike times
+    recording: dict[str, Any] = field(default_factory=dict)  # the acquisition system's recording identity
 
 
 class Bridge:
     """One rig source connected to the server. ``step()`` is the whole loop body."""
 
-    def __init__(self, peer: Peer, source, counter: WindowCounter, *, simulated: bool):
+    def __init__(self, peer: Peer, source, counter: WindowCounter, *, simulated: bool,
+                 capture: SpikeCapture | None = None):
         self.peer, self.source, self.counter = peer, source, counter
-        self.pipe = CountingPipeline(source, counter)
+        self.pipe = CountingPipeline(source, counter, capture=capture)
+        self.spike_seq = 0
+        self.spikes_sent = 0
         self.simulated = simulated
         self.seq = 0
         self.sent = 0
@@ -76,6 +84,9 @@ class Bridge:
         batch = msg.payload
         ids = [p.presentation_id for p in batch.presentations]
         self.pipe.expect(ids)
+        if not self.simulated and hasattr(self.source, "set_key"):  # a replay matches recorded slots by key
+            for p in batch.presentations:
+                self.source.set_key(p.presentation_id, (batch.generation, p.order, p.attempt))
         if self.simulated:
             images = [blob_to_image(b, spec) for b, spec in zip(msg.blobs, batch.images)]
             for p in batch.presentations:
@@ -110,6 +121,9 @@ class Bridge:
     def step(self, timeout_s: float = 0.02) -> int:
         with self._lock:
             ready = self.pipe.step(0.0)
+            trains = self.pipe.spike_trains()
+        if trains:
+            self._send_spikes(trains)
         if not ready:
             time.sleep(timeout_s)
         if not ready:
@@ -130,18 +144,32 @@ class Bridge:
         self.sent += len(items)
         return len(items)
 
-    def _send(self, batch: CountsBatch) -> None:
-        mid = self.peer.send("counts_batch", batch)
-        self._in_flight[mid] = batch
+    def _send_spikes(self, trains) -> None:
+        units = self.source.units()
+        items, blobs = [], []
+        for tr in trains:
+            n, dtype, blob = tr.encode(units)
+            items.append(SpikeTrains(presentation_id=tr.presentation_id, onset_rig_s=tr.onset_rig_s,
+                                     window_ms=tr.window_ms, n=n, blob=len(blobs), dtype=dtype))
+            blobs.append(blob)
+        self.spike_seq += 1
+        clock = clock_model(self.source, self)
+        self._send(SpikesBatch(seq=self.spike_seq, units=units, clock=clock, items=items), blobs, "spikes_batch")
+        self.spikes_sent += len(items)
+
+    def _send(self, batch, blobs=None, type: str = "counts_batch") -> None:
+        mid = self.peer.send(type, batch, blobs) if blobs is not None else self.peer.send(type, batch)
+        self._in_flight[mid] = (type, batch, blobs)
         while len(self._in_flight) > 10_000:  # acknowledged long ago: forget the oldest
             self._in_flight.pop(next(iter(self._in_flight)))
 
     def _gave_up(self, mid: str, type: str) -> None:
-        """Counts are never dropped: a batch the server did not acknowledge in time is sent again."""
-        batch = self._in_flight.pop(mid, None)
-        if batch is not None:
-            log.error("counts batch %d was not acknowledged; sending it again", batch.seq)
-            self._send(batch)
+        """Counts and spike times are never dropped: a batch the server did not acknowledge in time is sent again."""
+        entry = self._in_flight.pop(mid, None)
+        if entry is not None:
+            type, batch, blobs = entry
+            log.error("%s %d was not acknowledged; sending it again", type, batch.seq)
+            self._send(batch, blobs, type)
 
 
 def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
@@ -164,10 +192,17 @@ def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
     if hasattr(source, "connect"):
         source.connect(10.0)
     counter = WindowCounter(response=args.response_window, baseline=args.baseline_window, units=source.units())
+    margin = args.spike_margin
+    capture = None
+    if margin is not None:
+        need = max(margin[1], args.response_window[1], args.baseline_window[1]) - min(margin[0], 0.0) + 1.0
+        capture = SpikeCapture(units=source.units() or None, margin=margin, retain_s=max(2.0, need))
     kwargs = {"timing": peer_timing} if peer_timing is not None else {}
-    peer = Peer(args.server, client_id=args.client_id, role="bridge",
-                capabilities={"needs_images": simulated, "adapter": args.adapter}, **kwargs)
-    return Bridge(peer, source, counter, simulated=simulated)
+    caps = {"needs_images": simulated or hasattr(source, "set_key"), "adapter": args.adapter}
+    identity = recording_identity(source, dict(args.recording))
+    caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})
+    peer = Peer(args.server, client_id=args.client_id, role="bridge", capabilities=caps, **kwargs)
+    return Bridge(peer, source, counter, simulated=simulated, capture=capture)
 
 
 def run(args: BridgeOptions, log_level: str = "INFO") -> int:

@@ -17,7 +17,8 @@ from .adapters import ADAPTERS
 from .app import DEFAULT_SERVER, BridgeOptions, run
 
 # set by the bridge itself (from other options) or objects that no command line can give
-NOT_PARAMS = {"sim": {"subject", "subject_params", "rng", "count_seed", "clock", "start_s"}, "openephys": {"context"}}
+NOT_PARAMS = {"sim": {"subject", "subject_params", "rng", "count_seed", "clock", "start_s"}, "openephys": {"context"},
+              "nwb": {"clock"}}
 
 
 def adapter_help() -> str:
@@ -49,7 +50,9 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 @app.command(
     help="Recording bridge: counts each presentation's spikes per unit in half-open response and baseline "
     "windows (emitted only once the rig's data has passed the window end) and streams them to the snslab "
-    "server.",
+    "server, followed by each presentation's raw spike times (window + margin).\n\n"
+    "Example: snslab bridge --server tcp://SERVER:5555 --adapter lsl --recording dir=D:/OE/2026-12-04_m1\n\n"
+    "Replay a stored session: snslab bridge --adapter nwb --param path=session.nwb --param speed=4",
     epilog=adapter_help(),
     context_settings={"max_content_width": 110},
 )
@@ -61,6 +64,14 @@ def bridge(
                                     help="adapter parameter (repeatable), e.g. endpoint=tcp://127.0.0.1:5557"),
     response_window: str = typer.Option("50,200", metavar="START,END", help="response window, ms after onset"),
     baseline_window: str = typer.Option("-50,0", metavar="START,END", help="baseline window, ms after onset"),
+    spike_margin: str = typer.Option("-200,500", metavar="START,END|off",
+                                     help="also send each presentation's spike times in this span, ms after onset, "
+                                     "for offline re-counting ('off': none); they follow its counts once the rig "
+                                     "data has passed the span, so the loop never waits for them"),
+    recording: list[str] = typer.Option([], metavar="KEY=VALUE",
+                                        help="the acquisition system's own recording identity (repeatable), stored "
+                                        "with the session, e.g. --recording dir=D:/OE/2026-12-04_m1 --recording "
+                                        "experiment=1"),
     subject: str = typer.Option("complex-cell", help="sim: model neuron of the simulated rig"),
     subject_param: list[str] = typer.Option([], metavar="NAME=VALUE",
                                             help="sim: model neuron parameter (repeatable), e.g. image_size=32"),
@@ -78,6 +89,8 @@ def bridge(
         response_window=_window(response_window, "--response-window"),
         baseline_window=_window(baseline_window, "--baseline-window"), subject=subject,
         subject_params=parse_params(subject_param, "--subject-param"), session_seed=session_seed, mode=mode,
+        spike_margin=None if spike_margin.strip().lower() == "off" else _window(spike_margin, "--spike-margin"),
+        recording=parse_params(recording, "--recording"),
     )
     raise typer.Exit(run(opts, log_level.upper()))
 

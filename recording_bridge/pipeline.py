@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class CountingPipeline:
-    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True):
+    def __init__(self, source: SpikeSource, counter: WindowCounter, check_ids: bool = True, capture=None):
         self.source, self.counter, self.check_ids = source, counter, check_ids
+        self.capture = capture  # spikes.SpikeCapture: raw spike times around each counted onset, or None
         self._expected: set[str] = set()
         self.rejected = RejectionLog(log, f"pipeline[{source.name}]")
 
@@ -47,11 +48,20 @@ class CountingPipeline:
 
     def step(self, timeout_s: float = 0.05) -> list[PresentationCounts]:
         """Poll the source once; return presentations whose windows the watermark has now passed."""
-        self.counter.add_spikes(self.source.poll(timeout_s))
+        spikes = self.source.poll(timeout_s)
+        self.counter.add_spikes(spikes)
+        if self.capture is not None:
+            self.capture.add_spikes(spikes)
         for onset in self.source.poll_onsets():
             if self._known(onset.presentation_id):
                 self.counter.add_onset(onset)
         ready = self.counter.ready(self.source.watermark())
         for pc in ready:
             self._expected.discard(pc.presentation_id)
+            if self.capture is not None:
+                self.capture.add_onset(pc.presentation_id, pc.onset_rig_s)
         return ready
+
+    def spike_trains(self) -> list:
+        """Spike trains (window + margin) of counted presentations whose margin the rig data has passed."""
+        return [] if self.capture is None else self.capture.ready(self.source.watermark())

@@ -80,11 +80,19 @@ def insilico(
     paths = write_outputs(result)
     ev = result.evaluation
     typer.echo(f"{cfg.mode}: {ev['generations']} generations, {ev['presentations']} presentations")
+    if "reference_check" in ev:
+        rc = ev["reference_check"]
+        typer.echo(f"reference: {rc['reference_rate_hz']:.1f} Hz re-measured ({rc['presentations']} fresh "
+                   f"presentations), blank screen {rc['baseline_rate_hz']:.1f} Hz")
     if "retention" in ev:
         typer.echo(
             f"selected image: retention {ev['retention']:.1%}, stretch {ev['stretch']:.3f} of max pixel distance "
-            f"(best affine control keeping >= 90%: {ev['best_affine_stretch_at_90']:.3f})"
+            f"(best affine control within +-{cfg.retention_tolerance:.0%}: {ev['best_affine_stretch_at_90']:.3f})"
         )
+        if "claim" in ev:
+            lost = [k for k, v in ev["controls"]["beats"].items() if not v]
+            typer.echo(f"claim '{ev['claim']}': {'true' if ev['claim_holds'] else 'false'}"
+                       + (f" (not beaten: {', '.join(lost)})" if lost else ""))
     else:
         typer.echo(f"most exciting image: {ev['selected_rate_hz']:.1f} Hz")
     typer.echo(f"outputs in {paths['summary.json'].parent}")
@@ -113,16 +121,20 @@ def resume(session_id: str = typer.Argument(..., help="the stored session's id (
 
 @app.command(help="Replay a stored session offline (live or in silico): rebuild its search from the stored "
              "config and seed, feed it the stored responses, and check that every generation's proposals come "
-             "out bit for bit as stored. Prints the probe's answer as the replayed search sees it.")
-def replay(session_id: str = typer.Argument(..., help="the stored session's id")) -> None:
+             "out bit for bit as stored. Prints the probe's answer as the replayed search sees it.\n\n"
+             "Example:  snslab replay 3f1c...e2")
+def replay(session_id: str = typer.Argument(..., help="the stored session's id"),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar")) -> None:
     import uuid
 
+    from .analysis.cli import _progress
     from .db import connect
     from .stored import replay as replay_session
 
     try:
         sid = uuid.UUID(session_id)
-        rep = replay_session(connect().repository(), sid)
+        with _progress("replaying generations", quiet) as update:
+            rep = replay_session(connect().repository(), sid, progress=update)
     except SnslabError as err:
         _fail(str(err))
         return
@@ -184,6 +196,11 @@ app.add_typer(session_app, name="session")
 from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)
 
 _register_sweep(app, _fail)
+
+
+from .analysis.cli import register as _register_analysis  # noqa: E402  recount, rescore, export (issue 14)
+
+_register_analysis(app)
 
 
 def main() -> None:  # pragma: no cover

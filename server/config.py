@@ -6,6 +6,7 @@ with one line naming the field and what is allowed.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +43,8 @@ class StageConfig(_Named):
 
 class SubjectConfig(_Named):
     name: str = Field(
-        "complex-cell", description="model unit: complex-cell | simple-cell | pooled-unit | mixed-unit | cnn-unit"
+        "complex-cell", description="model unit: complex-cell | simple-cell | pooled-unit | mixed-unit | cnn-unit "
+        "| python (your own: subject.factory = 'package.module:make', its other keys passed to make)"
     )
 
 
@@ -64,6 +66,19 @@ class ReferenceConfig(BaseModel):
     )
     path: Path | None = Field(None, description="image file (any format Pillow reads) or .npy code file")
     generations: int = Field(40, ge=1, description="generations of the maximize run that finds the reference")
+    check_repeats: int = Field(20, ge=0, le=10000, description="fresh presentations of the reference and of a "
+                               "blank (mean-grey) screen before the probe starts: the reference's rate is "
+                               "re-measured, not taken from the maximum of noisy measurements (0: no check)")
+    min_ratio: float = Field(3.0, ge=0, description="the probe stops unless the re-measured reference rate is at "
+                             "least this many times the blank screen's (baseline) rate")
+    min_z: float = Field(3.0, ge=0, description="... and at least this many standard errors above it")
+
+
+class MaximizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optimizer of the maximize "
+                                       "run that finds a probe's reference (the probe's own is [optimizer]; "
+                                       "in mode = 'maximize' [optimizer] is used)")
 
 
 class EarlyStopConfig(BaseModel):
@@ -99,6 +114,14 @@ class ProbeConfig(BaseModel):
                                  "conservative")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
+    retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "
+                                       "its rate is within +- this fraction of the reference's (two-sided)")
+    verify_candidates: int = Field(12, ge=0, le=200, description="in silico under noise: after the probe, this "
+                                   "many plausible front images are shown afresh and the reported image is chosen "
+                                   "by the same rule from these unbiased rates (0: report the search's own choice)")
+    verify_repeats: int = Field(32, ge=2, le=1000, description="fresh presentations of each verified image")
+    target_change: float = Field(0.5, gt=0, le=1, description="the change an adversarial image aims for, as a "
+                                 "fraction of the reference's rate (0.5: halve the response)")
     output: Path = Field(Path("runs/insilico"), description="folder for summary.json and the plots")
     stages: list[StageConfig] = Field(
         default_factory=lambda: [StageConfig(name="pixel")], description="upstream stages to stretch or squeeze"
@@ -106,6 +129,7 @@ class ProbeConfig(BaseModel):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     subject: SubjectConfig = Field(default_factory=SubjectConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    maximize: MaximizeConfig = Field(default_factory=MaximizeConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
@@ -136,6 +160,14 @@ class ProbeConfig(BaseModel):
     @classmethod
     def _stages(cls, v):
         return [{"name": s} if isinstance(s, str) else s for s in v]
+
+
+def config_record(config: BaseModel) -> dict[str, Any]:
+    """The config as JSON data for outputs and storage. Objects passed through the Python API (a torch
+    ``module=`` of a cnn-unit) are recorded by their type, never serialised: name a ``python`` subject's
+    factory and its parameters instead to make a run reproducible from its record."""
+    return json.loads(config.model_dump_json(
+        fallback=lambda o: f"<{type(o).__module__}.{type(o).__qualname__} object: not recorded>"))
 
 
 def _one_line(err: ValidationError) -> ConfigError:

@@ -86,6 +86,9 @@ class LiveLoop:
         endpoint.on("presentation_report", self._on_report)
         endpoint.on("counts_batch", self._on_counts)
         endpoint.on_hello = self._on_hello
+        from .spike_intake import attach  # raw spike times + recording identity (issue 14)
+
+        attach(self)
 
     # -- dispatch ----------------------------------------------------------------------------------
     def start(self, batch: Batch | None = None) -> None:

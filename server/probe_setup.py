@@ -31,7 +31,7 @@ def build_generator(config: ProbeConfig) -> ImageGenerator:
 
 def build_subject(config: ProbeConfig, generator: ImageGenerator) -> Subject:
     params = dict(config.subject.params)
-    if config.subject.name != "cnn-unit":
+    if config.subject.name != "cnn-unit":  # (a python factory gets image_size only if it takes one)
         params.setdefault("image_size", generator.image_shape[0])
     return make_subject(config.subject.name, **params)
 
@@ -61,8 +61,10 @@ def build_search(
     n = generator.code_size
     x0 = np.zeros(n) if mode == "maximize" else initial_code(mode, reference_code, n, streams.rng("x0"),
                                                               config.start_from)
-    opt = make_optimizer(config.optimizer.name, x0, config.optimizer.sigma0, config.population,
-                         seed=phase_seed, **config.optimizer.params)
+    # A probe's reference search has its own optimizer settings: a probe's small steps (an adversarial
+    # search from the reference) would keep the maximize run at baseline under spike noise.
+    oc = config.maximize.optimizer if mode == "maximize" and config.mode != "maximize" else config.optimizer
+    opt = make_optimizer(oc.name, x0, oc.sigma0, config.population, seed=phase_seed, **oc.params)
     if mode == "maximize":
         probe = Probe("maximize", ())
     else:

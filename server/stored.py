@@ -96,15 +96,19 @@ class Replay:
     reports: list[GenerationReport] = field(default_factory=list)
 
 
-def replay(repository, session_id: uuid.UUID) -> Replay:
-    """Re-run a stored session's optimizer offline from its stored responses (no rig, no writes)."""
+def replay(repository, session_id: uuid.UUID, progress=None) -> Replay:
+    """Re-run a stored session's optimizer offline from its stored responses (no rig, no writes).
+    ``progress(done, total)`` is called after each generation."""
     stored = rebuild(repository, session_id)
     runner = stored.runner()
     h = repository.load_history(session_id)
     out = Replay(stored)
     active = ~h.superseded if len(h) else np.zeros(0, bool)
     slot = {(int(h.generation[i]), int(h.order_in_batch[i])): i for i in np.flatnonzero(active)}
-    for g in sorted(set(int(x) for x in h.generation[active])):
+    gens = sorted(set(int(x) for x in h.generation[active]))
+    for k, g in enumerate(gens):
+        if progress is not None:
+            progress(k, len(gens))
         rows = np.flatnonzero(active & (h.generation == g))
         if (h.counts[rows] < 0).any() or not (h.kind[rows] == "candidate").any():
             break  # the in-flight generation of an unfinished session, or only the lead-in of the next one
@@ -129,4 +133,6 @@ def replay(repository, session_id: uuid.UUID) -> Replay:
             return out
         out.reports.append(report)
         out.generations += 1
+    if progress is not None:
+        progress(out.generations, len(gens))
     return out

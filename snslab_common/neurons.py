@@ -291,5 +291,10 @@ MODEL_NEURONS: dict[str, type[Subject]] = {
 
 
 def make_model_neuron(name: str, **params: Any) -> Subject:
-    """Build a registered model neuron; unknown names or parameters -> ConfigError ("subject[.param]")."""
-    return make_from_registry("subject", MODEL_NEURONS, name, params)
+    """Build a registered model neuron, or with ``name = "python"`` the subject a user's own factory returns
+    (snslab_common.pyfactory); unknown names or parameters -> ConfigError ("subject[.param]")."""
+    if name == "python":
+        from snslab_common.pyfactory import make_python_subject
+
+        return make_python_subject(**params)
+    return make_from_registry("subject", {**MODEL_NEURONS, "python": Subject}, name, params)

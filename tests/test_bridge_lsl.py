@@ -146,3 +146,24 @@ def test_lsl_photodiode_onsets_and_missing_edge(lsl_pair):
         assert pc.counts == expected(t, u, pc.onset_rig_s, RESP)
         assert pc.baseline_counts == expected(t, u, pc.onset_rig_s, BASE)
     src.close()
+
+
+def test_lsl_recording_identity_names_each_streams_source_id_and_host(lsl_pair):
+    """What `snslab bridge` stores with the session (issue 14): the LSL streams' own identity, so the raw
+    recording (e.g. an XDF file of the same streams) can be found later; plus what the operator states."""
+    import socket
+
+    from recording_bridge.provenance import clock_model, recording_identity
+
+    _, _, tag = lsl_pair
+    src = connect(tag)
+    try:
+        ident = recording_identity(src, {"xdf": "D:/rec/m1.xdf"})
+        clock = clock_model(src)
+    finally:
+        src.close()
+    assert ident["adapter"] == "lsl" and ident["stated.xdf"] == "D:/rec/m1.xdf"
+    assert ident["spikes.source_id"] == f"s-{tag}" and ident["markers.source_id"] == f"m-{tag}"
+    assert ident["spikes.name"] == f"test-spikes-{tag}"
+    assert ident["spikes.hostname"] == socket.gethostname() == ident["markers.hostname"]
+    assert clock["kind"] == "lsl-time-correction" and "spikes_correction_s" in clock

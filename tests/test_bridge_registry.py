@@ -18,7 +18,7 @@ class Flat:
 
 
 def test_registry_names_and_interface():
-    assert set(ADAPTERS) == {"sim", "lsl", "openephys"}
+    assert set(ADAPTERS) == {"sim", "lsl", "openephys", "nwb"}
     assert all(issubclass(cls, SpikeSource) for cls in ADAPTERS.values())
     assert {cls.name for cls in ADAPTERS.values()} == set(ADAPTERS)
 
@@ -26,7 +26,7 @@ def test_registry_names_and_interface():
 def test_make_adapter_errors_are_one_line():
     with pytest.raises(ConfigError) as e:
         make_adapter("blackrock")
-    assert str(e.value) == "adapter: unknown recording source 'blackrock' (allowed: lsl, openephys, sim)"
+    assert str(e.value) == "adapter: unknown recording source 'blackrock' (allowed: lsl, nwb, openephys, sim)"
     with pytest.raises(ConfigError, match=r"adapter\.port: unknown parameter for recording source 'openephys' .*allowed: .*endpoint"):
         make_adapter("openephys", port=5557)
     with pytest.raises(ConfigError, match=r"adapter\.subject: required by recording source 'sim'"):

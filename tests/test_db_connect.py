@@ -80,7 +80,7 @@ def test_connect_migrates_an_empty_database(empty_db_url):
     db = connect(_settings(empty_db_url))
     try:
         with db.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003_issue16"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003_issue14"
         sid = db.repository().create_session(
             config={}, seed=1, mode="live", operator="op", subject_id="m1", rig="rig-a"
         )

@@ -20,6 +20,7 @@ pytest_plugins = ["db_fixtures"]
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events"}
 SWEEP_TABLES = {"sweeps", "sweep_probes"}  # 0003_issue16
+SPIKE_TABLES = {"spike_trains", "recordings", "analyses", "analysis_results"}  # 0003_issue14
 
 
 def _relations(engine) -> dict[str, set[str]]:
@@ -42,11 +43,11 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert _relations(engine)["r"] == set()
         migrate(engine, "head")
         rel = _relations(engine)
-        assert rel["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
+        assert rel["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
         assert rel["v"] == {"unit_responses"}
         assert {"uq_generations_in_flight", "uq_generations_planned", "uq_presentations_active_slot",
                 "uq_stimuli_sha256"} <= rel["i"]
-        assert current_revision(engine) == "0003_issue16"
+        assert current_revision(engine) == "0003_issue14"
         with engine.connect() as conn:  # PNG bytes and float64 codes are stored without a compression attempt
             storage = dict(conn.execute(sa.text(
                 "SELECT attrelid::regclass::text || '.' || attname, attstorage FROM pg_attribute"
@@ -54,7 +55,11 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
                 " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
         assert storage == {"stimuli.data": "e", "presentations.code": "e"}
 
-        migrate(engine, "-2")  # down to the first revision (below 0002 and 0003_issue16) and up again keeps it intact
+        migrate(engine, "-1")  # one step down (below 0003_issue14) and up again keeps the rest intact
+        assert current_revision(engine) == "0003_issue16"
+        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
+        migrate(engine, "head")
+        migrate(engine, "-3")  # down to the first revision (below 0002, 0003_issue16, 0003_issue14) and up again
         assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
         migrate(engine, "head")
 
@@ -64,7 +69,7 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert current_revision(engine) is None
 
         migrate(engine, "head")  # and back up again: downgrade left nothing behind that blocks it
-        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
+        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
     finally:
         engine.dispose()
 
@@ -84,7 +89,7 @@ def test_alembic_command_line_uses_database_url(empty_db_url):
     assert up.returncode == 0, up.stderr
     engine = make_engine(empty_db_url)
     try:
-        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
+        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
         down = subprocess.run([*alembic, "downgrade", "base"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert down.returncode == 0, down.stderr
         assert _relations(engine)["r"] == {"alembic_version"}
@@ -110,7 +115,7 @@ def test_two_processes_migrating_at_once_both_succeed(empty_db_url):
         t.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0003_issue16"
+        assert current_revision(engines[0]) == "0003_issue14"
     finally:
         for e in engines:
             e.dispose()

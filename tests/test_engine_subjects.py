@@ -147,7 +147,7 @@ def test_subject_config_errors():
     with pytest.raises(ConfigError) as err:
         make_subject("hypercomplex-cell")
     assert err.value.field == "subject"
-    assert "cnn-unit, complex-cell, mixed-unit, pooled-unit, simple-cell" in str(err.value)
+    assert "cnn-unit, complex-cell, mixed-unit, pooled-unit, python, simple-cell" in str(err.value)
     with pytest.raises(ConfigError) as err:
         make_subject("complex-cell", wavelenght=4)
     assert err.value.field == "subject.wavelenght" and "wavelength" in str(err.value)

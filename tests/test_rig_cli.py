@@ -32,7 +32,8 @@ def test_root_help_lists_exactly_the_commands_that_answer():
     from server.cli import app
 
     assert set(listed) == set(typer.main.get_command(app).commands)  # every registered command, and only those
-    assert {"insilico", "resume", "replay", "server", "demo", "display", "bridge", "db"} <= set(listed)
+    assert {"insilico", "resume", "replay", "server", "demo", "display", "bridge", "db",
+            "sweep", "sweep-report", "recount", "rescore", "export"} <= set(listed)
     for name in listed:
         r = snslab(name, "--help")
         assert r.returncode == 0 and "Usage:" in r.stdout, (name, r.stderr)
@@ -82,7 +83,7 @@ def test_list_valued_parameters_and_rig_toml(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--param", "word_lines"], "'word_lines': use NAME=VALUE"),
-    (["--adapter", "blackrock"], "unknown recording source 'blackrock' (allowed: lsl, openephys, sim)"),
+    (["--adapter", "blackrock"], "unknown recording source 'blackrock' (allowed: lsl, nwb, openephys, sim)"),
     (["--response-window", "200,50"], "START must be before END"),
 ])
 def test_bridge_refuses_bad_options_in_one_line(argv, message):

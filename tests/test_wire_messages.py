@@ -155,7 +155,7 @@ def test_make_refuses_unknown_type_and_mismatched_payload():
 
 
 def test_reliable_types():
-    assert m.RELIABLE_TYPES == {"stimulus_batch", "presentation_report", "counts_batch", "control"}
+    assert m.RELIABLE_TYPES == {"stimulus_batch", "presentation_report", "counts_batch", "spikes_batch", "control"}
     assert m.Envelope.make("control", {"action": "pause"}, session="S", sender="x").reliable
     assert not m.Envelope.make("heartbeat", {}, session="S", sender="x").reliable
 

@@ -295,6 +295,65 @@ class CountsBatch(Payload):
             raise ProtocolError("payload.items", f"{len(self.items)} items, at most {limits.max_count_items}")
 
 
+class SpikeTrains(Payload):
+    """One presentation's spike times, per unit, within ``window_ms`` around its onset (the response window
+    plus a margin), so counts can be recomputed offline. The times are in blob ``blob``: integer ns after
+    ``onset_rig_s`` (rig clock), little-endian ``dtype``, unit after unit in the batch's ``units`` order,
+    ``n[u]`` times for unit ``u``, each unit's times ascending."""
+
+    presentation_id: Id
+    onset_rig_s: float
+    window_ms: tuple[float, float] = (-200.0, 500.0)
+    n: list[Count]
+    blob: Annotated[int, Field(ge=0)]
+    dtype: Literal["<i4", "<i8"] = "<i4"
+
+
+class SpikesBatch(Payload):
+    """The bridge's raw spike times (sent once the rig data has passed each presentation's window + margin,
+    after its counts). ``clock`` is the model that put these times on the rig clock (source, offset_s,
+    drift, ...): what an analyst needs to trust or redo the alignment."""
+
+    seq: Annotated[int, Field(ge=0)]
+    units: Annotated[list[Id], Field(min_length=1)]
+    clock: Annotated[dict[Id, str | int | float | bool | None], Field(max_length=32)] = {}
+    items: list[SpikeTrains]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SpikesBatch":
+        n = len(self.units)
+        seen: set[str] = set()
+        blobs: set[int] = set()
+        for i, item in enumerate(self.items):
+            if item.presentation_id in seen:
+                raise ValueError(f"items[{i}].presentation_id: {item.presentation_id!r} appears twice in one batch")
+            seen.add(item.presentation_id)
+            if len(item.n) != n:
+                raise ValueError(f"items[{i}].n: {len(item.n)} values for {n} units")
+            if item.blob in blobs:
+                raise ValueError(f"items[{i}].blob: blob {item.blob} is used twice")
+            blobs.add(item.blob)
+            if not item.window_ms[1] > item.window_ms[0]:
+                raise ValueError(f"items[{i}].window_ms: the end must be after the start (got {list(item.window_ms)})")
+        return self
+
+    def check_blobs(self, blobs: Sequence[bytes | memoryview], limits: Limits) -> None:
+        if len(self.units) > limits.max_units:
+            raise ProtocolError("payload.units", f"{len(self.units)} units, at most {limits.max_units}")
+        if len(self.items) > limits.max_count_items:
+            raise ProtocolError("payload.items", f"{len(self.items)} items, at most {limits.max_count_items}")
+        if len(blobs) != len(self.items):
+            raise ProtocolError("n_blobs", f"{len(self.items)} spike trains described but {len(blobs)} binary frames")
+        for i, item in enumerate(self.items):
+            if item.blob >= len(blobs):
+                raise ProtocolError(f"payload.items[{i}].blob", f"index {item.blob} but only {len(blobs)} frames")
+            need = int(np.dtype(item.dtype).itemsize) * sum(item.n)
+            if len(blobs[item.blob]) != need:
+                raise ProtocolError(
+                    f"blob[{item.blob}]", f"{len(blobs[item.blob])} bytes but {sum(item.n)} times as {item.dtype} need {need}"
+                )
+
+
 class Control(Payload):
     """pause/resume presenting; stop: finish the current presentation and exit; clear: drop what is queued
     (the server cancels those presentations in its ledger)."""
@@ -313,14 +372,15 @@ PAYLOADS: dict[str, type[Payload]] = {
     "stimulus_batch": StimulusBatch,
     "presentation_report": PresentationReport,
     "counts_batch": CountsBatch,
+    "spikes_batch": SpikesBatch,
     "control": Control,
 }
 MessageType = Literal[
     "hello", "welcome", "heartbeat", "ack", "nack", "error",
-    "stimulus_batch", "presentation_report", "counts_batch", "control",
+    "stimulus_batch", "presentation_report", "counts_batch", "spikes_batch", "control",
 ]  # fmt: skip
 # Acknowledged (tracked, re-sent, deduplicated by id) unless the sender says otherwise.
-RELIABLE_TYPES = frozenset({"stimulus_batch", "presentation_report", "counts_batch", "control"})
+RELIABLE_TYPES = frozenset({"stimulus_batch", "presentation_report", "counts_batch", "spikes_batch", "control"})
 # Never answered with nack/error, so two broken peers cannot ping-pong complaints.
 SILENT_TYPES = frozenset({"ack", "nack", "error", "heartbeat", "welcome"})
 

@@ -9,6 +9,7 @@ from snslab_common.registry import make_from_registry
 
 from ..base import SpikeSource
 from .lsl import LslSource  # pylsl itself is imported only when an LslSource is built
+from .nwb import NwbReplaySource  # pynwb itself is imported only when an NwbReplaySource is built
 from .openephys import OpenEphysSource
 from .sim import SimSource
 
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, type[SpikeSource]] = {
     "sim": SimSource,
     "lsl": LslSource,
     "openephys": OpenEphysSource,
+    "nwb": NwbReplaySource,
 }
 
 
@@ -24,4 +26,4 @@ def make_adapter(name: str, **params) -> SpikeSource:
     return make_from_registry("adapter", ADAPTERS, name, params, what="recording source")
 
 
-__all__ = ["ADAPTERS", "make_adapter", "LslSource", "OpenEphysSource", "SimSource"]
+__all__ = ["ADAPTERS", "make_adapter", "LslSource", "NwbReplaySource", "OpenEphysSource", "SimSource"]

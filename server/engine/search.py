@@ -250,10 +250,19 @@ class SnSSearch:
 
     # -- the answer ------------------------------------------------------------------------------
     def result(self) -> Selection:
-        """Maximize: the best measured image. Probes: the newest member of the global front.
+        """The probe's reported image (the rule is also in the README, "The reference, the reported image").
 
-        The global front is recomputed over every generation's first front with the *final* reference
-        response estimate, and the code returned is the one that was scored (not the next generation's).
+        Maximize: the best measured image (the maximum of noisy measurements: biased up, which is why an
+        in-silico run re-measures the reference before a probe). Probes under spike noise (a
+        ``FrontConfirmation``): from the conservative confirmed front, ``FrontConfirmation.selected`` —
+        invariance: the farthest (first stage) image whose rate is within +-10% of the reference's
+        (two-sided, ``confirm_kappa`` standard errors conservative), else the closest in rate; adversarial:
+        the nearest image whose rate changed by >= 50% of the reference's, else the largest change.
+        Without confirmation (noise-free, or ``confirm = false``), or when the chosen code was forgotten: the
+        newest member of the global first front, recomputed over every generation's first front with the
+        *final* reference response estimate. The code returned is always the one that was scored (not the
+        next generation's). In silico, ``server.insilico.verify_selection`` may then re-choose it from
+        fresh presentations.
         """
         pool = self.pool
         if not pool.codes and not self._confirm_where:

@@ -104,5 +104,10 @@ SUBJECTS: dict[str, type[Subject]] = {**MODEL_NEURONS, "cnn-unit": CNNUnit}
 
 
 def make_subject(name: str, **params: Any) -> Subject:
-    """Build a registered subject; unknown names or parameters -> ConfigError ("subject[.param]")."""
-    return make_from_registry("subject", SUBJECTS, name, params)
+    """Build a registered subject; unknown names or parameters -> ConfigError ("subject[.param]").
+    ``python``: a user's own factory (snslab_common.pyfactory)."""
+    if name == "python":
+        from snslab_common.pyfactory import make_python_subject
+
+        return make_python_subject(**params)
+    return make_from_registry("subject", {**SUBJECTS, "python": Subject}, name, params)

@@ -21,8 +21,12 @@ Output: OUTPUT/probes.parquet (one row per probe); `snslab sweep-report NAME` dr
 
 The sweep file:
 
-{SPEC_DOC.split(chr(10), 2)[2]}
+{{example}}
 """
+_PARAGRAPHS = SPEC_DOC.split("\n", 2)[2].split("\n\n")
+# "\b" keeps click from re-wrapping the example's lines
+SWEEP_HELP = SWEEP_HELP.replace("{example}", "\n\n".join(
+    "\b\n" + p if p.startswith("    ") else p for p in _PARAGRAPHS))
 
 
 def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
@@ -34,7 +38,7 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs the local Ray instance may use "
                                             "(default: all of this machine's)"),
         num_gpus: int | None = typer.Option(None, "--num-gpus", help="GPUs the local Ray instance may use "
-                                            "(default: those torch sees)"),
+                                            "(default: those Ray detects)"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed probes again too"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
         ray_temp_dir: str | None = typer.Option(None, "--ray-temp-dir", help="the local Ray instance's folder "
@@ -51,8 +55,12 @@ def register(app: typer.Typer, fail: Callable[[str], None]) -> None:
         except (SnslabError, ValueError) as err:  # config, DatabaseUnavailable: one line
             fail(str(err))
             return
-        out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                        retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        try:
+            out = run_sweep(spec, database, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                            retry_failed=retry_failed, progress=not quiet, ray_temp_dir=ray_temp_dir, echo=typer.echo)
+        except SnslabError as err:  # e.g. a local Ray instance without the declared CPUs/GPUs
+            fail(str(err))
+            return
         for labels, error in out.errors[:10]:
             typer.echo(f"failed {labels}: {error}")
         c = out.counts

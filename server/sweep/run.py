@@ -76,6 +76,13 @@ def _run_tasks(spec, todo, url, engine, outcome, address, num_cpus, num_gpus, te
 
     _ray_init(address, num_cpus, temp_dir, num_gpus)
     try:
+        have = ray.cluster_resources()
+        for res, need in (("CPU", spec.num_cpus), ("GPU", spec.num_gpus)):
+            if not address and need > have.get(res, 0):  # a local instance never grows: tasks would wait forever
+                from server.engine.base import ConfigError
+
+                raise ConfigError(f"resources.num_{res.lower()}s", f"each probe needs {need:g} {res}s but the "
+                                  f"local Ray instance has {have.get(res, 0):g}", f"at most {have.get(res, 0):g}")
         task = ray.remote(run_probe_task).options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=0)
         refs = {task.remote(url, p.id, p.attempt, p.config): p for p in todo}
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,0 +1,127 @@
+"""Do the probes beat the obvious controls on units nobody tuned them to? (issue 12)
+
+A panel of model units generated from seeds (orientations, wavelengths, positions, pooling, mixed, seeded
+random CNN units of two layers, and a colour-opponent unit written as a user's own factory,
+examples/my_neuron.py), each probed for invariance and adversarially with several seeds. Prints, per unit,
+whether each probe's claim held, then the shares the issue names:
+
+- adversarial: share of runs beating every control at equal stretch (goal >= 90%), and the median ratio of
+  the contrast control's stretch to the probe's at the probe's change (goal >= 1.5);
+- invariance: share of runs beating every control at two-sided 90% retention (goal 100%).
+
+    .venv/bin/python -m bench.probes                      # the default small budget
+    .venv/bin/python -m bench.probes --generations 60 --population 24 --seeds 3
+
+Runs whose maximize never leaves baseline stop (the reference check) and are counted as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from server.config import parse_config
+from server.engine.reference_check import ReferenceAtBaseline
+from server.insilico import run_probe
+
+
+def panel(image_size: int) -> list[tuple[str, dict, int]]:
+    """(label, subject, generator channels) for every unit of the panel."""
+    c = (image_size - 1) / 2.0
+    off = image_size / 8.0
+    units = [
+        ("complex 30deg wl6", {"name": "complex-cell", "orientation": 30.0, "wavelength": 6.0}, 1),
+        ("complex 100deg wl10", {"name": "complex-cell", "orientation": 100.0, "wavelength": 10.0}, 1),
+        ("complex off-centre", {"name": "complex-cell", "orientation": 60.0, "wavelength": 7.0,
+                                "centre": [c - off, c + off]}, 1),
+        ("simple 45deg wl8", {"name": "simple-cell", "orientation": 45.0, "wavelength": 8.0}, 1),
+        ("simple 150deg off-centre", {"name": "simple-cell", "orientation": 150.0, "wavelength": 6.0,
+                                      "centre": [c + off, c]}, 1),
+        ("pooled grid2 20deg", {"name": "pooled-unit", "orientation": 20.0, "wavelength": 5.0, "grid": 2}, 1),
+        ("pooled grid3 120deg", {"name": "pooled-unit", "orientation": 120.0, "wavelength": 4.0}, 1),
+        ("mixed 75deg a0.5", {"name": "mixed-unit", "orientation": 75.0, "wavelength": 7.0, "alpha": 0.5}, 1),
+        ("mixed 170deg a2", {"name": "mixed-unit", "orientation": 170.0, "wavelength": 9.0, "alpha": 2.0}, 1),
+        ("cnn resnet18 layer1 c3", {"name": "cnn-unit", "architecture": "resnet18", "layer": "layer1",
+                                    "unit": [3], "input_size": 64, "seed": 11, "gain": 20.0, "baseline": 2.0}, 3),
+        ("cnn resnet18 layer2 c7", {"name": "cnn-unit", "architecture": "resnet18", "layer": "layer2",
+                                    "unit": [7], "input_size": 64, "seed": 12, "gain": 20.0, "baseline": 2.0}, 3),
+        ("colour-opponent (own factory)", {"name": "python", "factory": "examples.my_neuron:make",
+                                           "orientation": 135.0}, 3),
+    ]
+    return units
+
+
+def run(args) -> dict:
+    rows = []
+    for label, subject, channels in panel(args.image_size):
+        for mode in ("invariance", "adversarial"):
+            for seed in range(args.seeds):
+                cfg = {
+                    "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
+                    "stages": ["pixel"], "output": "runs/bench-probes",
+                    "generator": {"name": "dct", "code_size": args.code_size, "image_size": args.image_size,
+                                  "channels": channels},
+                    "subject": subject, "reference": {"source": "maximize", "generations": args.generations},
+                }
+                if mode == "adversarial":
+                    cfg["optimizer"] = {"name": "sepcma", "sigma0": 0.3}
+                row = {"unit": label, "mode": mode, "seed": seed}
+                try:
+                    ev = run_probe(parse_config(cfg)).evaluation
+                except ReferenceAtBaseline:
+                    row["stopped"] = "reference at baseline"
+                    rows.append(row)
+                    print(f"{label:<30} {mode:<11} seed {seed}: stopped, reference at baseline", flush=True)
+                    continue
+                c = ev["controls"]
+                row |= {"claim_holds": ev["claim_holds"], "beats": c["beats"], "retention": ev["retention"],
+                        "stretch": ev["stretch"], "ratio": c.get("contrast_to_probe_stretch_ratio"),
+                        "reached_target": c.get("reached_target")}
+                rows.append(row)
+                print(f"{label:<30} {mode:<11} seed {seed}: claim {'true ' if ev['claim_holds'] else 'false'} "
+                      f"retention {ev['retention']:.2f} stretch {ev['stretch']:.3f} beats {c['beats']}", flush=True)
+    return {"args": vars(args), "rows": rows}
+
+
+def report(res: dict) -> str:
+    rows = res["rows"]
+    out = []
+    for mode in ("adversarial", "invariance"):
+        rs = [r for r in rows if r["mode"] == mode]
+        ran = [r for r in rs if "stopped" not in r]
+        share = np.mean([r["claim_holds"] for r in ran]) if ran else float("nan")
+        out.append(f"{mode}: {len(rs)} runs, {len(rs) - len(ran)} stopped at the reference check; "
+                   f"beats every control in {sum(r['claim_holds'] for r in ran)}/{len(ran)} ({share:.0%})"
+                   + (" (goal >= 90%)" if mode == "adversarial" else " (goal 100%)"))
+        if mode == "adversarial":
+            ratios = [r["ratio"] for r in ran if r["ratio"] is not None]
+            halved = [r for r in ran if r["reached_target"]]
+            out.append(f"  median contrast/probe stretch ratio at the probe's change: "
+                       f"{np.median(ratios) if ratios else float('nan'):.2f} over {len(ratios)} runs (goal >= 1.5); "
+                       f"response halved in {len(halved)}/{len(ran)}")
+        for fam in ("contrast", "noise", "affine"):
+            won = [r["beats"][fam] for r in ran]
+            out.append(f"  beats {fam}: {sum(won)}/{len(won)}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--generations", type=int, default=20, help="of the maximize run and of each probe")
+    ap.add_argument("--population", type=int, default=12)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--code-size", type=int, default=256)
+    ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    args = ap.parse_args()
+    res = run(args)
+    print(report(res))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

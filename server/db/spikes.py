@@ -1,0 +1,209 @@
+"""Raw spike times and the rig's recording identity: batched, idempotent writes and column-wise reads.
+
+    from server.db.spikes import SpikeTrainRecord, store_spike_trains, load_spike_trains
+    store_spike_trains(engine, session_id, [SpikeTrainRecord(pid, onset, -200.0, 500.0, n, 4, blob, clock)])
+    trains = load_spike_trains(engine, session_id)      # {presentation id: StoredTrain}
+    trains[pid].unit_times_ns(0)                        # int64 ns after onset of the unit at position 0
+
+Spike times are integer ns after the presentation's rig onset, packed unit after unit in the session's
+unit order (see analysis_models.SpikeTrain). A re-sent batch is a duplicate (ON CONFLICT DO NOTHING);
+stored rows are never updated.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from server.db.analysis_models import Recording, SpikeTrain
+from server.db.bulk import ensure_temp_table
+from server.db.models import Presentation
+
+SPT = SpikeTrain.__table__
+REC = Recording.__table__
+P = Presentation.__table__
+
+
+@dataclass(frozen=True)
+class SpikeTrainRecord:
+    """One presentation's spike times as stored: ``n`` per unit (session order), ``times`` packed."""
+
+    presentation_id: int
+    onset_rig_s: float
+    start_ms: float
+    end_ms: float
+    n: Sequence[int]
+    time_bytes: int
+    times: bytes
+    clock: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredTrain:
+    presentation_id: int
+    onset_rig_s: float
+    start_ms: float
+    end_ms: float
+    n: np.ndarray
+    times_ns: np.ndarray  # all units, packed, int64
+    clock: dict[str, Any]
+
+    def unit_times_ns(self, position: int) -> np.ndarray:
+        edges = np.concatenate([[0], np.cumsum(self.n)])
+        return self.times_ns[edges[position]:edges[position + 1]]
+
+    def per_unit(self) -> list[np.ndarray]:
+        edges = np.concatenate([[0], np.cumsum(self.n)])
+        return [self.times_ns[a:b] for a, b in zip(edges[:-1], edges[1:])]
+
+
+def pack_times(per_unit: Sequence[np.ndarray], window_ms: tuple[float, float]) -> tuple[list[int], int, bytes]:
+    """(n per unit, bytes per time, packed little-endian) for int ns arrays; int32 while the span fits."""
+    fits = max(abs(window_ms[0]), abs(window_ms[1])) * 1e6 < 2**31 - 1
+    dtype = "<i4" if fits else "<i8"
+    flat = np.concatenate([np.asarray(a, dtype=np.int64) for a in per_unit]) if len(per_unit) else np.empty(0)
+    return [len(a) for a in per_unit], 4 if fits else 8, flat.astype(dtype).tobytes()
+
+
+def unpack_times(n: Sequence[int], time_bytes: int, times: bytes) -> np.ndarray:
+    flat = np.frombuffer(times, dtype="<i4" if time_bytes == 4 else "<i8").astype(np.int64)
+    if len(flat) != int(np.sum(n)):
+        raise ValueError(f"spike times: {len(flat)} values but the per-unit numbers add up to {int(np.sum(n))}")
+    return flat
+
+
+def store_spike_trains(engine: Engine, session_id: uuid.UUID, records: Sequence[SpikeTrainRecord]) -> tuple[int, list[int]]:
+    """Insert spike trains; returns (rows inserted, presentation ids that are not presentations of this session).
+
+    Idempotent: rows already stored (a re-sent batch after a lost acknowledgement) are skipped. The new rows
+    go in with one binary COPY straight into the table (spike times are the bulk of a recording: a staging
+    table would write every byte twice); should another writer store the same presentation in between, the
+    unique key refuses the COPY and the batch goes through a staging table with ON CONFLICT DO NOTHING.
+    Committed on return.
+    """
+    if not records:
+        return 0, []
+    ids = [int(r.presentation_id) for r in records]
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(
+                "SELECT i, p.session_id = %(sid)s, s.presentation_id IS NOT NULL FROM unnest(%(ids)s::int8[]) i"
+                " LEFT JOIN presentations p ON p.id = i LEFT JOIN spike_trains s ON s.presentation_id = i",
+                {"sid": session_id, "ids": ids},
+            )
+            state = {pid: (bool(mine), bool(stored)) for pid, mine, stored in cur.fetchall()}
+            unknown = [pid for pid in ids if not state[pid][0]]
+            seen: set[int] = set()
+            fresh = []
+            for r in records:
+                pid = int(r.presentation_id)
+                if state[pid][0] and not state[pid][1] and pid not in seen:
+                    seen.add(pid)
+                    fresh.append(r)
+            if not fresh:
+                return 0, unknown
+            cur.execute("SAVEPOINT spikes")
+            try:
+                _copy(cur, "spike_trains (presentation_id, onset_rig_s, start_ms, end_ms, n, time_bytes, times, clock)",
+                      fresh)
+                cur.execute("RELEASE SAVEPOINT spikes")
+                return len(fresh), unknown
+            except Exception as exc:  # a concurrent writer stored one of them first
+                if getattr(exc, "sqlstate", None) != "23505":
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT spikes")
+            ensure_temp_table(
+                raw,
+                "_incoming_spikes (presentation_id int8, onset_rig_s float8, start_ms float8, end_ms float8,"
+                " n int4[], time_bytes int2, times bytea, clock jsonb)",
+            )
+            _copy(cur, "_incoming_spikes", fresh)
+            cur.execute("INSERT INTO spike_trains (presentation_id, onset_rig_s, start_ms, end_ms, n, time_bytes, times,"
+                        " clock) SELECT * FROM _incoming_spikes ON CONFLICT (presentation_id) DO NOTHING")
+            return cur.rowcount, unknown
+
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_INT4_OID = 23
+
+
+def copy_stream(records: Sequence[SpikeTrainRecord]) -> bytes:
+    """The rows as PostgreSQL's binary COPY stream, packed with struct/numpy (psycopg's per-value dumpers
+    cost more than the database's own work on these rows)."""
+    parts = [_SIGNATURE]
+    clocks: dict[int, bytes] = {}
+    head = struct.Struct(">hiqidid")  # nfields, (len, id), (len, onset), (len, start)
+    for r in records:
+        n = np.asarray(r.n, dtype=np.int64)
+        if n.size and (n.min() < 0 or n.max() > 2**31 - 1):
+            raise ValueError(f"presentation {r.presentation_id}: spike numbers out of range")
+        arr = np.empty(n.size, dtype=[("l", ">i4"), ("v", ">i4")])
+        arr["l"], arr["v"] = 4, n
+        clock = clocks.get(id(r.clock))
+        if clock is None:
+            clock = clocks[id(r.clock)] = b"\x01" + json.dumps(r.clock, allow_nan=False).encode()
+        parts += [
+            head.pack(8, 8, int(r.presentation_id), 8, float(r.onset_rig_s), 8, float(r.start_ms)),
+            struct.pack(">id", 8, float(r.end_ms)),
+            struct.pack(">iiiiii", 20 + 8 * n.size, 1, 0, _INT4_OID, n.size, 1), arr.tobytes(),
+            struct.pack(">ih", 2, int(r.time_bytes)),
+            struct.pack(">i", len(r.times)), bytes(r.times),
+            struct.pack(">i", len(clock)), clock,
+        ]
+    parts.append(b"\xff\xff")
+    return b"".join(parts)
+
+
+def _copy(cur, target: str, records: Sequence[SpikeTrainRecord]) -> None:
+    with cur.copy(f"COPY {target} FROM STDIN (FORMAT BINARY)") as cp:
+        cp.write(copy_stream(records))
+
+
+def load_spike_trains(engine: Engine, session_id: uuid.UUID) -> dict[int, StoredTrain]:
+    """Every stored spike train of a session, by presentation id."""
+    q = (
+        sa.select(SPT.c.presentation_id, SPT.c.onset_rig_s, SPT.c.start_ms, SPT.c.end_ms, SPT.c.n,
+                  SPT.c.time_bytes, SPT.c.times, SPT.c.clock)
+        .join(P, P.c.id == SPT.c.presentation_id)
+        .where(P.c.session_id == session_id)
+        .order_by(SPT.c.presentation_id)
+    )
+    out: dict[int, StoredTrain] = {}
+    with engine.connect() as conn:
+        for r in conn.execute(q):
+            n = np.asarray(r.n, dtype=np.int64)
+            out[int(r.presentation_id)] = StoredTrain(
+                int(r.presentation_id), float(r.onset_rig_s), float(r.start_ms), float(r.end_ms), n,
+                unpack_times(n, r.time_bytes, bytes(r.times)), dict(r.clock),
+            )
+    return out
+
+
+def store_recording(engine: Engine, session_id: uuid.UUID, client_id: str, identity: dict[str, Any]) -> bool:
+    """Remember the acquisition system's identity a bridge reported for this session (once per identity)."""
+    stmt = (
+        pg_insert(REC)
+        .values(session_id=session_id, client_id=client_id, identity=identity)
+        .on_conflict_do_nothing()
+    )
+    with engine.begin() as conn:
+        return conn.execute(stmt).rowcount > 0
+
+
+def recordings(engine: Engine, session_id: uuid.UUID) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(REC.c.client_id, REC.c.identity, REC.c.first_seen)
+            .where(REC.c.session_id == session_id).order_by(REC.c.id)
+        ).all()
+    return [{"client_id": r.client_id, "identity": dict(r.identity), "first_seen": r.first_seen} for r in rows]
