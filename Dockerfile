@@ -15,4 +15,5 @@ COPY migrations ./migrations
 RUN pip install --no-cache-dir ".[server,bridge]" && rm -rf /src
 WORKDIR /app
 EXPOSE 8000 5555
-CMD ["snslab", "server", "--host", "0.0.0.0", "--wire", "tcp://*:5555"]
+# without keys the wire is open to anyone who can reach :5555 (warned at start); mount a key folder and use --keys
+CMD ["snslab", "server", "--host", "0.0.0.0", "--wire", "tcp://*:5555", "--insecure"]

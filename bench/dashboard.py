@@ -161,7 +161,7 @@ def sse_phase(session: Session, base: str, viewers: int, generations: int, pid: 
     ready = threading.Barrier(viewers + 1)
 
     def read(k: int) -> None:
-        with Client(base) as c:
+        with Client(base, "bench") as c:
             first = True
             for update in c.stream(session.sid):
                 if first:
@@ -223,7 +223,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        url = f"{base}/?session={session.sid}"
+        url = f"{base}/?session={session.sid}&access_token=bench"
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
             first, cold = open_viewer(browser, url, session.g)
@@ -240,7 +240,7 @@ def main() -> None:
             browser.close()
         sse1, sse_cpu1 = sse_phase(session, base, 1, args.live_generations, proc.pid, args.pause)
         ssen, sse_cpun = sse_phase(session, base, args.viewers, args.live_generations, proc.pid, args.pause)
-        stats = urllib.request.urlopen(base + "/api/push", timeout=5).read().decode()
+        stats = urllib.request.urlopen(base + "/api/push?access_token=bench", timeout=5).read().decode()
 
         def q(xs, f):
             return float(np.quantile(xs, f)) if xs else float("nan")

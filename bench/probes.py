@@ -120,7 +120,7 @@ def main() -> None:
     res = run(args)
     print(report(res))
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
+        args.json.write_text(json.dumps(res, indent=1, default=str))
 
 
 if __name__ == "__main__":

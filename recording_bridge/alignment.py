@@ -7,7 +7,8 @@
    make the presentation invalid, with a reason. Without a photodiode the TTL time is the onset; without
    either, the display's flip time is used and flagged.
 3. Clock: a rolling linear fit (offset + drift) of rig time against display time from TTL/marker pairs,
-   so markers whose TTL word went missing can still be placed (flagged).
+   so markers whose TTL word went missing can still be placed: invalid ("missing TTL word"), because the
+   rig did not see that flip, unless a photodiode edge on the rig clock times it.
 
 Example::
 
@@ -196,11 +197,11 @@ class OnsetAligner:
         self.ttl_tolerance_s, self.edge_retain_s, self.max_unplaced = ttl_tolerance_s, edge_retain_s, max_unplaced
         self.clock = clock if clock is not None else ClockFit()
         self._pending: dict[str, _Pending] = {}
-        self._seen: set[str] = set()
+        self._seen: dict[str, float] = {}  # presentation id -> its flip time
         self._ttl: list[Edge] = []  # unclaimed TTL words, in time order
         self._pd: list[float] = []  # photodiode edges, sorted
         self._claimed: dict[float, str] = {}  # photodiode edge -> presentation that took it
-        self.rejected = RejectionLog(log, "onset aligner")
+        self.rejected = RejectionLog(log, "onset aligner", per_shape=3)
 
     def add_marker(self, marker: Marker) -> bool:
         pid = marker.presentation_id
@@ -211,9 +212,16 @@ class OnsetAligner:
             self.rejected(f"presentation {pid}: flip time {marker.flip_s!r} is not finite", "marker")
             return False
         if pid in self._seen:
-            self.rejected(f"duplicate marker for presentation {pid} ignored", "marker")
+            known = self._pending.get(pid)
+            if abs(self._seen[pid] - marker.flip_s) > 1e-6:  # the same flip twice (marker + report) is fine
+                self.rejected(f"duplicate marker for presentation {pid} ignored", "marker")
+            elif known is None:
+                pass
+            elif known.marker.code is None and marker.code is not None:  # the same flip, now with its word
+                known.marker = marker
+                known.reasons = [r for r in known.reasons if r != "marker carries no TTL code"]
             return False
-        self._seen.add(pid)
+        self._seen[pid] = float(marker.flip_s)
         self._pending[pid] = _Pending(marker)
         if self.ttl and marker.code is None:
             self._pending[pid].reasons.append("marker carries no TTL code")
@@ -287,7 +295,7 @@ class OnsetAligner:
             reasons = list(p.reasons)
             if self.ttl and p.ttl_s is None:
                 reasons.append(
-                    f"no TTL word {p.marker.code} within {self.ttl_tolerance_s * 1000:.0f} ms of the fitted flip time"
+                    f"missing TTL word: no word {p.marker.code} within {self.ttl_tolerance_s * 1000:.0f} ms of the fitted flip time"
                 )
             base_source = "ttl" if p.ttl_s is not None else "flip"
             if base_source == "flip" and (m is None or m.reason is not None):
@@ -295,8 +303,9 @@ class OnsetAligner:
                     reasons.append(FLIP_FIT_REASON)
                 else:
                     reasons.append("onset is the display flip time" if self.photodiode else FLIP_ONLY_REASON)
+            ttl_missing = self.ttl and p.ttl_s is None  # the rig never saw this flip: not a window we can trust
             if m is None:
-                out.append(Onset(pid, flip, base_source, True, tuple(reasons)))
+                out.append(Onset(pid, flip, base_source, not ttl_missing, tuple(reasons)))
                 continue
             reason = m.reason
             if reason is None and m.edge_s in self._claimed:
@@ -304,7 +313,7 @@ class OnsetAligner:
                 reason = f"photodiode edge at {m.edge_s:.4f} s was already matched to presentation {other}"
             if reason is None:
                 self._claimed[m.edge_s] = pid
-                out.append(Onset(pid, m.edge_s, "photodiode", True, tuple(reasons)))
+                out.append(Onset(pid, m.edge_s, "photodiode", True, tuple(r for r in reasons if "TTL" not in r)))
             else:
                 out.append(Onset(pid, flip, base_source, False, tuple(reasons + [reason])))
         excess = len(self._pending) - self.max_unplaced

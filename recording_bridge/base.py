@@ -15,6 +15,7 @@ rigs (``"Electrode 1:2"``, ``"17:1"``) and ``"sim:<index>"`` for the simulated n
 from __future__ import annotations
 
 import math
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -41,6 +42,17 @@ class Marker:
     presentation_id: str
     flip_s: float
     code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Rig data that cannot be trusted between ``start_s`` and ``end_s`` (closed; equal for one late
+    event): a gap in the stream, dropped messages, a spike that arrived after the watermark had passed it.
+    Every presentation whose window touches a fault is sent ``valid=False`` with ``reason``."""
+
+    start_s: float
+    end_s: float
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,10 @@ class SpikeSource(ABC):
 
     def units(self) -> list[str]:
         """Unit keys known so far (configured or seen), sorted."""
+        return []
+
+    def poll_faults(self) -> list[Fault]:
+        """Stretches of rig time found unreliable since the last call (gaps, drops, late data)."""
         return []
 
     def close(self) -> None:

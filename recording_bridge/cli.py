@@ -62,6 +62,11 @@ def bridge(
     adapter: str = typer.Option("sim", help=f"recording source: {' | '.join(sorted(ADAPTERS))}"),
     param: list[str] = typer.Option([], metavar="NAME=VALUE",
                                     help="adapter parameter (repeatable), e.g. endpoint=tcp://127.0.0.1:5557"),
+    unit: list[str] = typer.Option([], metavar="NAME", help="a unit to count, e.g. 'Electrode 1:1' (repeatable); "
+                                   "default: every unit seen in the data (a new one is added and reported)"),
+    units_file: Path | None = typer.Option(None, help="file with one unit name per line (# starts a comment)"),
+    data_deadline: float = typer.Option(5.0, metavar="S", help="a reported presentation whose windows the rig's "
+                                        "data has not passed S seconds later is sent invalid"),
     response_window: str = typer.Option("50,200", metavar="START,END", help="response window, ms after onset"),
     baseline_window: str = typer.Option("-50,0", metavar="START,END", help="baseline window, ms after onset"),
     spike_margin: str = typer.Option("-200,500", metavar="START,END|off",
@@ -78,6 +83,8 @@ def bridge(
     session_seed: int | None = typer.Option(None, help="sim: draw the counts an in-silico run with this session "
                                             "seed gets (with --mode)"),
     mode: str = typer.Option("invariance", help="sim: probe mode of that session (for --session-seed)"),
+    keys: str | None = typer.Option(None, metavar="DIR", help="CURVE keys (from `snslab keys init`): DIR holds "
+                                    "server.key and <client-id>.key_secret"),
     log_level: str = typer.Option("INFO", help="DEBUG | INFO | WARNING | ERROR"),
     config: Path | None = config_option("bridge"),
 ) -> None:
@@ -89,8 +96,10 @@ def bridge(
         response_window=_window(response_window, "--response-window"),
         baseline_window=_window(baseline_window, "--baseline-window"), subject=subject,
         subject_params=parse_params(subject_param, "--subject-param"), session_seed=session_seed, mode=mode,
+        keys=keys,
         spike_margin=None if spike_margin.strip().lower() == "off" else _window(spike_margin, "--spike-margin"),
         recording=parse_params(recording, "--recording"),
+        units=list(unit), units_file=units_file, data_deadline=data_deadline,
     )
     raise typer.Exit(run(opts, log_level.upper()))
 

@@ -52,8 +52,8 @@ def clock_model(source, bridge=None) -> dict[str, str | int | float | bool | Non
     if fit is not None and getattr(fit, "n", 0):
         out.update(kind="linear-fit", offset_s=_num(fit.intercept), drift=_num(fit.drift), pairs=int(fit.n),
                    residual_sd_s=_num(fit.residual_sd))
-    corr = getattr(source, "_corr", None)
-    if isinstance(corr, dict) and corr:  # LSL time_correction per stream
+    corr = getattr(source, "clock_offsets", None)
+    if isinstance(corr, dict) and corr:  # LSL: the offset of each stream's source host
         out["kind"] = out.get("kind", "lsl-time-correction")
         for role, v in sorted(corr.items()):
             out[f"{role}_correction_s"] = _num(v)

@@ -30,7 +30,7 @@ import numpy as np
 from snslab_common.errors import ConfigError
 from snslab_common.rejections import RejectionLog
 
-from .base import ONSET_SOURCES, Onset, SpikeEvent
+from .base import ONSET_SOURCES, Fault, Onset, SpikeEvent
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ class WindowCounter:
     reaches before what was already discarded is rejected with a logged reason.
 
     ``units``: fixed unit keys (spikes of other units are ignored, logged once per unit); None counts every
-    unit seen so far (a unit first seen later is missing from earlier presentations: prefer a fixed list).
+    unit seen so far: a unit seen for the first time is added (and logged), and had no spike in any earlier
+    window, so its count there is 0.
+
+    Data quality decides validity: a presentation whose windows touch a ``Fault`` (``add_fault``: a gap,
+    dropped messages) or a spike that arrived after the watermark had passed it is emitted ``valid=False``
+    with the reason; ``expire`` emits a presentation the rig's data never reached (a deadline) the same way.
     """
 
     def __init__(
@@ -194,11 +199,16 @@ class WindowCounter:
         self.end = max(self.response[1], self.baseline[1])
         self._spikes: dict[str, _UnitSpikes] = {u: _UnitSpikes() for u in (self.fixed_units or [])}
         self._pending: dict[str, Onset] = {}
+        self._expired_onsets: dict[str, float | None] = {}
         self._done: set[str] = set()
         self.discarded_before = -math.inf  # spikes earlier than this were dropped
         self.last_watermark = -math.inf
         self.late_spikes = 0
-        self.rejected = RejectionLog(log, "window counter")
+        self.faults: list[Fault] = []  # kept while a pending window may still touch them
+        self.fault_counts: dict[str, int] = {}  # presentations made invalid, per fault kind
+        self.faults_after_emit = 0  # faults that touched windows already sent (logged)
+        self._emitted_until = -math.inf  # latest window end already emitted
+        self.rejected = RejectionLog(log, "window counter", per_shape=3)
 
     # ---- input -------------------------------------------------------------------------------------
     def add_onset(self, onset: Onset) -> bool:
@@ -235,18 +245,43 @@ class WindowCounter:
                     self.rejected(f"spike of unit {ev.unit!r}, which is not in the configured units", f"unit {ev.unit}")
                     continue
                 slot = self._spikes[ev.unit] = _UnitSpikes()
+                log.info("window counter: new unit %r (first spike at %.6f s); %d units now", ev.unit, t,
+                         len(self._spikes))
             if t < self.last_watermark:
                 self.late_spikes += 1
-                if self.late_spikes <= 20 or self.late_spikes % 1000 == 0:
+                if self.late_spikes <= 5 or self.late_spikes % 1000 == 0:
                     log.warning(
                         "window counter: spike of %s at %.6f s arrived after the watermark %.6f s (%d late so far)",
                         ev.unit, t, self.last_watermark, self.late_spikes,
                     )
+                self.add_fault(Fault(t, t, f"late spike: arrived after the rig data had passed {t:.6f} s"))
                 if t < self.discarded_before:
                     continue
             slot.new.append(float(t))
             kept += 1
         return kept
+
+    def add_fault(self, fault: Fault) -> None:
+        """Mark rig time ``[start_s, end_s]`` unreliable: windows that touch it are emitted invalid."""
+        self.faults.append(fault)
+        if fault.start_s < self._emitted_until - self.edge_tol_s:
+            self.faults_after_emit += 1
+            if self.faults_after_emit <= 5 or self.faults_after_emit % 1000 == 0:
+                log.warning("window counter: %s touches windows already sent (%d such faults)", fault.reason,
+                            self.faults_after_emit)
+
+    def expire(self, presentation_id: str, reason: str) -> bool:
+        """Give up on a pending presentation: emitted invalid with ``reason`` at the next ``ready``."""
+        o = self._pending.get(presentation_id)
+        if o is None:
+            return False
+        self._pending[presentation_id] = Onset(o.presentation_id, None, "none", False, (*o.qc_reasons, reason))
+        self._expired_onsets[presentation_id] = o.rig_s
+        return True
+
+    def _fault_reasons(self, onset: float) -> tuple[str, ...]:
+        lo, hi = onset + self.start - self.edge_tol_s, onset + self.end - self.edge_tol_s
+        return tuple(dict.fromkeys(f.reason for f in self.faults if f.start_s < hi and f.end_s >= lo))
 
     # ---- output ------------------------------------------------------------------------------------
     def ready(self, watermark: float) -> list[PresentationCounts]:
@@ -263,19 +298,29 @@ class WindowCounter:
         for o in due:
             del self._pending[o.presentation_id]
             self._done.add(o.presentation_id)
+            valid, reasons, onset_s = o.valid, o.qc_reasons, o.rig_s
             if o.rig_s is None:
                 counts, base = {}, {}
+                onset_s = self._expired_onsets.pop(o.presentation_id, None)
             else:
                 counts = self._count(arrays, o.rig_s, self.response)
                 base = self._count(arrays, o.rig_s, self.baseline)
+                self._emitted_until = max(self._emitted_until, o.rig_s + self.end)
+                bad = self._fault_reasons(o.rig_s)
+                if bad:
+                    valid, reasons = False, (*reasons, *bad)
+            if not valid:
+                for r in reasons[-1:]:
+                    kind = r.split(":")[0]
+                    self.fault_counts[kind] = self.fault_counts.get(kind, 0) + 1
             out.append(
                 PresentationCounts(
                     presentation_id=o.presentation_id,
                     session_id=self.session_id,
-                    onset_rig_s=o.rig_s,
+                    onset_rig_s=onset_s if not valid else o.rig_s,
                     onset_source=o.source,
-                    valid=o.valid,
-                    qc_reasons=o.qc_reasons,
+                    valid=valid,
+                    qc_reasons=reasons,
                     counts=counts,
                     baseline_counts=base,
                     window=_ms(self.response),
@@ -299,6 +344,7 @@ class WindowCounter:
         if horizon <= self.discarded_before:
             return
         self.discarded_before = horizon
+        self.faults = [f for f in self.faults if f.end_s >= horizon]
         for slot in self._spikes.values():
             t = slot.merged()
             slot.times = t[np.searchsorted(t, horizon, side="left"):]
@@ -307,6 +353,10 @@ class WindowCounter:
     @property
     def pending_ids(self) -> list[str]:
         return sorted(self._pending)
+
+    def settled(self, presentation_id: str) -> bool:
+        """True once the presentation's counts were emitted (valid or not)."""
+        return presentation_id in self._done
 
     @property
     def n_buffered_spikes(self) -> int:

@@ -156,11 +156,31 @@ def server(
     host: str = typer.Option("127.0.0.1", help="HTTP address (0.0.0.0 to serve the lab network)"),
     port: int = typer.Option(8000, help="HTTP port of the dashboard and API"),
     wire: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ bind address; tcp://*:5555 for rig PCs"),
+    stall_s: float = typer.Option(8.0, "--stall-s", min=0.5, max=3600,
+                                  help="show unanswered presentations again (new attempts) when nothing was answered "
+                                  "for this long while a display is connected"),
+    keys: Path | None = typer.Option(None, "--keys", help="key folder from `snslab keys init`: ZeroMQ CURVE, only "
+                                     "the clients listed in its clients.txt, each bound to its role and client id"),
+    insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback --wire without --keys (anyone on "
+                                  "the network can then act as display or bridge); warned about at every start"),
 ) -> None:
     from .api.main import serve
+    from wire.auth import KeyError_, ServerKeys, is_loopback
 
+    options: dict = {"stall_s": stall_s}
+    if keys is not None:
+        try:
+            options["endpoint_options"] = {"keys": ServerKeys.load(keys)}
+        except KeyError_ as err:
+            _fail(f"--keys: {err}")
+    elif not is_loopback(wire):
+        if not insecure:
+            _fail(f"--wire {wire}: binding beyond loopback needs --keys DIR (make them with `snslab keys init DIR`), "
+                  "or --insecure to run without authentication")
+        typer.secho(f"WARNING: --insecure: the ZeroMQ endpoint {wire} accepts any client on the network, "
+                    "unauthenticated and unencrypted", fg=typer.colors.YELLOW, err=True)
     try:
-        serve(host, port, wire_bind=wire)
+        serve(host, port, wire_bind=wire, service_options=options)
     except SnslabError as err:  # DatabaseUnavailable: one line, no traceback
         _fail(str(err))
 
@@ -175,13 +195,56 @@ def demo(
     seed: int = typer.Option(1, help="session seed"),
     port: int = typer.Option(0, help="dashboard port (0: a free one)"),
     exit_when_done: bool = typer.Option(False, "--exit-when-done", help="stop when the probe is done"),
+    rig: str = typer.Option("lsl", help="lsl (default): snslab virtual-rig publishes an LSL spike stream and the "
+                            "bridge reads it, as on a lab's LSL rig; openephys: virtual Open Ephys Event "
+                            "Broadcaster frames and TTL words; sim: the bridge's own simulated neuron"),
 ) -> None:
-    from .demo import run_demo
+    from .demo import RIGS, run_demo
 
+    if rig not in RIGS:
+        _fail(f"--rig: {rig!r} (allowed: {', '.join(RIGS)})")
     try:
         run_demo(max_generations=maximize_generations, generations=generations, population=population, seed=seed,
-                 port=port or None, exit_when_done=exit_when_done, out=typer.echo)
+                 port=port or None, exit_when_done=exit_when_done, rig_kind=rig, out=typer.echo)
     except RuntimeError as err:
+        _fail(str(err))
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="ZeroMQ CURVE keys: who may connect as a display or a bridge.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("init", help="Make a key folder: the server's key pair, one pair per display and bridge, and "
+                  "clients.txt listing each client's public key with its role and client id. Start the server with "
+                  "--keys DIR; give each rig PC server.key and its own <client-id>.key_secret (its --keys folder).")
+def keys_init(
+    folder: Path = typer.Argument(..., help="new key folder"),
+    display: list[str] = typer.Option(["display-1"], "--display", help="display client id (repeatable)"),
+    bridge: list[str] = typer.Option(["bridge-1"], "--bridge", help="bridge client id (repeatable)"),
+) -> None:
+    from wire.auth import KeyError_, init_keys
+
+    try:
+        paths = init_keys(folder, displays=display, bridges=bridge)
+    except KeyError_ as err:
+        _fail(str(err))
+    for p in paths:
+        typer.echo(str(p))
+    typer.echo(f"listed clients: {folder / 'clients.txt'}")
+
+
+@keys_app.command("add", help="Add one client (a key pair bound to ROLE and CLIENT_ID) to a key folder; restart the "
+                  "server to accept it.")
+def keys_add(
+    folder: Path = typer.Argument(..., help="key folder from `snslab keys init`"),
+    role: str = typer.Argument(..., help="display | bridge | monitor"),
+    client_id: str = typer.Argument(..., help="the client's --client-id"),
+) -> None:
+    from wire.auth import KeyError_, add_client
+
+    try:
+        typer.echo(str(add_client(folder, role, client_id)))
+    except KeyError_ as err:
         _fail(str(err))
 
 
@@ -201,6 +264,16 @@ _register_sweep(app, _fail)
 from .analysis.cli import register as _register_analysis  # noqa: E402  recount, rescore, export (issue 14)
 
 _register_analysis(app)
+
+
+@app.command("virtual-rig", help="Run a virtual acquisition system (a model neuron that sees the display's screen, "
+             "published as LSL and/or Open Ephys frames, on its own clock, with optional faults; writes the true "
+             "counts). See `snslab virtual-rig --help`.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def virtual_rig(ctx: typer.Context) -> None:
+    from recording_bridge.virtual_rig import main as rig_main
+
+    raise typer.Exit(rig_main(list(ctx.args)) or 0)
 
 
 def main() -> None:  # pragma: no cover

@@ -141,9 +141,11 @@ class Client:
         """Store a new session (paused, nothing shown) from the same fields as POST /api/sessions."""
         return SessionDetailOut.model_validate(self._json("POST", "/sessions", json=spec))
 
-    def upload_reference(self, png: bytes) -> str:
-        """Store an image on the server as a reference; returns the server path for reference.path."""
-        return self._json("POST", "/references", content=png, headers={"Content-Type": "image/png"})["path"]
+    def upload_reference(self, data: bytes, kind: str = "image") -> str:
+        """Store an image (or a .npy code, kind="code") on the server as a reference; returns the name to put
+        in reference.path."""
+        return self._json("POST", "/references", params={"kind": kind}, content=data,
+                          headers={"Content-Type": "application/octet-stream"})["path"]
 
     def _verb(self, verb: str, session_id: uuid.UUID | str) -> SessionDetailOut:
         return SessionDetailOut.model_validate(self._json("POST", f"/sessions/{session_id}/{verb}"))

@@ -65,7 +65,7 @@ class ReferenceConfig(BaseModel):
         "maximize", description="maximize: find the unit's most exciting image first | image: a file | code: a .npy"
     )
     path: Path | None = Field(None, description="image file (any format Pillow reads) or .npy code file")
-    generations: int = Field(40, ge=1, description="generations of the maximize run that finds the reference")
+    generations: int = Field(40, ge=1, le=100_000, description="generations of the maximize run that finds the reference")
     check_repeats: int = Field(20, ge=0, le=10000, description="fresh presentations of the reference and of a "
                                "blank (mean-grey) screen before the probe starts: the reference's rate is "
                                "re-measured, not taken from the maximum of noisy measurements (0: no check)")
@@ -91,18 +91,18 @@ class EarlyStopConfig(BaseModel):
 class ProbeConfig(BaseModel):
     """A complete in-silico probe run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     mode: str = Field("invariance", description="maximize | invariance | adversarial")
-    seed: int = Field(0, ge=0, description="session seed; every random choice derives from it")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="session seed; every random choice derives from it")
     population: int = Field(20, ge=4, le=1000, description="new candidates per generation (more generations "
                             "beat wider ones at a fixed number of presentations: docs/benchmarks.md)")
-    generations: int = Field(40, ge=1, description="budget of generations for the probe")
+    generations: int = Field(40, ge=1, le=100_000, description="budget of generations for the probe")
     start_from: Literal["noise", "reference"] = Field(
         "noise", description="where an invariance search starts: small noise around zero, a grey image (default, "
         "the published method; it finds far invariances such as a contrast-inverted MEI), or the reference's "
         "code (a local search; what docs/benchmarks.md compares all methods from). Adversarial searches start "
         "at the reference code.")
-    reference_repeats: int = Field(4, ge=1, description="reference presentations per generation")
+    reference_repeats: int = Field(4, ge=1, le=100, description="reference presentations per generation")
     lead_in: int = Field(2, ge=0, description="of the reference repeats, how many open each generation and are "
                          "planned ahead: the display shows them while the previous generation's last answers "
                          "arrive, so it never waits for the server (0: all repeats shuffled, display waits)")

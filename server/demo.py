@@ -45,7 +45,9 @@ def start_xvfb() -> tuple[subprocess.Popen | None, str]:
     if shutil.which("Xvfb") is None:
         raise RuntimeError("no DISPLAY and no Xvfb: run scripts/setup (apt-get install xvfb libgl1-mesa-dri)")
     r, w = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+    # real-time priority when allowed: a starved X server delays every flip of the display
+    rt = ["chrt", "-r", "10"] if shutil.which("chrt") and hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    proc = subprocess.Popen([*rt, "Xvfb", "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
                             pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     with os.fdopen(r) as f:
@@ -55,38 +57,80 @@ def start_xvfb() -> tuple[subprocess.Popen | None, str]:
     return proc, f":{number}"
 
 
+RIGS = ("lsl", "openephys", "sim")
+VIRTUAL_UNITS = ["Electrode 1:1", "Electrode 2:1"]  # what snslab virtual-rig records (the first sees the cell)
+
+
 @dataclass
 class Rig:
-    """The display client and the recording bridge as child processes of the demo."""
+    """The display client, the recording bridge and (``kind`` lsl/openephys) the virtual acquisition system
+    as child processes of the demo, started with the same commands a lab would type."""
 
     wire: str
     display_env: dict
     log_dir: Path
     bridge_args: tuple[str, ...] = ()
+    kind: str = "lsl"
     display: subprocess.Popen | None = None
     bridge: subprocess.Popen | None = None
+    virtual: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        if self.kind not in RIGS:
+            raise RuntimeError(f"--rig {self.kind!r}: allowed {', '.join(RIGS)}")
+        self.ttl_link = self.log_dir / "virtual-ttl"
+        self.oe_endpoint = f"tcp://127.0.0.1:{free_port()}"
+
+    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=open(self.log_dir / f"{name}.log", "ab"),
+                                stderr=subprocess.STDOUT)
+
+    def start_virtual_rig(self) -> subprocess.Popen | None:
+        if self.kind == "sim":
+            return None
+        args = ["recording_bridge.virtual_rig", "--server", self.wire, "--client-id", "demo-virtual-rig",
+                "--display-id", "demo-display", "--subject-param", f"image_size={IMAGE_SIZE}"]
+        args += ["--lsl", "snslab-spikes"] if self.kind == "lsl" else \
+            ["--openephys", self.oe_endpoint, "--ttl-link", str(self.ttl_link)]
+        self.virtual = self._spawn("virtual-rig", args, self.display_env)
+        deadline = time.monotonic() + 60
+        while self.kind == "openephys" and not self.ttl_link.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.virtual
 
     def start_display(self) -> subprocess.Popen:
-        self.display = subprocess.Popen(
-            [sys.executable, "-m", "stimulus_client", "--server", self.wire, "--windowed", "--size", "640x480",
-             "--client-id", "demo-display", "--fixation", "--photodiode-patch", "bottom-right:40"],
-            env=self.display_env, stdout=open(self.log_dir / "display.log", "ab"), stderr=subprocess.STDOUT,
-        )
+        args = ["stimulus_client", "--server", self.wire, "--windowed", "--size", "640x480", "--client-id",
+                "demo-display", "--fixation", "--photodiode-patch", "bottom-right:40", "--refresh-hz", "60"]
+        if self.kind == "openephys":
+            args += ["--ttl", f"serial:{self.ttl_link}"]
+        self.display = self._spawn("display", args, self.display_env)
         return self.display
 
     def start_bridge(self) -> subprocess.Popen:
-        self.bridge = subprocess.Popen(
-            [sys.executable, "-m", "recording_bridge", "--server", self.wire, "--client-id", "demo-bridge",
-             "--adapter", "sim", "--subject-param", f"image_size={IMAGE_SIZE}", *self.bridge_args],
-            stdout=open(self.log_dir / "bridge.log", "ab"), stderr=subprocess.STDOUT,
-        )
+        args = ["recording_bridge", "--server", self.wire, "--client-id", "demo-bridge", "--adapter", self.kind]
+        if self.kind == "sim":
+            args += ["--subject-param", f"image_size={IMAGE_SIZE}"]
+        elif self.kind == "lsl":
+            args += ["--param", "marker_source_id=demo-display", "--param", "photodiode=true"]
+        else:
+            args += ["--param", f"endpoint={self.oe_endpoint}"]
+        self.bridge = self._spawn("bridge", [*args, *self.bridge_args], self.display_env)
         return self.bridge
 
+    @property
+    def clients(self) -> int:
+        return 2 if self.kind == "sim" else 3
+
+    @property
+    def units(self) -> list[str]:
+        return ["sim:0"] if self.kind == "sim" else list(VIRTUAL_UNITS)
+
     def stop(self) -> None:
-        for p in (self.display, self.bridge):
+        procs = (self.display, self.bridge, self.virtual)
+        for p in procs:
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in (self.display, self.bridge):
+        for p in procs:
             if p is not None:
                 try:
                     p.wait(timeout=10)
@@ -101,7 +145,7 @@ def display_environment(display: str, home: Path) -> dict:
 
 
 def run_demo(*, max_generations: int = 12, generations: int = 12, population: int = 16, seed: int = 1,
-             port: int | None = None, exit_when_done: bool = False, out=print) -> dict:
+             port: int | None = None, exit_when_done: bool = False, rig_kind: str = "lsl", out=print) -> dict:
     import uvicorn
 
     from server.api.main import create_app
@@ -123,30 +167,39 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     http = threading.Thread(target=server.run, daemon=True)
     http.start()
     xvfb, display = start_xvfb()
-    rig = Rig(service.wire_address, display_environment(display, settings.data_dir), log_dir)
+    rig = Rig(service.wire_address, display_environment(display, settings.data_dir), log_dir, kind=rig_kind)
     url = f"http://127.0.0.1:{port}/"
     summary: dict = {}
     try:
+        rig.start_virtual_rig()
         rig.start_bridge()
         rig.start_display()
         out(f"dashboard {url}  (API docs {url}docs, operator token '{token}')")
         out(f"database {database.masked_url}; wire {service.wire_address}; display on {display}; logs {log_dir}")
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len([c for c in service.clients() if c["alive"]]) < 2:
+        while time.monotonic() < deadline and len([c for c in service.clients() if c["alive"]]) < rig.clients:
             time.sleep(0.2)
-        if len([c for c in service.clients() if c["alive"]]) < 2:
-            raise RuntimeError(f"display or bridge did not connect (see {log_dir})")
-        common = dict(operator="demo", subject_id="model-complex-cell", rig="demo-rig", units=["sim:0"])
+        if len([c for c in service.clients() if c["alive"]]) < rig.clients:
+            raise RuntimeError(f"display, bridge or virtual rig did not connect (see {log_dir})")
+        if rig.kind != "sim":  # the virtual rig must see the screen before the first onset
+            rig_log = log_dir / "virtual-rig.log"
+            while time.monotonic() < deadline and "following markers" not in rig_log.read_text(errors="replace"):
+                time.sleep(0.2)
+        out(f"rig: {rig.kind} ({'simulated neuron in the bridge' if rig.kind == 'sim' else 'snslab virtual-rig'})")
+        common = dict(operator="demo", subject_id="model-complex-cell", rig=f"demo-{rig.kind}", units=rig.units,
+                      target_units=rig.units[:1])
 
         sid_max = service.create(SessionCreate(probe=probe_config("maximize", max_generations, population, seed), **common))
         out(f"maximize session {sid_max}: finding the neuron's most exciting image ({max_generations} generations)")
         _run(service, sid_max, out)
+        _report_invalid(service, sid_max, out)
         sid_inv = service.create(SessionCreate(
             probe=probe_config("invariance", generations, population, seed),
             reference={"source": "maximize-session", "session_id": str(sid_max)}, **common,
         ))
         out(f"invariance session {sid_inv}: stretching pixels while keeping the response ({generations} generations)")
         _run(service, sid_inv, out)
+        _report_invalid(service, sid_inv, out)
         summary = _summarise(service, sid_max, sid_inv)
         out(f"most exciting image: {summary['mei_rate_hz']:.1f} Hz (model rate); invariance probe selected an image "
             f"keeping {summary['retention']:.0%} of the response at {summary['stretch']:.2f} of the largest "
@@ -168,6 +221,20 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
         if xvfb is not None:
             xvfb.terminate()
     return summary
+
+
+def _report_invalid(service, sid, out) -> float:
+    """Print the share of presentations stored invalid, and why (first reason of each)."""
+    from collections import Counter
+
+    h = service.repo.load_history(sid)
+    valid = [v for v in h.valid if v is not None]
+    bad = [i for i, v in enumerate(h.valid) if v is not None and not bool(v)]
+    why = Counter((h.qc_reasons[i][0] if h.qc_reasons[i] else "no reason").split(":")[0] for i in bad)
+    share = len(bad) / max(1, len(valid))
+    detail = "; ".join(f"{n} x {r}" for r, n in why.most_common(5))
+    out(f"invalid presentations: {len(bad)} of {len(valid)} ({share:.1%})" + (f": {detail}" if detail else ""))
+    return share
 
 
 def _run(service, sid, out) -> None:

@@ -2,13 +2,25 @@
 
 Runs entirely in the wire endpoint's loop thread (handlers), so the runner is never touched concurrently:
 
-    runner.next_batch() --(committed)--> stimulus_batch --> display (and the sim bridge, which needs images)
-    display --presentation_report--> persist timing, forward to bridges
+    runner.next_batch() --(committed)--> stimulus_batch --> display and every bridge
+    display --presentation_report--> persist timing, forward to every bridge
     bridge --counts_batch--> validate ids -> runner.add_counts (persisted first) -> score, tell, persist
           -> next generation dispatched at once
 
-A restarted display gets every outstanding presentation again (``wire.ledger``); repeated reports and
-counts are recognised by presentation id and never counted twice.
+Crash-only (docs/protocol.md, "Restarts"): whatever process dies, starting it again is all it takes.
+
+- server restarted: the service re-opens the session from the database before the wire accepts anything;
+  display and bridge keep what they hold, re-send what was not acknowledged, and are sent everything still
+  open (same ids): the bridge counts what it saw before the restart;
+- display restarted (a new instance of a display this server knew): what it had not reported is shown
+  again as *new* presentations (same slot, attempt + 1, stored; ``SessionRunner.reshow``);
+- bridge restarted: it is sent every presentation still waiting for counts and their reports;
+- anything else that leaves a presentation unanswered (a report acknowledged by a server that died before
+  forwarding it, a rig that lost data): when nothing has been answered for ``stall_s`` while a display is
+  connected (and a bridge), every unanswered presentation is shown again as a new attempt.
+
+Repeated reports and counts are recognised by presentation id and never counted twice; counts for a
+presentation that was superseded by a re-show are acknowledged and not counted.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from wire import CountsBatch, PresentationLedger, PresentationReport, Reject, ServerEndpoint, StimulusBatch
+from wire.units import unit_key
 from wire.messages import ImageSpec, Presentation, image_to_blob
 
 from .session_runner import Batch, Counts, SessionRunner
@@ -64,39 +77,54 @@ class LiveLoop:
         off_ms: float = 100.0,
         repository=None,
         on_done: Callable[["LiveLoop"], None] | None = None,
+        paused: bool = False,
+        stall_s: float = 8.0,
     ):
         self.endpoint = endpoint
         self.runner = runner
         self.session_id = session_id
         self.wire_session = str(session_id)
-        self.unit_keys = list(unit_keys)
+        self.unit_keys = [unit_key(k) for k in unit_keys]  # session unit names, as keys on the wire
         self.unit_position = {k: i for i, k in enumerate(self.unit_keys)}
+        self._unit_notes: set[str] = set()  # units already noted in the event log (once each)
+        self._invalid_reasons: dict[str, int] = {}  # since the last generation summary
         self.target_positions = target_positions
         self.on_ms, self.off_ms = on_ms, off_ms
         self.repo = repository
         self.on_done = on_done
         self.ledger = PresentationLedger()
         self.stats = LiveStats()
-        self.paused = False
+        self.paused = paused
         self.finished = threading.Event()
         self._finishing = False
         self._batch_seq = 0
         self._dispatched: set[int] = set()
         self._reported_at: dict[str, float] = {}  # presentation id -> when its report arrived
+        self._instances = {c.client_id: c.instance for c in endpoint.clients()}  # who restarted, who is new
+        self.stall_s = stall_s
+        self._progress = time.monotonic()  # last report or counts: the watchdog's clock
         endpoint.on("presentation_report", self._on_report)
         endpoint.on("counts_batch", self._on_counts)
         endpoint.on_hello = self._on_hello
+        if stall_s > 0:
+            threading.Thread(target=self._watch, name="snslab-stall-watch", daemon=True).start()
         from .spike_intake import attach  # raw spike times + recording identity (issue 14)
 
         attach(self)
 
     # -- dispatch ----------------------------------------------------------------------------------
     def start(self, batch: Batch | None = None) -> None:
-        """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``."""
-        batch = batch or (None if self.runner.done else self.runner.next_batch())
+        """Dispatch the open (or next) generation. Run it in the endpoint's loop, after ``set_session``.
+        ``batch`` is what a resumed runner still has open: only its unanswered presentations go out."""
+        if batch is not None:
+            self._dispatched.update(batch.ids)
+            todo = {p.presentation_id for p in self.runner.unanswered()}
+            batch = Batch(batch.generation, [p for p in batch.presentations if p.presentation_id in todo])
+        elif not self.runner.done and not self.paused:
+            batch = self.runner.next_batch()
         if batch is not None:
             self._dispatch(batch.presentations)
-        else:
+        elif self.runner.done:
             self._finish()
 
     def _stimulus_id(self, image: np.ndarray) -> tuple[str, bytes]:
@@ -131,22 +159,70 @@ class LiveLoop:
         self.ledger.add_batch(batch, blobs)
         self._dispatched.update(int(p.presentation_id) for p in pres)
         for c in self.endpoint.clients(alive_only=False):
-            if c.role == "display" or (c.role == "bridge" and c.capabilities.get("needs_images")):
+            if self._wants_batches(c):
                 self.endpoint.send_to(c.client_id, "stimulus_batch", batch, blobs)
         self.stats.dispatched += len(pres)
+
+    @staticmethod
+    def _wants_batches(client) -> bool:
+        """Displays show batches; every bridge counts them (ids, generation, order, attempt; the simulator
+        also uses the images); a monitor that asks for images (``snslab virtual-rig``) gets them too."""
+        return client.role in ("display", "bridge") or bool(client.capabilities.get("needs_images"))
 
     def _on_hello(self, client, new_instance: bool) -> None:
         if not new_instance:
             return
+        previous = self._instances.get(client.client_id)
+        self._instances[client.client_id] = client.instance
         if client.role == "display":
+            if previous is not None and previous != client.instance and not self.finished.is_set():
+                # this display restarted: what it had not reported may have been on screen when it died, so
+                # it is shown again as new presentations (stored attempt + 1), not under the old ids
+                self._reshow(set(self.ledger.outstanding()), f"display {client.client_id} restarted")
             for batch, blobs in self.ledger.outstanding_batches():
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-        elif client.role == "bridge" and client.capabilities.get("needs_images"):
-            # a (re)started simulated rig needs the images of everything not yet answered
-            for batch, blobs in self.ledger.outstanding_batches():
+        elif self._wants_batches(client):
+            # a (re)started bridge (or virtual rig), or one that outlived a server restart: every presentation
+            # still waiting for counts (shown or not: it may have connected after the display showed it), and
+            # the reports of those
+            waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
+            for batch, blobs in self.ledger.batches_with(waiting):
                 self.endpoint.send_to(client.client_id, "stimulus_batch", batch, blobs)
-            for rep in self.ledger.reports.values():
-                self.endpoint.send_to(client.client_id, "presentation_report", rep)
+            for pid, rep in self.ledger.reports.items():
+                if pid in waiting:
+                    self.endpoint.send_to(client.client_id, "presentation_report", rep)
+
+    def _reshow(self, presentation_ids: set[str], why: str) -> int:
+        """Show these unanswered presentations again as new attempts (new ids, stored), cancelling the old."""
+        if self.runner.open is None and self.runner.ahead is None:
+            return 0
+        ids = [p.presentation_id for p in self.runner.unanswered() if str(p.presentation_id) in presentation_ids]
+        if not ids:
+            return 0
+        self.ledger.cancel([str(i) for i in ids])
+        fresh = self.runner.reshow(ids)
+        log.warning("session %s: %s; showing %d presentations again", self.session_id, why, len(fresh))
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "session", f"{why}: showing {len(fresh)} presentations again")
+        self._dispatch(fresh)
+        self._progress = time.monotonic()
+        return len(fresh)
+
+    def _watch(self) -> None:
+        """Every stall_s/4, ask the loop thread whether the session is stuck."""
+        while not self.finished.wait(max(0.05, self.stall_s / 4)):
+            self.endpoint.call_soon(self._check_stall)
+
+    def _check_stall(self) -> None:
+        if self.finished.is_set() or time.monotonic() - self._progress < self.stall_s:
+            return
+        if not self.endpoint.clients(role="display", alive_only=True) or not self.endpoint.clients(
+                role="bridge", alive_only=True):
+            return  # nobody to show or count anything: wait for them
+        waiting = {str(p.presentation_id) for p in self.runner.unanswered()}
+        if not waiting:
+            return
+        self._reshow(waiting, f"nothing answered for {self.stall_s:g} s")
 
     # -- reports and counts --------------------------------------------------------------------------
     def _check_session(self, msg) -> None:
@@ -168,8 +244,12 @@ class LiveLoop:
         rep: PresentationReport = msg.payload
         status = self.ledger.record(rep)
         if status == "unknown":
+            if self._of_this_session([self._pid(rep.presentation_id)]):
+                self.stats.duplicates += 1  # dispatched before a server restart and answered or superseded
+                return
             self.stats.rejected += 1
             raise Reject(f"presentation_id: {rep.presentation_id!r} was never dispatched in this session")
+        self._progress = time.monotonic()
         if status == "duplicate":
             self.stats.duplicates += 1
             return
@@ -183,21 +263,19 @@ class LiveLoop:
         self._check_session(msg)
         self._check_sender(msg, "bridge")
         batch: CountsBatch = msg.payload
-        positions = []
-        for key in batch.units:
-            if key not in self.unit_position:
-                self.stats.rejected += 1
-                raise Reject(f"units: {key!r} is not a unit of this session (allowed: {', '.join(self.unit_keys)})")
-            positions.append(self.unit_position[key])
-        if sorted(positions) != list(range(len(self.unit_keys))):
-            self.stats.rejected += 1
-            raise Reject(f"units: the batch must carry every unit of the session ({len(self.unit_keys)})")
+        columns, positions = self._unit_columns(batch.units)
         open_ids = self.runner.pending_ids()
-        for it in batch.items:  # the whole batch is checked before anything is stored or counted
-            pid = self._pid(it.presentation_id)
-            if pid not in open_ids and pid not in self._dispatched:
-                self.stats.rejected += 1
-                raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+        # the whole batch is checked before anything is stored or counted
+        other = [self._pid(it.presentation_id) for it in batch.items
+                 if self._pid(it.presentation_id) not in open_ids and self._pid(it.presentation_id) not in self._dispatched]
+        if other:
+            known = self._of_this_session(other)  # dispatched before a server restart
+            for it in batch.items:
+                if self._pid(it.presentation_id) in other and self._pid(it.presentation_id) not in known:
+                    self.stats.rejected += 1
+                    raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
+            self._dispatched.update(known)
+        self._progress = time.monotonic()
         items, invalid = [], []
         for it in batch.items:
             pid = self._pid(it.presentation_id)
@@ -205,13 +283,16 @@ class LiveLoop:
                 self.stats.duplicates += 1  # an answer to an earlier generation: already counted
                 continue
             counts = np.zeros(len(self.unit_keys), dtype=np.int64)
-            counts[positions] = it.counts
+            counts[positions] = np.asarray(it.counts, dtype=np.int64)[columns]
             baseline = None
             if it.baseline_counts is not None:
                 baseline = np.zeros(len(self.unit_keys), dtype=np.int64)
-                baseline[positions] = it.baseline_counts
+                baseline[positions] = np.asarray(it.baseline_counts, dtype=np.int64)[columns]
             if not it.valid:
                 invalid.append(pid)
+                for reason in it.qc_reasons[:1] or ["no reason given"]:
+                    kind = reason.split(":")[0][:80]
+                    self._invalid_reasons[kind] = self._invalid_reasons.get(kind, 0) + 1
             items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons), tuple(it.window_ms),
                                 tuple(it.baseline_window_ms or (-50.0, 0.0))))
         self.stats.counts += len(items)
@@ -227,12 +308,68 @@ class LiveLoop:
             self._dispatch(self.runner.reshow([pid for pid in invalid if pid in self.runner.pending_ids()]))
         if report is not None:
             log.info("session %s generation %d scored", self.session_id, report.generation)
+            self._summarise_invalid(report.generation)
             if self.runner.done:
                 self._finish()
             elif not self.paused:
                 self._next(t_last)
         elif self.runner.open is None and not self.runner.done and not self.paused:
             self._next()  # proposing the next generation failed after the last one was scored: try again
+
+    def _unit_columns(self, units: list[str]) -> tuple[list[int], list[int]]:
+        """Which batch columns are session units, and their positions in the session.
+
+        A bridge that discovers units from the data lists the units it has seen: a session unit it does not
+        list had no spike it saw (stored as 0), and a unit the session does not have is ignored. Both are
+        noted once in the event log. A batch with none of the session's units, or a unit twice, is refused.
+        """
+        if len(set(units)) != len(units):
+            self.stats.rejected += 1
+            raise Reject("units: a unit appears twice in the batch")
+        columns = [i for i, k in enumerate(units) if k in self.unit_position]
+        if not columns:
+            self.stats.rejected += 1
+            raise Reject(f"units: none of {', '.join(units[:5])} is a unit of this session "
+                         f"(allowed: {', '.join(self.unit_keys)})")
+        for k in units:
+            if k not in self.unit_position:
+                self._note_unit(k, f"unit {k} is not a unit of this session: its counts are ignored")
+        listed = set(units)
+        for k in self.unit_keys:
+            if k not in listed:
+                self._note_unit(k, f"unit {k} is not in the bridge's batch yet: no spike seen, stored as 0")
+        return columns, [self.unit_position[units[i]] for i in columns]
+
+    def _note_unit(self, key: str, message: str) -> None:
+        if key in self._unit_notes:
+            return
+        self._unit_notes.add(key)
+        log.info("session %s: %s", self.session_id, message)
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "units", message, {"unit": key})
+
+    def _summarise_invalid(self, generation: int) -> None:
+        """One event per generation with how many presentations came back invalid, by reason."""
+        if not self._invalid_reasons:
+            return
+        reasons, self._invalid_reasons = self._invalid_reasons, {}
+        text = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        log.info("session %s generation %d: invalid presentations: %s", self.session_id, generation, text)
+        if self.repo is not None:
+            self.repo.log_event(self.session_id, "invalid_counts", f"generation {generation}: {text}",
+                                {"generation": generation, "reasons": reasons}, "warning")
+
+    def _of_this_session(self, ids: list[int]) -> set[int]:
+        """Which of these ids are presentations of this session in the database (any generation or attempt)."""
+        ids = [i for i in ids if i >= 0]
+        if self.repo is None or not ids:
+            return set()
+        import sqlalchemy as sa
+
+        with self.repo.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id FROM presentations WHERE session_id = :s AND id = ANY(:ids)"),
+                                {"s": self.session_id, "ids": ids}).scalars().all()
+        return {int(r) for r in rows}
 
     @staticmethod
     def _pid(text: str) -> int:
@@ -284,13 +421,20 @@ class LiveLoop:
 
     # -- operator ------------------------------------------------------------------------------------
     def pause(self) -> None:
+        """No new generation is proposed; the open one (and the lead-in sent with it) is shown and answered
+        to its end, so a pause never leaves a generation half-answered (and a restart keeps the pause)."""
         self.paused = True
-        for c in self.endpoint.clients(role="display"):
-            self.endpoint.send_to(c.client_id, "control", {"action": "pause", "reason": "operator"})
 
     def resume(self) -> None:
         self.paused = False
-        for c in self.endpoint.clients(role="display"):
+        for c in self.endpoint.clients(role="display"):  # a display paused by an older server carries on
             self.endpoint.send_to(c.client_id, "control", {"action": "resume", "reason": "operator"})
         if self.runner.open is None and not self.runner.done:
             self._next()
+
+    def halt(self) -> None:
+        """Stop for good: the display drops what it still has queued."""
+        self.paused = True
+        for c in self.endpoint.clients(role="display"):
+            self.endpoint.send_to(c.client_id, "control", {"action": "clear", "reason": "session stopped"})
+        self.finished.set()

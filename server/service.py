@@ -11,7 +11,9 @@ import threading
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from snslab_common.errors import SnslabError
 
@@ -27,9 +29,9 @@ class ReferenceSpec(BaseModel):
 
 
 class SessionCreate(BaseModel):
-    """What the operator fills in to start a probe on the rig."""
+    """What the operator fills in to start a probe on the rig. Upper bounds: server/limits.py (README)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     operator: str = Field(min_length=1, max_length=100)
     subject_id: str = Field(min_length=1, max_length=100, description="animal id")
     rig: str = Field("rig-1", min_length=1, max_length=100)
@@ -39,11 +41,20 @@ class SessionCreate(BaseModel):
         "population, generations, seed, ...); its subject/noise are ignored on a rig",
     )
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
-    units: list[str] = Field(default_factory=lambda: ["sim:0"], min_length=1, description="rig unit keys")
+    units: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["sim:0"], min_length=1, max_length=1024, description="rig unit keys (at most 1024)")
     target_units: list[str] | None = Field(None, description="units the probe targets (default: all)")
     on_ms: float = Field(100.0, gt=0, le=2000)
     off_ms: float = Field(100.0, gt=0, le=2000)
-    response_window_ms: tuple[float, float] = (50.0, 200.0)
+    response_window_ms: tuple[float, float] = Field(
+        (50.0, 200.0), description="[start, end) after onset in ms, 0 <= start < end <= 2000")
+
+    @field_validator("response_window_ms")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 <= v[0] < v[1] <= 2000.0):
+            raise ValueError(f"[{v[0]:g}, {v[1]:g}] is not a window (allowed: 0 <= start < end <= 2000 ms)")
+        return v
     compute_check: Literal["refuse", "warn", "off"] = Field(
         "refuse", description="a timed dry run of the generator and stages on this server at creation: refuse "
         "a session whose compute per generation exceeds its display time (refuse), only log a warning (warn), "
@@ -58,16 +69,42 @@ class ServiceError(SnslabError, ValueError):
 class SessionService:
     """Creates sessions in the database and runs one at a time on the rig through a LiveLoop."""
 
-    def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None):
-        """``database``: a server.db.Database, or a Repository itself."""
+    def __init__(self, database, *, bind: str = "tcp://127.0.0.1:5555", timing=None, resume: bool = False,
+                 stall_s: float = 8.0, endpoint_options: dict | None = None, reference_dir=None):
+        """``database``: a server.db.Database, or a Repository itself. ``resume``: re-open the live session
+        that was running (or paused) when the server died, before the wire accepts a single message, so
+        what display and bridge re-send lands in it (crash-only; ``snslab server`` does this)."""
         from wire import ServerEndpoint, Timing
 
         self.repo = database.repository() if hasattr(database, "repository") else database
-        self.endpoint = ServerEndpoint(bind, session="idle", timing=timing or Timing())
-        self.endpoint.start()
+        self.stall_s = stall_s
+        # reference.path: only files in this folder (uploads land there); None = any file (library use)
+        from pathlib import Path
+
+        self.reference_dir = None if reference_dir is None else Path(reference_dir).resolve()
         self.loop = None
         self._lock = threading.RLock()
         self._errors: dict[uuid.UUID, str] = {}
+        interrupted = self._interrupted() if resume else None
+        self.endpoint = ServerEndpoint(bind, session=str(interrupted[0]) if interrupted else "idle",
+                                       timing=timing or Timing(), **(endpoint_options or {}))
+        self._started = False
+        if interrupted is not None:
+            self.start(interrupted[0], paused=interrupted[1] == "paused")
+        self.endpoint.start()
+        self._started = True
+
+    def _interrupted(self):
+        """(id, status) of the newest live session left running or paused (with generations) by a server
+        that died, or None."""
+        import sqlalchemy as sa
+
+        with self.repo.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT s.id, s.status FROM sessions s WHERE s.status IN ('running', 'paused')"
+                " AND s.config ? 'session' AND EXISTS (SELECT 1 FROM generations g WHERE g.session_id = s.id)"
+                " ORDER BY s.updated_at DESC LIMIT 1")).first()
+        return None if row is None else (row.id, row.status)
 
     @property
     def wire_address(self) -> str:
@@ -86,6 +123,12 @@ class SessionService:
         if probe.mode != "maximize" and spec.reference.source == "none":
             raise ServiceError(f"reference.source: the {probe.mode} probe needs a reference "
                                "(allowed: maximize-session, image, code)")
+        from .limits import LimitError, check_session
+
+        try:
+            check_session(spec, probe)
+        except LimitError as err:
+            raise ServiceError(str(err)) from None
         generator = build_generator(probe)
         stages = build_stages(probe) if probe.mode != "maximize" else {}
         targets = spec.target_units or spec.units
@@ -137,7 +180,22 @@ class SessionService:
                 raise ServiceError("reference.session_id: required for source maximize-session")
             code = self.best_code(src.session_id)
             return code, generator.render(code[None])[0]
-        return load_reference(src.source, src.path, generator)
+        return load_reference(src.source, self.reference_path(src.path), generator)
+
+    def reference_path(self, name: str | None):
+        """The file a reference.path names: inside the reference folder when there is one. Missing and not
+        allowed give the same answer, so a request cannot probe which files exist on the server."""
+        from pathlib import Path
+
+        if self.reference_dir is None:
+            if not name or not Path(name).is_file():
+                raise ServiceError(f"reference.path: file not found: {name}")
+            return Path(name)
+        path = (self.reference_dir / (name or "")).resolve()
+        if not name or not path.is_relative_to(self.reference_dir) or not path.is_file():
+            raise ServiceError(f"reference.path: no reference {name!r} in the server's reference folder "
+                               "(upload one with POST /api/references)")
+        return path
 
     def best_code(self, session_id: uuid.UUID):
         """The code of the highest mean response among the scored candidates of a (maximize) session."""
@@ -151,8 +209,9 @@ class SessionService:
         return h.codes[int(np.argmax(mean))].copy()
 
     # -- run ----------------------------------------------------------------------------------------
-    def start(self, session_id: uuid.UUID) -> None:
-        """Start (or, after a server restart, resume) a stored session on the rig."""
+    def start(self, session_id: uuid.UUID, paused: bool = False) -> None:
+        """Start (or, after a server restart, resume) a stored session on the rig; ``paused``: re-open it
+        paused (its open generation is finished, no new one proposed until ``resume``)."""
         from .live import LiveLoop
 
         with self._lock:
@@ -172,19 +231,25 @@ class SessionService:
             targets = stored.runner_kwargs["target_positions"]
             loop = LiveLoop(self.endpoint, runner, session_id=session_id, unit_keys=spec.units,
                             target_positions=targets, on_ms=spec.on_ms, off_ms=spec.off_ms, repository=self.repo,
-                            on_done=self._done)
+                            on_done=self._done, paused=paused, stall_s=self.stall_s)
             self.loop = loop
-            self.repo.set_session_status(session_id, "running")
+            self.repo.set_session_status(session_id, "paused" if paused else "running")
             resumed = point.last_completed is not None or point.in_flight is not None
-            self.repo.log_event(session_id, "operator", "resumed after a restart" if resumed else "started",
+            self.repo.log_event(session_id, "operator" if self._started else "session",
+                                ("resumed after a restart" if resumed else "started") + (" (paused)" if paused else ""),
                                 {"next_generation": point.next_index})
-            batch = runner.resume() if (point.last_completed is not None or point.in_flight is not None) else None
+            batch = runner.resume(propose=not paused) if resumed else None
+            if not self._started:  # the wire is not running yet: nothing can arrive before the session is open
+                self.endpoint.session = loop.wire_session
+                self.endpoint.known_sessions.add(loop.wire_session)
+                loop.start(batch)
+                return
             self.endpoint.set_session(loop.wire_session)  # applied in the loop before the start below
             self.endpoint.call_soon(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:
         self.repo.set_session_status(loop.session_id, "completed")
-        self.repo.log_event(loop.session_id, "session", f"completed after {len(loop.runner.reports)} generations",
+        self.repo.log_event(loop.session_id, "session", f"completed after {loop.runner.search.generation} generations",
                             {"presentations": loop.stats.dispatched, "duplicates": loop.stats.duplicates,
                              "rejected": loop.stats.rejected})
 
@@ -210,7 +275,7 @@ class SessionService:
         with self._lock:
             if self.loop is not None and self.loop.session_id == session_id and not self.loop.finished.is_set():
                 loop = self.loop
-                self.endpoint.call_soon(lambda: (loop.pause(), loop.finished.set()))
+                self.endpoint.call_soon(loop.halt)
             summary = self.repo.session_summary(session_id)
             if summary.status not in ("completed", "aborted", "failed"):
                 self.repo.set_session_status(session_id, "aborted")

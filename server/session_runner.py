@@ -389,10 +389,11 @@ class SessionRunner:
                                         h.counts[i][t] / self.window_s, dist, float(h.fitness[i]))
 
     # -- resume ------------------------------------------------------------------------------------
-    def resume(self) -> Batch | None:
+    def resume(self, propose: bool = True) -> Batch | None:
         """After a crash: restore the state saved after the last completed generation, re-open the
         in-flight generation (and the lead-in planned ahead) with the answers already committed, and
-        return what must be dispatched again (the display skips what it already showed)."""
+        return what must be dispatched again (the display skips what it already showed). ``propose=False``
+        (a paused session) does not ask for a new generation when none was in flight."""
         point = self.repo.load_resume_point(self.session_id)
         self._prepared = None
         if point.last_completed is not None:
@@ -421,6 +422,8 @@ class SessionRunner:
             return None
         waiting = [p for p in (self.ahead.presentations if self.ahead else []) if p.presentation_id not in
                    self.ahead.answered]
+        if not propose:
+            return Batch(self.ahead.generation, waiting) if waiting else None
         batch = self.next_batch()
         return Batch(batch.generation, waiting + batch.presentations)
 

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         None, description="the token operators send to create and control sessions (SNSLAB_OPERATOR_TOKEN); "
         "unset: the server makes a random one and prints it"
     )
+    viewer_token: SecretStr | None = Field(
+        None, description="SNSLAB_VIEWER_TOKEN: read-only access to the API and dashboard (unset: only the operator "
+        "token reads)")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="SNSLAB_CORS_ORIGINS (JSON list): browser origins allowed to call the API "
+        "from another site; empty (default) = none")
 
     @property
     def pgdata_dir(self) -> Path:

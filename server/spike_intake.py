@@ -15,6 +15,7 @@ import uuid
 import numpy as np
 
 from wire import Reject
+from wire.units import unit_key
 
 log = logging.getLogger("snslab.spikes")
 
@@ -75,7 +76,7 @@ class SpikeIntake:
             sid = uuid.UUID(msg.envelope.session)
         except ValueError:
             raise Reject(f"session: {msg.envelope.session!r} is not a session id") from None
-        keys = [spec.label for _, spec in loop.repo.units(sid)]  # in position order
+        keys = [unit_key(spec.label) for _, spec in loop.repo.units(sid)]  # in position order, as wire keys
         if not keys:
             raise Reject(f"session: {sid} has no units in the database")
         return sid, keys

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import Counter
 from typing import Callable
+
+
+_VARYING = re.compile(r"'[^']*'|\d+(\.\d+)?")
 
 
 class RejectionLog:
@@ -25,8 +29,11 @@ class RejectionLog:
         burst: int = 20,
         window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        per_shape: int | None = None,
     ):
         self.logger, self.prefix, self.burst, self.window_s, self.clock = logger, prefix, burst, window_s, clock
+        self.per_shape = per_shape  # log one reason (numbers and quoted ids blanked) at most this often
+        self._shapes: Counter[tuple[str, str]] = Counter()
         self.counts: Counter[str] = Counter()
         self._start, self._n, self.suppressed = -math.inf, 0, 0
 
@@ -47,6 +54,14 @@ class RejectionLog:
 
     def __call__(self, reason: str, kind: str = "input") -> None:
         self.counts[kind] += 1
+        if self.per_shape is not None:  # the same warning never repeats more than a few times
+            shape = (kind, _VARYING.sub("#", reason))
+            self._shapes[shape] += 1
+            n = self._shapes[shape]
+            if n > self.per_shape:
+                if n % 1000 == 0:
+                    self.logger.warning("%s: rejected %s: %s (%d like it so far)", self.prefix, kind, reason, n)
+                return
         if self.allow():
             self.logger.warning("%s: rejected %s: %s", self.prefix, kind, reason)
 

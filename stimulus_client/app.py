@@ -8,6 +8,7 @@ Data flow: network thread (wire.Peer) -> Schedule (dedupe by presentation id) ->
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ class ClientOptions:
     server: str = DEFAULT_SERVER
     client_id: str = field(default_factory=lambda: f"display-{socket.gethostname()}"[:64].replace(" ", "-"))
     session: str = ""
+    keys: str | None = None  # CURVE key folder (server.key + <client_id>.key_secret), wire/auth.py
     fullscreen: bool = False
     screen: int = 0
     size: tuple[int, int] = (800, 600)
@@ -48,6 +50,8 @@ class ClientOptions:
     heartbeat: float = 1.0
     flush_s: float = 5.0
     log_level: str = "INFO"
+    pace: str = "auto"  # software frame clock: auto (when there is no vsync) | on | off
+    priority: str = "realtime"  # realtime: SCHED_RR when the OS allows | normal
 
 
 def run(args: ClientOptions) -> int:
@@ -60,6 +64,8 @@ def run(args: ClientOptions) -> int:
     from wire.lsl_config import use_loopback_lsl
 
     outlet = ttl = display = peer = None
+    if args.priority == "realtime":
+        _realtime_priority()  # before any thread starts: every thread of the display inherits it
     try:
         if args.lsl_markers:
             if args.lsl_scope == "loopback":
@@ -72,19 +78,20 @@ def run(args: ClientOptions) -> int:
             fullscreen=args.fullscreen, screen=args.screen, size=args.size, background=args.background,
             refresh_hz=args.refresh_hz, frames_on=args.frames_on, frames_off=args.frames_off,
             image_size=args.image_size, fixation=args.fixation, fixation_size=args.fixation_size,
-            photodiode=corner, photodiode_size=patch_px,
+            photodiode=corner, photodiode_size=patch_px, pace=args.pace,
         )  # fmt: skip
         display = Display(opts, outlet=outlet, ttl=ttl)
         schedule = Schedule()
         capabilities = dict(
             refresh_hz=round(display.refresh_hz, 3), refresh_measured=display.refresh_measured,
+            paced=display.frame_clock is not None,
             width=int(display.win.size[0]), height=int(display.win.size[1]), fullscreen=args.fullscreen,
             lsl_markers=outlet is not None, ttl=args.ttl, photodiode=corner, frames_on=args.frames_on,
             frames_off=args.frames_off,
         )  # fmt: skip
         peer = Peer(
             args.server, client_id=args.client_id, role="display", capabilities=capabilities,
-            session=args.session, timing=Timing(heartbeat_s=args.heartbeat),
+            session=args.session, timing=Timing(heartbeat_s=args.heartbeat), keys=_keys(args),
         )  # fmt: skip
         peer.on("stimulus_batch", lambda msg: _on_batch(msg, schedule))
         peer.on("control", lambda msg: _on_control(msg, schedule))
@@ -104,7 +111,7 @@ def run(args: ClientOptions) -> int:
                 log.error("could not report presentation %s: %s", fields.get("presentation_id"), e)
 
         while not schedule.stopping:
-            qb = schedule.next_batch(0.05)
+            qb = schedule.next_batch(0.1)  # idle: ten background frames a second keep the window alive
             if qb is None:
                 display.idle()
                 if display.escape_pressed():
@@ -129,6 +136,27 @@ def run(args: ClientOptions) -> int:
             ttl.close()
         if outlet is not None:
             outlet.close()
+
+
+def _realtime_priority() -> None:
+    """SCHED_RR for this thread and every thread it starts (the OS refuses without root/CAP_SYS_NICE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+        log.info("the display runs at real-time priority (SCHED_RR 10)")
+    except (AttributeError, PermissionError, OSError) as e:
+        log.info("real-time priority not available (%s); presenting at normal priority", e)
+
+
+def _keys(args):
+    """The client's CURVE keys, or None; a bad key folder ends the program with one line."""
+    if not args.keys:
+        return None
+    from wire.auth import ClientKeys, KeyError_
+
+    try:
+        return ClientKeys.load(args.keys, args.client_id)
+    except KeyError_ as err:
+        raise SystemExit(f"error: --keys: {err}") from None
 
 
 def _on_batch(msg: Received, schedule: Schedule) -> None:

@@ -48,6 +48,15 @@ def _ttl(text: str | None) -> str | None:
     return text
 
 
+PACES, PRIORITIES = ("auto", "on", "off"), ("realtime", "normal")
+
+
+def _choice(text: str, option: str, allowed: tuple[str, ...]) -> str:
+    if text not in allowed:
+        raise typer.BadParameter(f"{text!r} (allowed: {', '.join(allowed)})", param_hint=option)
+    return text
+
+
 class LslScope(str, Enum):
     loopback = "loopback"
     network = "network"
@@ -75,6 +84,8 @@ def display(
         help="name of this display towards the server; keep it the same across restarts so outstanding "
         "presentations come back to it"),
     session: str = typer.Option("", help="only serve this session id (default: adopt the server's)"),
+    keys: str | None = typer.Option(None, metavar="DIR", help="CURVE keys (from `snslab keys init`): DIR holds "
+                                    "server.key and <client-id>.key_secret"),
     fullscreen: bool = typer.Option(False, "--fullscreen/--windowed",
                                     help="full screen (the rig) or a window (development)"),
     screen: int = typer.Option(0, min=0, help="screen index for the window"),
@@ -82,6 +93,12 @@ def display(
     refresh_hz: float | None = typer.Option(
         None, min=1.0, help="refresh rate to convert durations to frames; default: measured at start (60 Hz if "
         "unstable)"),
+    pace: str = typer.Option("auto", metavar="auto|on|off", help="auto: measure the refresh rate and, when it is "
+                             "implausible (no vsync: Xvfb, a VM), say so and pace flips on a software frame clock "
+                             "at --refresh-hz (60 if not given); on: always; off: never"),
+    priority: str = typer.Option("realtime", metavar="realtime|normal", help="realtime: the display's threads run "
+                                 "SCHED_RR when the OS allows (root or CAP_SYS_NICE), like PsychoPy's core.rush, so "
+                                 "a busy machine does not delay flips; normal: leave the scheduler alone"),
     frames_on: int | None = typer.Option(
         None, min=1, help="show every image this many frames, overriding the server's durations (default: on_ms)"),
     frames_off: int | None = typer.Option(
@@ -116,7 +133,8 @@ def display(
         refresh_hz=refresh_hz, frames_on=frames_on, frames_off=frames_off, image_size=image_size,
         background=background, fixation=fixation, fixation_size=fixation_size,
         photodiode_patch=_patch(photodiode_patch), lsl_markers=lsl_markers, lsl_scope=lsl_scope.value, ttl=_ttl(ttl),
-        heartbeat=heartbeat, flush_s=flush_s, log_level=log_level.value,
+        heartbeat=heartbeat, flush_s=flush_s, log_level=log_level.value, pace=_choice(pace, "--pace", PACES),
+        priority=_choice(priority, "--priority", PRIORITIES), keys=keys,
     )
     raise typer.Exit(run(opts))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,28 @@ class DisplayOptions:
     fixation_size: int = 8
     photodiode: str | None = None  # a corner, or None
     photodiode_size: int = 40
+    pace: str = "auto"  # auto: software frame clock when flips do not wait for vsync; on; off
+
+
+class FrameClock:
+    """Software frame pacing for displays without vsync (Xvfb, VMs): each flip waits for the next tick of a
+    clock at the declared rate, so frame counts mean durations and late frames count as dropped.
+
+    Ticks are ``t0 + k / rate``; a flip more than one frame behind re-starts the clock (that interval is
+    then recorded as a dropped frame by PsychoPy, as a missed retrace would be)."""
+
+    def __init__(self, rate_hz: float, clock=time.perf_counter, sleep=time.sleep):
+        self.period = 1.0 / float(rate_hz)
+        self.clock, self.sleep = clock, sleep
+        self.next: float | None = None
+
+    def wait(self) -> None:
+        now = self.clock()
+        if self.next is None or now > self.next + self.period:
+            self.next = now
+        elif now < self.next:
+            self.sleep(self.next - now)
+        self.next += self.period
 
 
 def quiet_psychopy() -> None:
@@ -80,6 +103,7 @@ class Display:
             checkTiming=False, waitBlanking=True,
         )  # fmt: skip
         self.win.mouseVisible = not opts.fullscreen
+        self.frame_clock: FrameClock | None = None
         self.refresh_hz, self.refresh_measured = self._refresh_rate(opts.refresh_hz)
         self.win.refreshThreshold = 1.5 / self.refresh_hz  # an interval over 1.5 frames = a dropped frame
         self.win.recordFrameIntervals = False
@@ -98,14 +122,36 @@ class Display:
         self.last_flip: float | None = None
 
     def _refresh_rate(self, fixed: float | None) -> tuple[float, bool]:
-        if fixed:
+        """The rate durations are counted in. With ``pace="auto"`` the rate is measured: when it is
+        implausible (flips do not wait for a retrace: no vsync) the display says so loudly and paces its
+        flips on a software frame clock at ``fixed`` (or 60 Hz); a display with vsync is unchanged."""
+        pace = self.opts.pace
+        if pace == "on":
+            self.frame_clock = FrameClock(fixed or 60.0)
+            log.warning("software frame clock at %.2f Hz (--pace on): flips do not wait for the screen",
+                        fixed or 60.0)
+            return float(fixed or 60.0), False
+        if fixed and pace == "off":
             return float(fixed), False
         rate = self.win.getActualFrameRate(nIdentical=10, nMaxFrames=120, nWarmUpFrames=10, threshold=1)
-        if rate is None or not (20 <= rate <= 1000):
+        plausible = rate is not None and 20 <= rate <= 300 and (not fixed or abs(rate - fixed) <= 0.2 * fixed)
+        if plausible:
+            log.info("measured refresh rate %.2f Hz", rate)
+            return (float(fixed), False) if fixed else (float(rate), True)
+        declared = float(fixed or 60.0)
+        if pace == "off":
             log.warning("could not measure a stable refresh rate (%s); assuming 60 Hz (set --refresh-hz)", rate)
-            return 60.0, False
-        log.info("measured refresh rate %.2f Hz", rate)
-        return float(rate), True
+            return declared, False
+        for line in (
+            f"THE MEASURED REFRESH RATE ({'none' if rate is None else f'{rate:.0f} Hz'}) IS NOT A REAL SCREEN'S: "
+            "flips do not wait for vsync (Xvfb, a VM, a laptop without blanking)",
+            f"pacing flips on a software frame clock at {declared:g} Hz"
+            + ("" if fixed else " (assumed: pass --refresh-hz)")
+            + "; onsets are only as good as this machine's sleep, use a photodiode for timing",
+        ):
+            log.warning(line)
+        self.frame_clock = FrameClock(declared)
+        return declared, False
 
     # ---- frames
     def _draw_overlay(self, on: bool) -> None:
@@ -116,6 +162,8 @@ class Display:
             self.patch.draw()
 
     def flip(self) -> float:
+        if self.frame_clock is not None:
+            self.frame_clock.wait()
         self.last_flip = self.win.flip()
         return self.last_flip
 

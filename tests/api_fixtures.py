@@ -140,7 +140,15 @@ def client(api_settings, api_database, service):
     from server.api.main import create_app
 
     with TestClient(create_app(api_settings, service, database=api_database, operator_token=TOKEN)) as c:
+        c.auth = read_token  # reads need a token (verbs still need the Authorization header)
         yield c
+
+
+def read_token(request):
+    """httpx auth: GET requests carry the token as ``access_token`` (what the dashboard's EventSource does)."""
+    if request.method == "GET" and "access_token" not in request.url.params:
+        request.url = request.url.copy_add_param("access_token", TOKEN)
+    return request
 
 
 def row_counts(database) -> dict[str, int]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from waiting import wait_for
 
-from api_fixtures import AUTH, CREATE, TOKEN, row_counts, session_rows
+from api_fixtures import AUTH, CREATE, TOKEN, read_token, row_counts, session_rows
 from api_fixtures import api_database, api_db_url, api_settings, client, service, stored  # noqa: F401  (fixtures)
 
 pytest_plugins = ["db_fixtures"]
@@ -261,6 +261,7 @@ def test_read_only_server_answers_503_to_verbs(api_settings, api_database, store
     from server.api.main import create_app
 
     with TestClient(create_app(api_settings, database=api_database, operator_token=TOKEN)) as c:
+        c.auth = read_token
         assert c.get("/api/health").json()["service"] is False
         assert c.get(f"/api/sessions/{stored.invariance}").status_code == 200
         with Unchanged(api_database):

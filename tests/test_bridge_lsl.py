@@ -81,13 +81,14 @@ def test_lsl_counts_exact_against_real_outlets(lsl_pair, caplog):
     t, u = spike_train(rng, flips, base - 0.3, flips[-1] + 0.3)
     pipe = CountingPipeline(src, WindowCounter(RESP, BASE, units=UNITS, session_id="s1"))
     pipe.expect([f"p{k}" for k in range(20)])
+    pipe.early_s = 0.0  # an onset whose batch has not come is refused at once (not after 2 s)
 
     with caplog.at_level(logging.WARNING):
         for k, f in enumerate(flips):
             markers_out.push_sample([format_marker(f"p{k}")], float(f))
         markers_out.push_sample(["hello"], float(base))  # malformed
         markers_out.push_sample(["pres:stranger"], float(base))  # never dispatched
-        spikes_out.push_sample([5, -3], float(base))  # bad unit
+        spikes_out.push_sample([5, -3], float(base - 0.3))  # bad unit (before the train: the stream stays in order)
         last_end = flips[-1] + RESP[1]
         cut = np.searchsorted(t, last_end - 0.02)
         push_spikes(spikes_out, t[:cut], u[:cut])  # rig data stops 20 ms before the last window's end
@@ -104,7 +105,7 @@ def test_lsl_counts_exact_against_real_outlets(lsl_pair, caplog):
         assert pc.onset_rig_s == pytest.approx(flips[k], abs=1e-3)
         assert pc.counts == expected(t, u, pc.onset_rig_s, RESP), k
         assert pc.baseline_counts == expected(t, u, pc.onset_rig_s, BASE), k
-        assert pc.onset_source == "flip" and pc.valid and "no photodiode or TTL" in pc.qc_reasons[0]
+        assert pc.onset_source == "flip" and pc.valid and "no photodiode or TTL" in pc.qc_reasons[0], pc.qc_reasons
     assert sum(sum(pc.counts.values()) for pc in out) > 300
     assert "'hello' is not 'pres:<presentation_id>'" in caplog.text
     assert "'stranger' was never dispatched" in caplog.text

@@ -147,7 +147,7 @@ def test_openephys_ttl_words_counts_exact_and_malformed_frames_rejected(publishe
     for k, pc in enumerate(out):
         s0 = int(onsets[k])
         if k == 6:
-            assert pc.onset_source == "flip" and pc.valid and any("no TTL word" in r for r in pc.qc_reasons)
+            assert pc.onset_source == "flip" and not pc.valid and any("missing TTL word" in r for r in pc.qc_reasons)
             assert pc.onset_rig_s == pytest.approx(s0 / FS, abs=1e-3)  # placed by the clock fit
             continue
         assert pc.onset_source == "ttl" and pc.valid and pc.qc_reasons == ()

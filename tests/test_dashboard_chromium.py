@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from api_fixtures import CHROMIUM, INSILICO, requires_chromium
+from api_fixtures import CHROMIUM, INSILICO, TOKEN, requires_chromium
 from api_fixtures import api_database, api_db_url, api_settings, live_server, stored  # noqa: F401  (fixtures)
 
 pytest_plugins = ["db_fixtures"]
@@ -42,7 +42,7 @@ def page(browser_page, live_server, stored) -> tuple[str, list[str]]:
     import time
 
     live_server.requests.clear()
-    browser_page.goto(f"{live_server.url}/?session={stored.invariance}")
+    browser_page.goto(f"{live_server.url}/?session={stored.invariance}&access_token={TOKEN}")
     browser_page.wait_for_selector("#status.badge.completed")
     browser_page.wait_for_function("[...document.querySelectorAll('#images img')].every(i => i.complete) && "
                                    "document.querySelectorAll('#events tr[data-id]').length > 0")
@@ -106,7 +106,7 @@ def test_dom_draws_the_fronts_coloured_by_generation(dom, stored, api_database):
 def test_dom_shows_the_newest_generation_images(dom, stored, api_database):
     images = api_database.repository().generation_images(stored.invariance, INSILICO["generations"] - 1)
     grid = dom[dom.index('id="images"'):dom.index('id="events-card"')]
-    srcs = re.findall(r'<img src="(/api/stimuli/[0-9a-f]{64}\.png)"', grid)
+    srcs = re.findall(r'<img src="(/api/stimuli/[0-9a-f]{64}\.png)(?:\?access_token=[^"]*)?"', grid)
     assert srcs == [f"/api/stimuli/{im.stimulus_sha256}.png" for im in images]
     assert len(srcs) == INSILICO["population"] + 4  # candidates + reference repeats
     assert re.findall(r'class="tile ([a-z]+)', grid) == [im.kind for im in images]
@@ -128,7 +128,8 @@ def test_page_subscribes_once_instead_of_polling(page, stored):
     requests = page[1]
     api = [r for r in requests if r.startswith("GET /api/") and not r.startswith("GET /api/stimuli/")]
     # who am I, the session list, one stream: everything else arrives pushed on the stream
-    assert api == ["GET /api/whoami", "GET /api/sessions?limit=200", f"GET /api/sessions/{stored.invariance}/stream"]
+    assert api == ["GET /api/whoami", "GET /api/sessions?limit=200",
+                   f"GET /api/sessions/{stored.invariance}/stream?access_token={TOKEN}"]
     stimuli = [r for r in requests if r.startswith("GET /api/stimuli/")]
     assert len(stimuli) == len(set(stimuli)) > 0  # every distinct image fetched once (browser cache)
     assert not any(r.startswith("POST") for r in requests)

@@ -32,6 +32,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]
 
 TOKEN = "dash-operator-token"
+VIEWER = "dash-viewer-token"  # the read-only token (SNSLAB_VIEWER_TOKEN)
 WINDOW = 4  # reference repeats in the neuron's running estimate (the server's $SNSLAB_NEURON_WINDOW)
 ARTIFACTS = Path(os.environ.get("SNSLAB_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 SMALL_DCT = {"name": "dct", "code_size": 16, "image_size": 8, "channels": 1}
@@ -40,7 +41,7 @@ TIMEOUT_MS = 90_000
 
 @pytest.fixture(scope="module")
 def srv(api_db_url, tmp_path_factory):
-    env = {"SNSLAB_NEURON_WINDOW": str(WINDOW)}
+    env = {"SNSLAB_NEURON_WINDOW": str(WINDOW), "SNSLAB_VIEWER_TOKEN": VIEWER}
     with ServerProcess(url_text(api_db_url), tmp_path_factory.mktemp("data"), token=TOKEN, extra_env=env) as s:
         yield s
 
@@ -182,7 +183,7 @@ def test_live_session_pushes_pauses_resumes_and_warns(browser, srv, rig, engine)
     sid = str(s.id)
     STATE["invariance"] = sid
     ui = Page(browser, srv, TOKEN)
-    viewer = Page(browser, srv, None)
+    viewer = Page(browser, srv, VIEWER)
     try:
         page = ui.open(sid)
         page.evaluate("window.__loadedOnce = true")
@@ -210,14 +211,15 @@ def test_live_session_pushes_pauses_resumes_and_warns(browser, srv, rig, engine)
         page.wait_for_selector("#status.badge.running")
         assert [d.split(" session")[0] for d in ui.dialogs] == ["Pause", "Resume"]
 
-        # a viewer without the token sees the same session and cannot act
+        # a viewer with the read-only token (not the operator's) sees the same session and cannot act
         vpage = viewer.open(sid)
         vpage.wait_for_function("document.querySelectorAll('#response-plot circle.pt-mean').length >= 2")
         assert vpage.locator("#role").inner_text().startswith("viewer")
         for verb in ("start", "pause", "resume", "stop"):
             assert vpage.locator(f"#controls button[data-verb={verb}]").is_disabled()
         assert vpage.locator("#new-session").is_disabled()
-        refused = vpage.evaluate(f"fetch('/api/sessions/{sid}/pause', {{method: 'POST'}}).then(r => r.status)")
+        refused = vpage.evaluate(f"fetch('/api/sessions/{sid}/pause', {{method: 'POST', headers: "
+                                 f"{{Authorization: 'Bearer {VIEWER}'}}}}).then(r => r.status)")
         assert refused == 401 and _status(engine, sid) == "running"
         assert viewer.dialogs == []
 
@@ -229,7 +231,7 @@ def test_live_session_pushes_pauses_resumes_and_warns(browser, srv, rig, engine)
         assert "collapsed" in warning and "unit sim:0" in warning
         assert page.locator("#neuron-plot circle.pt-refresp").count() >= n_before + 1
         vpage.wait_for_selector("#neuron-warning:not([hidden])")  # viewers are warned too
-        with __import__("server.client", fromlist=["Client"]).Client(srv.url) as c:
+        with Client(srv.url, VIEWER) as c:  # scripts read the same state
             health = c.neuron_health(sid)
         assert health["status"] == "collapse" and health["units"][0]["status"] == "collapse"
         last = health["units"][0]["references"][-WINDOW:]

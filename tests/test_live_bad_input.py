@@ -199,7 +199,7 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
         # who and which session
         case(rb, rb.header("counts_batch", counts_payload(target), sender="bridge-test"), "sender")
         case(rn, rn.header("counts_batch", counts_payload(target), session=str(sid)), "sender", "error")
-        case(rb, rb.header("counts_batch", counts_payload(target), session="no-such-session"), "session")
+        case(rb, rb.header("counts_batch", counts_payload(target), session="no-such-session"), "session", "error")  # retry later, not final
         case(rb, rb.header("counts_batch", counts_payload(target), session="idle"), "session")  # known, not running
         case(rd, rd.header("counts_batch", counts_payload(target)), "sender")  # counts from a display
         case(rb, rb.header("presentation_report", report_payload(target)), "sender")  # a report from a bridge
@@ -235,6 +235,12 @@ def test_bad_input_on_the_wire_and_the_api_is_refused_and_changes_nothing(servic
                          operator_token=TOKEN)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with TestClient(app) as http:
+            def read_token(request):  # reads need a token too: GETs carry it as access_token
+                if request.method == "GET" and "access_token" not in request.url.params:
+                    request.url = request.url.copy_add_param("access_token", TOKEN)
+                return request
+
+            http.auth = read_token
             for method, url, headers, body, status, field in [
                 ("post", f"/api/sessions/{sid}/stop", {"Authorization": "Bearer x"}, None, 401, "wrong operator token"),
                 ("post", f"/api/sessions/{sid}/stop", {}, None, 401, "operator token required"),

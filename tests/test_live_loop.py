@@ -32,8 +32,8 @@ class ScriptedDisplay:
     """A display peer that 'shows' each presentation for 100 ms on / 100 ms off in real time and reports it;
     with ``hold_after`` it stops showing after that many reports until ``released`` is set."""
 
-    def __init__(self, address, client_id="display-test", hold_after=None):
-        self.peer = Peer(address, client_id=client_id, role="display", timing=FAST)
+    def __init__(self, address, client_id="display-test", hold_after=None, keys=None):
+        self.peer = Peer(address, client_id=client_id, role="display", timing=FAST, keys=keys)
         self.reported: list[str] = []
         self.queue: list = []
         self.shown: list[tuple[int, set[int]]] = []  # (generation shown, generations waiting in the queue)

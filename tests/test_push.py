@@ -36,7 +36,7 @@ def _reader(url: str, sid, out: queue.Queue, stop: threading.Event, last_event_i
     from server.client import Client
 
     def run():
-        with Client(url) as c:
+        with Client(url, "t") as c:
             for update in c.stream(sid, last_event_id=last_event_id, **params):
                 out.put(update)
                 if stop.is_set():
@@ -52,7 +52,7 @@ def _next(q: queue.Queue, timeout: float = 30) -> dict:
 
 
 def _feeds(url: str) -> dict:
-    return httpx.get(f"{url}/api/push", trust_env=False).json()["feeds"]
+    return httpx.get(f"{url}/api/push", headers={"Authorization": "Bearer t"}, trust_env=False).json()["feeds"]
 
 
 def test_many_viewers_share_one_producer(server, session_id, api_database):
@@ -130,7 +130,7 @@ RAW: list[set[str]] = []  # the keys of every update _since received, as sent
 def _since(url: str, sid, since: int, out: queue.Queue, stop: threading.Event) -> None:
     import json
 
-    with httpx.stream("GET", f"{url}/api/sessions/{sid}/stream", params={"since": since}, trust_env=False,
+    with httpx.stream("GET", f"{url}/api/sessions/{sid}/stream", params={"since": since, "access_token": "t"}, trust_env=False,
                       timeout=30) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         data, event, view = [], "", {}
@@ -150,6 +150,14 @@ def _since(url: str, sid, since: int, out: queue.Queue, stop: threading.Event) -
                 data, event = [], ""
 
 
+def test_the_stream_needs_a_read_token(server, session_id):
+    url = f"{server.url}/api/sessions/{session_id}/stream"
+    r = httpx.get(url, trust_env=False)
+    assert r.status_code == 401 and r.json()["detail"].startswith("read token required")
+    assert httpx.get(url, params={"access_token": "nope"}, trust_env=False).status_code == 401
+
+
 def test_unknown_session_is_refused_before_streaming(server):
-    r = httpx.get(f"{server.url}/api/sessions/00000000-0000-0000-0000-000000000009/stream", trust_env=False)
+    r = httpx.get(f"{server.url}/api/sessions/00000000-0000-0000-0000-000000000009/stream",
+                  params={"access_token": "t"}, trust_env=False)
     assert r.status_code == 404 and r.json()["detail"].startswith("no session")

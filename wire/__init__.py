@@ -31,6 +31,7 @@ from wire.messages import (
     encode,
     image_to_blob,
 )
+from wire.units import unit_key, unit_name
 from wire.transport import ClientInfo, Peer, Received, Reject, ServerEndpoint, Timing
 
 __all__ = [
@@ -38,5 +39,5 @@ __all__ = [
     "CountsItem", "Envelope", "Error", "Heartbeat", "Hello", "ImageSpec", "Limits", "Nack", "Peer",
     "Presentation", "PresentationLedger", "PresentationReport", "ProtocolError", "Received", "Reject",
     "ServerEndpoint", "StimulusBatch", "Timing", "Welcome", "blob_to_image", "decode", "encode",
-    "image_to_blob",
+    "image_to_blob", "unit_key", "unit_name",
 ]  # fmt: skip

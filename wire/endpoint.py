@@ -42,6 +42,10 @@ class _Endpoint:
         self._stop = threading.Event()
         self._limiter = RejectionLog(log, name, burst=timing.log_burst, window_s=timing.log_window_s)
         self._closed = False
+        self._user_id: str | None = None
+        # A server answers a message for a session it has not opened (yet) with error{unknown_session}
+        # instead of a final nack: the client keeps it and re-sends it later.
+        self.holds_unknown_sessions = False
         self.on_give_up: Callable[[str, str], None] | None = None  # (message id, type)
         self.on_nack: Callable[[str, str, str], None] | None = None  # (message id, type, reason)
 
@@ -82,6 +86,7 @@ class _Endpoint:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                self._user_id = self._frame_user(frames)
                 self._receive([f.buffer for f in frames])  # memoryviews: blobs without a copy
         while self._outbox:
             self._outbox.popleft()()
@@ -103,6 +108,10 @@ class _Endpoint:
             self._sock = None
         self._waker_r.close()
         self._waker_w.close()
+        self._closed_hook()
+
+    def _closed_hook(self) -> None:
+        pass
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the loop's thread (thread-safe): how other threads touch what handlers own."""
@@ -125,6 +134,10 @@ class _Endpoint:
         return queued + sum(len(link.pending) for link in self._links())
 
     # ---- for subclasses
+    def _frame_user(self, frames: list) -> str | None:
+        """The authenticated User-Id of a received message (CURVE servers; see wire/auth.py)."""
+        return None
+
     def _links(self) -> list[_Link]:
         raise NotImplementedError
 
@@ -214,7 +227,8 @@ class _Endpoint:
         if mtype in SILENT_TYPES:
             return
         reason = str(err)[:480]
-        if err.code in ("bad_message", "unknown_session") and (err.ref or mid):
+        final = err.code == "bad_message" or (err.code == "unknown_session" and not self.holds_unknown_sessions)
+        if final and (err.ref or mid):
             reply("nack", {"ack_of": err.ref or mid, "reason": reason})
         else:
             reply("error", {"code": err.code, "reason": reason, "ref": err.ref or mid})

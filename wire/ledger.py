@@ -4,8 +4,10 @@ Rule (docs/protocol.md, "Restarts"): a presentation is outstanding from the mome
 to the transport until its first presentation_report arrives. A later report with the same id is a
 duplicate (acknowledge it, do not persist it). On every hello of a display client the server re-sends
 :meth:`PresentationLedger.outstanding_batches`: each original batch cut down to its unreported
-presentations, with only the images those need and ``attempt`` raised by one. The client skips ids it
-already holds, so resending too much is harmless and resending too little is impossible. Example::
+presentations, with only the images those need. A re-delivery keeps the presentation's ``attempt``: it is the
+same presentation (same id); showing a slot again is a *new* presentation with its own id and a higher
+attempt, stored by the server (``SessionRunner.reshow``). The client skips ids it already holds, so
+resending too much is harmless and resending too little is impossible. Example::
 
     ledger = PresentationLedger()
     ledger.add_batch(batch, blobs)                    # right before endpoint.send_to(display, ...)
@@ -27,7 +29,6 @@ class PresentationLedger:
     def __init__(self) -> None:
         self._batches: dict[str, tuple[StimulusBatch, list[bytes]]] = {}
         self._batch_of: dict[str, str] = {}  # presentation id -> batch id
-        self._attempt: dict[str, int] = {}
         self.reports: dict[str, PresentationReport] = {}  # first report per presentation id
         self.cancelled: set[str] = set()
         self.duplicates = 0
@@ -42,7 +43,6 @@ class PresentationLedger:
         self._batches[batch.batch_id] = (batch, [bytes(b) for b in blobs])
         for p in batch.presentations:
             self._batch_of[p.presentation_id] = batch.batch_id
-            self._attempt[p.presentation_id] = p.attempt
 
     def record(self, report: PresentationReport) -> Literal["new", "duplicate", "unknown"]:
         """Account for one report: only the first of each dispatched presentation is "new"."""
@@ -78,21 +78,20 @@ class PresentationLedger:
         return not self.outstanding()
 
     def outstanding_batches(self) -> list[tuple[StimulusBatch, list[bytes]]]:
-        """Original batches cut down to their outstanding presentations (images re-indexed, attempt + 1)."""
+        """Original batches cut down to their outstanding presentations (images re-indexed, same attempt)."""
+        return self.batches_with(set(self.outstanding()))
+
+    def batches_with(self, presentation_ids: set[str]) -> list[tuple[StimulusBatch, list[bytes]]]:
+        """Original batches cut down to these presentations (images re-indexed), e.g. everything still
+        waiting for counts, for a restarted simulated rig."""
         out = []
         for batch, blobs in self._batches.values():
-            todo = [
-                p for p in batch.presentations
-                if p.presentation_id not in self.reports and p.presentation_id not in self.cancelled
-            ]  # fmt: skip
+            todo = [p for p in batch.presentations if p.presentation_id in presentation_ids]
             if not todo:
                 continue
             used = sorted({p.image for p in todo})
             index = {old: new for new, old in enumerate(used)}
-            pres = []
-            for p in todo:
-                self._attempt[p.presentation_id] += 1
-                pres.append(p.model_copy(update={"image": index[p.image], "attempt": self._attempt[p.presentation_id]}))
+            pres = [p.model_copy(update={"image": index[p.image]}) for p in todo]
             sub = StimulusBatch(
                 batch_id=batch.batch_id, generation=batch.generation,
                 images=[batch.images[i] for i in used], presentations=pres,

@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from snslab_common.errors import SnslabError
+from wire.units import UNIT_KEY_PATTERN
 
 PROTOCOL_VERSION = 1
 
@@ -57,6 +58,7 @@ class Limits:
     max_image_side: int = 2048
     max_count_items: int = 4096  # presentations per counts batch
     max_units: int = 4096
+    max_json_depth: int = 32  # nesting of the header JSON; our messages need 5
 
     @property
     def hard_frame_bytes(self) -> int:
@@ -81,6 +83,7 @@ class ProtocolError(SnslabError, ValueError):
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")]
 SessionId = Annotated[str, Field(pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})?$")]
 MessageId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+UnitKey = Annotated[str, Field(pattern=UNIT_KEY_PATTERN)]  # a unit name percent-encoded (wire.units)
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 Reason = Annotated[str, Field(max_length=500)]
 
@@ -264,7 +267,7 @@ class CountsBatch(Payload):
     """The bridge's output. ``seq`` increases by one per batch so the server can see gaps."""
 
     seq: Annotated[int, Field(ge=0)]
-    units: Annotated[list[Id], Field(min_length=1)]
+    units: Annotated[list[UnitKey], Field(min_length=1)]
     items: list[CountsItem]
 
     @model_validator(mode="after")
@@ -315,7 +318,7 @@ class SpikesBatch(Payload):
     drift, ...): what an analyst needs to trust or redo the alignment."""
 
     seq: Annotated[int, Field(ge=0)]
-    units: Annotated[list[Id], Field(min_length=1)]
+    units: Annotated[list[UnitKey], Field(min_length=1)]
     clock: Annotated[dict[Id, str | int | float | bool | None], Field(max_length=32)] = {}
     items: list[SpikeTrains]
 
@@ -505,11 +508,23 @@ def _check_sizes(frames: Sequence[bytes | memoryview], limits: Limits) -> None:
             raise ProtocolError(f"blob[{i}]", f"{len(f)} bytes, at most {limits.max_blob_bytes}")
 
 
+def json_depth(raw: bytes | memoryview) -> int:
+    """Deepest nesting of ``[``/``{`` in a JSON text, counted without parsing (brackets inside strings
+    count too, which can only over-estimate), so deep input is refused before ``json.loads`` recurses."""
+    import numpy as np
+
+    a = np.frombuffer(raw, dtype=np.uint8)
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D)).astype(np.int32)
+    return int(np.cumsum(step).max(initial=0))
+
+
 def peek_id(header: bytes | memoryview) -> tuple[str | None, str | None]:
     """Best-effort (id, type) of a header that failed validation, so the receiver can nack it."""
     try:
-        raw = json.loads(bytes(header[:65536]) if len(header) <= 65536 else b"")
-    except ValueError:
+        if len(header) > 65536 or json_depth(header) > LIMITS.max_json_depth:
+            return None, None
+        raw = json.loads(bytes(header))
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(raw, dict):
         return None, None
@@ -528,9 +543,12 @@ def decode(
     if not frames:
         raise ProtocolError("frames", "empty message")
     _check_sizes(frames, limits)
+    depth = json_depth(frames[0])
+    if depth > limits.max_json_depth:
+        raise ProtocolError("header", f"JSON nested {depth} deep, at most {limits.max_json_depth}")
     try:
         raw = json.loads(bytes(frames[0]))  # NaN/Infinity parse, then fail validation naming the field
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ProtocolError("header", f"malformed JSON ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(raw, dict):
         raise ProtocolError("header", f"a JSON object is needed, got {type(raw).__name__}")
@@ -541,7 +559,7 @@ def decode(
             ref=ref, code="unsupported_version",
         )  # fmt: skip
     mtype = raw.get("type")
-    if mtype not in PAYLOADS:
+    if not isinstance(mtype, str) or mtype not in PAYLOADS:  # (a list here is unhashable: found by hypothesis)
         raise ProtocolError(
             "type", f"unknown message type {str(mtype)[:40]!r} (allowed: {', '.join(sorted(PAYLOADS))})", ref=ref
         )

@@ -35,8 +35,11 @@ class Peer(_Endpoint):
         limits: Limits = LIMITS,
         timing: Timing = Timing(),
         context: zmq.Context | None = None,
+        keys=None,
     ):
+        """``keys``: a ``wire.auth.ClientKeys`` when the server uses CURVE (``snslab keys``)."""
         super().__init__(name=client_id, limits=limits, timing=timing, context=context)
+        self.keys = keys
         self.server = server
         self.role = role
         self.capabilities = dict(capabilities or {})
@@ -110,6 +113,8 @@ class Peer(_Endpoint):
         s.setsockopt(zmq.MAXMSGSIZE, self.limits.hard_frame_bytes)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 1000)
+        if self.keys is not None:
+            self.keys.apply(s)
         s.connect(self.server)
         self._sock = s
         self._poller.register(s, zmq.POLLIN)
@@ -170,6 +175,9 @@ class Peer(_Endpoint):
                 self.state = "connecting"
                 self._ready.clear()
                 self._send_hello(now)
+            elif env.payload.code == "unknown_session" and env.payload.ref in self._link.pending:
+                p = self._link.pending[env.payload.ref]  # not open on the server yet: keep it, try later
+                p.attempts, p.due = 0, now + self.timing.max_ack_timeout_s
             if "error" in self._handlers:
                 self._dispatch(self._link, env, blobs, peer, self._reply)
             return
@@ -218,9 +226,10 @@ class Peer(_Endpoint):
         self._resend_due(self._link, now, self._send_frames)
 
     def _next_due(self, now: float) -> float:
-        due = super()._next_due(now)
-        due = min(due, self._link.last_hb_tx + self.timing.heartbeat_s, self._last_hello + self.timing.heartbeat_s)
-        return due if self.state == "ready" else min(due, now + 0.1)
+        due = min(super()._next_due(now), self._link.last_hb_tx + self.timing.heartbeat_s)
+        if self.state == "ready":  # the hello timer only runs while not connected (else it is always due: a busy loop)
+            return due
+        return min(due, self._last_hello + self.timing.heartbeat_s, now + 0.1)
 
 
 # ================================================================================================ server

@@ -31,6 +31,7 @@ class Timing:
     max_retries: int = 5
     log_burst: int = 20  # rejection lines logged per log_window_s; a flooding peer's rest are summarised
     log_window_s: float = 10.0
+    forget_after_s: float = 60.0  # a client silent this long is dropped from the registry (and its pending)
 
     @property
     def dead_after_s(self) -> float:

@@ -54,8 +54,17 @@ class ServerEndpoint(_Endpoint):
         context: zmq.Context | None = None,
         on_hello: Callable[[ClientInfo, bool], None] | None = None,
         on_disconnect: Callable[[ClientInfo], None] | None = None,
+        keys=None,
     ):
+        """``keys``: a ``wire.auth.ServerKeys`` (CURVE + ZAP: only listed clients, each bound to its id and
+        role); None = no authentication (loopback, or ``--insecure``)."""
+        self.keys = keys
+        self._auth = None
+        if keys is not None and context is None:
+            context = zmq.Context()  # a ZAP handler is per context: this endpoint's own
+            self._own_ctx = context
         super().__init__(name=server_id, limits=limits, timing=timing, context=context)
+        self.holds_unknown_sessions = True
         Envelope.make("heartbeat", {}, session=session, sender=server_id)  # validates the ids
         self.session = session
         self.known_sessions: set[str] = {session}
@@ -67,7 +76,12 @@ class ServerEndpoint(_Endpoint):
         s = self.ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown identity -> error instead of a silent drop
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client with the same id takes over
+        if keys is None:
+            s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted client with the same id takes over
+        else:  # no taking over another key's id; dead connections are dropped by ZeroMQ heartbeats instead
+            s.setsockopt(zmq.HEARTBEAT_IVL, int(timing.heartbeat_s * 1000))
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(timing.dead_after_s * 1000))
+            self._auth = keys.apply(s, self.ctx)
         s.setsockopt(zmq.MAXMSGSIZE, limits.hard_frame_bytes)
         s.setsockopt(zmq.SNDHWM, 1000)
         s.setsockopt(zmq.RCVHWM, 1000)
@@ -79,6 +93,22 @@ class ServerEndpoint(_Endpoint):
     @property
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
+
+    def _frame_user(self, frames: list) -> str | None:
+        if self.keys is None or len(frames) < 2:
+            return None
+        try:
+            return frames[1].get("User-Id")
+        except (zmq.ZMQError, AttributeError):
+            return None
+
+    def _closed_hook(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        own = getattr(self, "_own_ctx", None)
+        if own is not None:
+            own.destroy(linger=0)
 
     def clients(self, role: str | None = None, alive_only: bool = False) -> list[ClientInfo]:
         with self._lock:
@@ -190,6 +220,12 @@ class ServerEndpoint(_Endpoint):
                 )
             elif env.type == "welcome":
                 raise ProtocolError("type", "a server does not accept welcome", ref=env.id)
+            if self.keys is not None:
+                from wire.auth import check_user
+
+                why = check_user(self._user_id, client_id, env.payload.role if env.type == "hello" else None)
+                if why is not None:
+                    raise ProtocolError(why.split(":", 1)[0], why.split(": ", 1)[1], ref=env.id)
         except ProtocolError as e:
             self._reject(e, header, client_id, reply)
             return
@@ -246,6 +282,10 @@ class ServerEndpoint(_Endpoint):
             clients = list(self._clients.values())
         for c in clients:
             if not c.alive:
+                if c.hellos and now - c.link.last_rx > max(t.forget_after_s, t.dead_after_s):
+                    with self._lock:
+                        self._clients.pop(c.client_id, None)
+                    self.stats["forgotten"] += 1
                 continue
             if now - c.link.last_rx > t.dead_after_s:
                 c.alive = False

@@ -23,9 +23,11 @@ Onsets (the convention the display must follow):
   Detector), its rising edges give the onset, matched in ``[flip - 1 frame, flip + 3 frames]``.
 
 ZMQ PUB/SUB drops silently when a queue fills (the GUI's send queue under a burst): the receive queue here
-is unbounded, a TTL line reported in the same state twice is logged as a lost event (``lost_ttl``), sample
-numbers that go backwards are rejected and gaps longer than ``gap_warn_s`` between events are logged. A
-dropped *spike* cannot be seen in Event Broadcaster messages (they carry no message number).
+is unbounded, a TTL line reported in the same state twice is logged as a lost event (``lost_ttl``), and a
+marker whose TTL word never came is invalid ("missing TTL word"). An event older than the watermark (a late
+event) and a silence longer than ``gap_s`` between consecutive events are faults: windows that touch them
+are sent invalid with the reason. A single dropped *spike* cannot be seen in Event Broadcaster messages
+(they carry no message number); set ``gap_s`` below the longest silence the rig's spike rate makes likely.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from snslab_common.errors import ConfigError
 from snslab_common.rejections import RejectionLog
 
 from ..alignment import Edge, OnsetAligner
-from ..base import Marker, Onset, SpikeEvent, SpikeSource
+from ..base import Fault, Marker, Onset, SpikeEvent, SpikeSource
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ class OpenEphysSource(SpikeSource):
         frame_s: float = 1 / 60,
         lag_s: float = 0.02,
         ttl_tolerance_s: float = 0.1,
-        gap_warn_s: float = 2.0,
+        gap_s: float = 1.0,
         max_messages: int = 20000,
         context: zmq.Context | None = None,
     ):
@@ -100,7 +102,8 @@ class OpenEphysSource(SpikeSource):
         self.endpoint, self.sample_rate, self.stream = endpoint, sample_rate, stream
         self.include_unsorted = include_unsorted
         self.word_lines, self.photodiode_line = word_lines, photodiode_line
-        self.settle_s, self.lag_s, self.gap_warn_s, self.max_messages = settle_s, lag_s, gap_warn_s, max_messages
+        self.settle_s, self.lag_s, self.gap_s, self.max_messages = settle_s, lag_s, gap_s, max_messages
+        self._faults: list[Fault] = []
         self.aligner = OnsetAligner(
             photodiode=photodiode_line is not None, ttl=True, frame_s=frame_s, ttl_tolerance_s=ttl_tolerance_s
         )
@@ -112,7 +115,7 @@ class OpenEphysSource(SpikeSource):
         self._streams: set[str] = set()
         self.gaps = 0
         self.lost_ttl = 0
-        self.rejected = RejectionLog(log, "openephys")
+        self.rejected = RejectionLog(log, "openephys", per_shape=3)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.RCVHWM, 0)  # never drop on our side
@@ -197,11 +200,15 @@ class OpenEphysSource(SpikeSource):
 
     def _advance(self, t: float) -> None:
         if t < self._latest - self.lag_s:
+            self._faults.append(Fault(t, t, "late event: arrived after the watermark had passed it"))
             raise FrameError(f"event at {t:.6f} s is older than the watermark {self._latest - self.lag_s:.6f} s")
         if t > self._latest:
-            if self.gap_warn_s and math.isfinite(self._latest) and t - self._latest > self.gap_warn_s:
+            if self.gap_s and math.isfinite(self._latest) and t - self._latest > self.gap_s:
                 self.gaps += 1
-                log.warning("openephys: no events for %.3f s of rig time (dropped messages?)", t - self._latest)
+                self._faults.append(Fault(self._latest, t, f"data gap: no events for {t - self._latest:.2f} s"))
+                if self.gaps <= 3 or self.gaps % 100 == 0:
+                    log.warning("openephys: no events for %.3f s of rig time (dropped messages?; %d gaps)",
+                                t - self._latest, self.gaps)
             self._close_word(t)
             self._latest = t
 
@@ -213,7 +220,8 @@ class OpenEphysSource(SpikeSource):
         before = self._lines.get(line)
         if before is not None and before == state:
             self.lost_ttl += 1  # a line cannot go high twice: the event in between never arrived
-            log.warning("openephys: TTL line %d went %s twice (at %.6f s): a TTL event was lost", line, int(state), t)
+            if self.lost_ttl <= 3 or self.lost_ttl % 100 == 0:
+                log.warning("openephys: TTL line %d went %s twice (at %.6f s): a TTL event was lost", line, int(state), t)
         before = bool(before)
         self._lines[line] = state
         if line == self.photodiode_line:
@@ -246,6 +254,10 @@ class OpenEphysSource(SpikeSource):
 
     def poll_onsets(self) -> list[Onset]:
         return self.aligner.ready(self.watermark())
+
+    def poll_faults(self) -> list[Fault]:
+        out, self._faults = self._faults, []
+        return out
 
     def watermark(self) -> float:
         wm = self._latest - self.lag_s

@@ -126,7 +126,7 @@ class SimSource(SpikeSource):
         self._onsets: list[Onset] = []
         self._seen: set[str] = set()
         self._units = [f"sim:{u}" for u in range(self.n_units)]
-        self.rejected = RejectionLog(log, "sim")
+        self.rejected = RejectionLog(log, "sim", per_shape=3)
 
     # ---- presentations -----------------------------------------------------------------------------
     def set_image(self, presentation_id: str, image: np.ndarray, key: tuple[int, int, int] | None = None) -> None:

@@ -79,6 +79,29 @@ def require_operator(
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong operator token", headers=challenge)
 
 
+READ_HINT = "Authorization: Bearer <token>, or ?access_token=<token> on GET"
+
+
+def require_reader(request: Request) -> None:
+    """401 unless a read carries the viewer or the operator token: ``Authorization: Bearer <token>``, or for
+    GET the query parameter ``access_token`` (a browser's EventSource cannot set headers). Other methods are
+    the operator's verbs, which check the operator token themselves."""
+    if request.method not in ("GET", "HEAD"):
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    token = value.strip() if scheme.lower() == "bearer" else request.query_params.get("access_token", "")
+    if not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"read token required ({READ_HINT})", headers=challenge)
+    accepted = [t.get_secret_value() for t in (request.app.state.operator_token, request.app.state.viewer_token)
+                if t is not None]
+    if not any(secrets.compare_digest(token.encode(), t.encode()) for t in accepted):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong token", headers=challenge)
+
+
+Reader = Depends(require_reader)
+
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

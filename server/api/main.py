@@ -21,8 +21,8 @@ from server import __version__
 from server.settings import Settings
 
 from . import errors
-from .deps import TOKEN_ENV, operator_token as resolve_token
-from .routes import dashboard as dashboard_routes, health, sessions, stimuli
+from .deps import TOKEN_ENV, Reader, operator_token as resolve_token
+from .routes import dashboard as dashboard_routes, health, references, sessions, stimuli
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 
@@ -31,11 +31,14 @@ units, population, budget, presentation timing, reference), start, pause, resume
 generations, fronts, presentations, images and events.
 
 Creating and controlling sessions needs the operator token: `Authorization: Bearer <token>` (the server's
-`{TOKEN_ENV}`). Every refusal answers one line in `detail`."""
+`{TOKEN_ENV}`). Reads need the operator token or the read-only viewer token (`SNSLAB_VIEWER_TOKEN`), as that
+header or, on GET, as the query parameter `access_token`; `/api/health` needs none. Every refusal answers one
+line in `detail`."""
 
 
 def create_app(
-    settings: Settings | None = None, service=None, *, database=None, operator_token: str | SecretStr | None = None
+    settings: Settings | None = None, service=None, *, database=None, operator_token: str | SecretStr | None = None,
+    viewer_token: str | None = None,
 ) -> FastAPI:
     """The app on ``database`` (default: the settings' database, opened here and closed at shutdown).
 
@@ -63,13 +66,22 @@ def create_app(
     app.state.repository = service.repo if service is not None else database.repository()
     app.state.service = service
     app.state.operator_token = resolve_token(operator_token, settings)
+    viewer = viewer_token or (settings.viewer_token.get_secret_value().strip() if settings.viewer_token else "")
+    app.state.viewer_token = SecretStr(viewer) if viewer else None
     errors.install(app)
+    if settings.cors_origins:  # closed unless configured: no cross-site browser reads
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     api = APIRouter(prefix="/api")
     api.include_router(health.router)
-    api.include_router(sessions.router)
-    api.include_router(stimuli.router)
-    api.include_router(dashboard_routes.router)
+    api.include_router(sessions.router, dependencies=[Reader])
+    api.include_router(stimuli.router, dependencies=[Reader])
+    api.include_router(references.router)
+    api.include_router(dashboard_routes.router, dependencies=[Reader])
+    api.include_router(dashboard_routes.open_router)  # whoami: what the caller's token allows
     app.include_router(api)
 
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
@@ -82,16 +94,21 @@ def create_app(
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, *,
-          wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info") -> None:
+          wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info", service_options: dict | None = None) -> None:
     """Open the database, start the session service (ZeroMQ on ``wire_bind``) and serve HTTP until stopped."""
     import uvicorn
 
     from server.db import connect
     from server.service import SessionService
 
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("snslab").setLevel(logging.INFO)  # sessions re-opened, re-shows, clients, refusals
     settings = settings or Settings()
     database = connect(settings)
-    service = SessionService(database, bind=wire_bind)
+    service = SessionService(database, bind=wire_bind, resume=True, reference_dir=settings.data_dir / "references",
+                             **(service_options or {}))
     try:
         app = create_app(settings, service, database=database)
         print(f"snslab {__version__}: dashboard http://{host}:{port}/  API docs http://{host}:{port}/docs")

@@ -23,6 +23,9 @@ const state = {
 };
 
 const $ = id => document.getElementById(id);
+// a link may carry the token (?access_token=...): kept like one typed in
+const urlToken = new URLSearchParams(location.search).get("access_token");
+if (urlToken) localStorage.setItem(TOKEN_KEY, urlToken);
 const token = () => localStorage.getItem(TOKEN_KEY) || "";
 // Links and images cannot send a header: where a token is set it rides along as ?access_token= (GET only).
 const withToken = url => token() ? url + (url.includes("?") ? "&" : "?") + "access_token=" + encodeURIComponent(token()) : url;
@@ -548,7 +551,7 @@ async function submitCreate(ev) {
     } else if (f.ref_source.value === "image") {
       const file = f.ref_image.files[0];
       if (!file) throw Object.assign(new Error("reference: choose an image file"), { status: 0 });
-      const up = await api("/references", { method: "POST", headers: actionHeaders({ "Content-Type": file.type || "application/octet-stream" }), body: file });
+      const up = await api("/references?kind=image", { method: "POST", headers: actionHeaders({ "Content-Type": file.type || "application/octet-stream" }), body: file });
       spec.reference = { source: "image", path: up.path };
     }
     if (spec.operator) localStorage.setItem(NAME_KEY, spec.operator);
@@ -582,6 +585,14 @@ async function init() {
     if (id) select(id, true);
   });
   await refreshRole();
+  if (state.role !== "operator" && state.role !== "viewer") {
+    try { await api("/sessions?limit=1"); } catch (err) {  // this server needs a token even to read
+      if (err.status === 401) {
+        notice("This server needs a token to show its sessions: the viewer token (read only) or the operator token.");
+        askToken();
+      }
+    }
+  }
   try {
     state.sessions = await api("/sessions?limit=200");
   } catch (err) {

@@ -58,3 +58,6 @@ __all__ = [
     "mask_url",
     "migrate",
 ]
+
+# issue 14 tables (spike_trains, recordings, analyses): on the same metadata wherever the models are imported
+from server.db import analysis_models as _analysis_models  # noqa: E402,F401

@@ -345,6 +345,3 @@ JOIN presentations p ON p.id = r.presentation_id
 CROSS JOIN LATERAL unnest(r.counts) WITH ORDINALITY AS c(count, pos)
 JOIN units u ON u.session_id = p.session_id AND u.position = c.pos - 1
 """
-
-
-from server.db import analysis_models as _analysis_models  # noqa: E402,F401  (issue 14 tables, same metadata)

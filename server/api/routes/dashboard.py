@@ -8,7 +8,6 @@ One producer per watched session builds the view (server.api.push); every viewer
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import secrets
@@ -32,9 +31,9 @@ from . import sessions as resources
 from .stimuli import stimulus_url
 
 router = APIRouter(tags=["dashboard"])
+open_router = APIRouter(tags=["dashboard"])  # no read token needed: tells the page whether to ask for one
 
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such session"}}
-MAX_REFERENCE_BYTES = 20 << 20
 
 
 # --- the view ---------------------------------------------------------------------------------------------
@@ -313,39 +312,10 @@ def export_presentations(session_id: uuid.UUID, repo: RepositoryDep) -> Response
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-# --- reference upload and who am I --------------------------------------------------------------------------
+# --- who am I --------------------------------------------------------------------------
 
 
-@router.post("/references", dependencies=[Operator], responses={
-    401: {"model": ErrorOut}, 400: {"model": ErrorOut}, 413: {"model": ErrorOut}})
-async def upload_reference(request: Request) -> dict[str, Any]:
-    """Store an image (the request body: PNG, JPEG, ...) on the server as a probe's reference; answers the
-    server path to use as ``reference.path`` with ``source: image``."""
-    body = await request.body()
-    if not body:
-        raise HTTPException(400, "body: empty (send the image bytes)")
-    if len(body) > MAX_REFERENCE_BYTES:
-        raise HTTPException(413, f"body: {len(body)} bytes, at most {MAX_REFERENCE_BYTES}")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(body)) as im:
-            im.verify()
-            fmt = (im.format or "png").lower()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise HTTPException(400, f"body: not an image ({type(exc).__name__})") from None
-    folder = request.app.state.settings.data_dir / "references"
-    folder.mkdir(parents=True, exist_ok=True)
-    sha = hashlib.sha256(body).hexdigest()
-    path = (folder / f"{sha}.{fmt}").resolve()
-    if not path.exists():
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(body)
-        tmp.replace(path)
-    return {"path": str(path), "sha256": sha, "bytes": len(body)}
-
-
-@router.get("/whoami")
+@open_router.get("/whoami")
 def whoami(request: Request) -> dict[str, Any]:
     """What the caller's token allows: ``operator`` (act), ``viewer`` (read) or ``anonymous``."""
     auth = request.headers.get("authorization", "")
@@ -363,4 +333,5 @@ def whoami(request: Request) -> dict[str, Any]:
         role = "viewer"
     elif token:
         role = "unknown-token"
-    return {"role": role, "can_act": role == "operator", "service": state.service is not None}
+    return {"role": role, "can_act": role == "operator", "can_read": role in ("operator", "viewer"),
+            "service": state.service is not None}
