@@ -178,3 +178,12 @@ def _bridge_with_keys(address, keys):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     return bridge, stop, th
+
+
+def test_binding_beyond_loopback_needs_keys_or_insecure(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "server.cli", "server", *a], cwd=REPO,  # noqa: E731
+                                    capture_output=True, text=True, timeout=120)
+    r = run("--wire", "tcp://*:5599")
+    assert r.returncode == 2 and "binding beyond loopback needs --keys DIR" in r.stderr and "Traceback" not in r.stderr
+    r = run("--wire", "tcp://0.0.0.0:5599", "--keys", str(tmp_path / "none"))
+    assert r.returncode == 2 and "--keys:" in r.stderr and "server.key_secret" in r.stderr

@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from snslab_common.errors import SnslabError
+from wire.depth import json_depth
 from wire.units import UNIT_KEY_PATTERN
 
 PROTOCOL_VERSION = 1
@@ -508,22 +509,10 @@ def _check_sizes(frames: Sequence[bytes | memoryview], limits: Limits) -> None:
             raise ProtocolError(f"blob[{i}]", f"{len(f)} bytes, at most {limits.max_blob_bytes}")
 
 
-def json_depth(raw: bytes | memoryview) -> int:
-    """Deepest nesting of ``[``/``{`` in a JSON text, counted without parsing (brackets inside strings
-    count too, which can only over-estimate), so deep input is refused before ``json.loads`` recurses."""
-    import numpy as np
-
-    a = np.frombuffer(raw, dtype=np.uint8)
-    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D)).astype(np.int32)
-    return int(np.cumsum(step).max(initial=0))
-
-
 def peek_id(header: bytes | memoryview) -> tuple[str | None, str | None]:
     """Best-effort (id, type) of a header that failed validation, so the receiver can nack it."""
     try:
-        if len(header) > 65536 or json_depth(header) > LIMITS.max_json_depth:
-            return None, None
-        raw = json.loads(bytes(header))
+        raw = json.loads(bytes(header) if len(header) <= 65536 and json_depth(header) <= LIMITS.max_json_depth else b"")
     except (ValueError, RecursionError):
         return None, None
     if not isinstance(raw, dict):
@@ -543,8 +532,7 @@ def decode(
     if not frames:
         raise ProtocolError("frames", "empty message")
     _check_sizes(frames, limits)
-    depth = json_depth(frames[0])
-    if depth > limits.max_json_depth:
+    if (depth := json_depth(frames[0])) > limits.max_json_depth:
         raise ProtocolError("header", f"JSON nested {depth} deep, at most {limits.max_json_depth}")
     try:
         raw = json.loads(bytes(frames[0]))  # NaN/Infinity parse, then fail validation naming the field
