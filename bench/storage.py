@@ -14,9 +14,8 @@ Uses DATABASE_URL if set, otherwise starts an embedded PostgreSQL with its defau
 4. the time to load the full history of a session of --history presentations (replay/export), and the
    dashboard's per-generation statistics and front history on it;
 5. raw spike times (issue 14): presentations/s storing each presentation's counts *and* its spike times
-   in [-200, 500) ms around onset, at --units units firing 20-100 Hz each (one presentation each 200 ms,
-   so neighbouring margins share spikes), batches of 500 (a backlog) and 50 (a generation): side by side,
-   the old design (one int32 bytea per presentation) and server.db.spikes (each spike once per batch);
+   in [-200, 500) ms around onset (server.db.spikes: int32 ns, one bytea per presentation, binary COPY),
+   at --units units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation);
 6. exporting a --history-presentation session with spike times at 60 Hz per unit: `snslab export --nwb`
    (server.analysis.nwb_export) and `--csv`.
 Target: >= 5,000 presentations/s with 96 units on the batched path, with spike times too.
@@ -196,73 +195,25 @@ def fill_session(
 
 
 SPAN_NS = (-200_000_000, 500_000_000)
-FS = 30_000.0  # spike and onset times on a 30 kHz sample clock, as from an acquisition system
 
 
-def spike_trains(onsets_s: np.ndarray, n_units: int, rate_hz: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Per presentation and unit, the spike times in [-200, 500) ms around each onset as the bridge sends
-    them (int ns after onset, ``rint((t - onset) * 1e9)``), cut out of one Poisson train per unit, so the
-    margins of neighbouring presentations share their spikes as on a rig."""
-    lo, hi = float(onsets_s.min()) - 1.0, float(onsets_s.max()) + 1.0
-    out: list[list[np.ndarray]] = [[] for _ in onsets_s]
-    for _ in range(n_units):
-        k = rng.poisson(rate_hz * (hi - lo))
-        t = np.unique(rng.integers(int(lo * FS), int(hi * FS), k)) / FS
-        first = np.searchsorted(t, onsets_s - 0.2 - 1e-9, "left")
-        last = np.searchsorted(t, onsets_s + 0.5, "left")
-        for j, on in enumerate(onsets_s):
-            d = np.rint((t[first[j]:last[j]] - on) * 1e9).astype(np.int64)
-            out[j].append(d[(d >= SPAN_NS[0]) & (d < SPAN_NS[1])])
+def spike_trains(n: int, n_units: int, rate_hz: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """Poisson spike times (int ns after onset, sorted) per presentation and unit in [-200, 500) ms."""
+    span = (SPAN_NS[1] - SPAN_NS[0]) / 1e9
+    k = rng.poisson(rate_hz * span, (n, n_units))
+    flat = np.sort(rng.integers(SPAN_NS[0], SPAN_NS[1], k.sum()))  # sorted within each split below
+    out, at = [], 0
+    for row in k:
+        cuts = np.cumsum(row)
+        trains = np.split(flat[at:at + cuts[-1]], cuts[:-1]) if cuts[-1] else [np.zeros(0, np.int64)] * n_units
+        out.append([np.sort(t) for t in trains])
+        at += cuts[-1]
     return out
 
 
-def onsets(n: int, rng: np.random.Generator, every_s: float = 0.2) -> np.ndarray:
-    """Onsets every ``every_s`` (a presentation each 200 ms) on the sample clock, with a little jitter."""
-    return (np.round((100.0 + every_s * np.arange(n)) * FS) + rng.integers(0, 30, n)) / FS
-
-
-_OLD_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
-
-
-def old_copy_stream(records) -> bytes:
-    """The design replaced in issue 14's follow-up: one row per presentation with its own packed bytea
-    (every spike stored once per presentation whose margin holds it), rows packed with struct/numpy."""
-    import json
-    import struct
-
-    parts = [_OLD_SIGNATURE]
-    head = struct.Struct(">hiqidid")
-    for r in records:
-        n = np.asarray(r.n, dtype=np.int64)
-        arr = np.empty(n.size, dtype=[("l", ">i4"), ("v", ">i4")])
-        arr["l"], arr["v"] = 4, n
-        clock = b"\x01" + json.dumps(r.clock, allow_nan=False).encode()
-        parts += [
-            head.pack(8, 8, int(r.presentation_id), 8, float(r.onset_rig_s), 8, float(r.start_ms)),
-            struct.pack(">id", 8, float(r.end_ms)),
-            struct.pack(">iiiiii", 20 + 8 * n.size, 1, 0, 23, n.size, 1), arr.tobytes(),
-            struct.pack(">ih", 2, int(r.time_bytes)),
-            struct.pack(">i", len(r.times)), bytes(r.times),
-            struct.pack(">i", len(clock)), clock,
-        ]
-    parts.append(b"\xff\xff")
-    return b"".join(parts)
-
-
-def store_old(engine, records) -> None:
-    """The old path: a binary COPY of per-presentation rows into a table shaped like the old spike_trains."""
-    with engine.begin() as conn:
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            with cur.copy("COPY bench_old_spike_trains FROM STDIN (FORMAT BINARY)") as cp:
-                cp.write(old_copy_stream(records))
-
-
-def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz: float,
-                 old: bool = False) -> tuple[float, float, float]:
-    """Presentations/s storing counts + spike trains (packing included), KiB of spike times sent and KiB
-    stored per presentation. Presentations are created and spike times drawn beforehand (not timed).
-    ``old``: the per-presentation-row design instead of server.db.spikes (same data, same counts)."""
+def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz: float) -> tuple[float, float]:
+    """Presentations/s storing counts + spike trains (packing included), and bytes of spike times per
+    presentation. Presentations are created and spike times drawn beforehand (not timed)."""
     from server.db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
 
     sid = make_session(repo, n_units)
@@ -274,49 +225,22 @@ def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz
         repo.complete_generation(sid, g, [], b"s")
         g += 1
     ids = ids[:total]
-    on = onsets(total, rng)
-    trains = spike_trains(on, n_units, rate_hz, rng)
+    trains = spike_trains(total, n_units, rate_hz, rng)
     clock = {"kind": "offset", "offset_s": 12.5, "drift": 0.0, "rig_clock": "bench"}
     # the bridge's work (counting, packing the spike times it sends) is done beforehand: only the server's is timed
     responses = [ResponseRecord(ids[j], [int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000)))
                                          for t in trains[j]], 50.0, 200.0) for j in range(total)]
     packed = [pack_times(tr, (-200.0, 500.0)) for tr in trains]
     nbytes = sum(len(b) for _, _, b in packed)
-    if old:
-        with repo.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "CREATE TABLE IF NOT EXISTS bench_old_spike_trains (presentation_id int8 PRIMARY KEY,"
-                " onset_rig_s float8, start_ms float8, end_ms float8, n int4[], time_bytes int2, times bytea,"
-                " clock jsonb)")
-            conn.exec_driver_sql("ALTER TABLE bench_old_spike_trains ALTER COLUMN times SET STORAGE EXTERNAL")
     t0 = time.perf_counter()
     for i in range(0, total, batch):
         part = range(i, min(i + batch, total))
-        records = [SpikeTrainRecord(ids[j], float(on[j]), -200.0, 500.0, packed[j][0], packed[j][1],
+        records = [SpikeTrainRecord(ids[j], 10.0 + 0.25 * j, -200.0, 500.0, packed[j][0], packed[j][1],
                                     packed[j][2], clock) for j in part]
         res = repo.record_responses(sid, responses[i:i + batch])
-        if old:
-            store_old(repo.engine, records)
-            stored, unknown = len(part), []
-        else:
-            stored, unknown = store_spike_trains(repo.engine, sid, records)
+        stored, unknown = store_spike_trains(repo.engine, sid, records)
         assert res.inserted == len(part) and stored == len(part) and not unknown, (res, stored, unknown)
-    rate = total / (time.perf_counter() - t0)
-    with repo.engine.connect() as conn:
-        if old:
-            kept = nbytes
-        else:
-            kept = conn.exec_driver_sql(
-                "SELECT sum(length(times)) + (SELECT coalesce(sum(length(t.fix)), 0) FROM spike_trains t"
-                " JOIN spike_chunks c ON c.id = t.chunk_id WHERE c.session_id = %(s)s)"
-                " FROM spike_chunks WHERE session_id = %(s)s", {"s": sid}).scalar()
-    if not old:  # the new path gives back exactly what was sent
-        from server.db.spikes import load_spike_trains
-
-        got = load_spike_trains(repo.engine, sid)
-        for j in range(0, total, max(1, total // 50)):
-            assert [x.tolist() for x in got[ids[j]].per_unit()] == [x.tolist() for x in trains[j]], j
-    return rate, nbytes / total, kept / total
+    return total / (time.perf_counter() - t0), nbytes / total
 
 
 def bench_export(repo: Repository, n_units: int, n: int, rng: np.random.Generator, out_dir: Path) -> dict:
@@ -327,7 +251,7 @@ def bench_export(repo: Repository, n_units: int, n: int, rng: np.random.Generato
     per_gen = max(1, n // 75)
     sid, _ = fill_session(repo, n_units, n // per_gen, per_gen, True, rng)
     h = repo.load_history(sid)
-    trains = spike_trains(np.asarray(h.rig_onset, dtype=float), n_units, 60.0, rng)
+    trains = spike_trains(len(h), n_units, 60.0, rng)
     clock = {"kind": "offset", "offset_s": 0.0, "drift": 0.0, "rig_clock": "bench"}
     recs = []
     for i in range(len(h)):
@@ -443,18 +367,16 @@ def bench_spike_parts(repo: Repository, args, counts_only: float | None = None) 
     if counts_only is None:  # the side-by-side reference: counts alone, same batch, same run
         counts_only = bench_responses(repo, args.units, n, 500)
         print(f"\n   counts alone, batch 500: {counts_only:,.0f} presentations/s")
-    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate, one each 200 ms on a"
-          f" 30 kHz clock), presentations/s; old = one bytea row per presentation, new = server.db.spikes:")
+    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s:")
     worst = None
     for rate in rates:
         for batch in (500, 50):
-            r_old, sent, _ = bench_spikes(repo, args.units, n, batch, rate, old=True)
-            r, sent, kept = bench_spikes(repo, args.units, n, batch, rate)
+            r, nbytes = bench_spikes(repo, args.units, n, batch, rate)
             if batch == 500:
                 worst = r if worst is None else min(worst, r)
             ratio = f"  ({r / counts_only:.2f}x counts alone)" if counts_only and batch == 500 else ""
-            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: old {r_old:>6,.0f} /s, new {r:>6,.0f} /s"
-                  f" ({r / r_old:.1f}x); KiB per presentation sent {sent / 1024:5.1f}, stored {kept / 1024:5.1f}{ratio}")
+            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: {r:>8,.0f} /s   "
+                  f"{nbytes / 1024:6.1f} KiB of spike times per presentation{ratio}")
     verdict = "meets" if worst >= TARGET else "MISSES"
     print(f"   slowest batched rate: {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target ({verdict} it)")
 

@@ -20,7 +20,7 @@ pytest_plugins = ["db_fixtures"]
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events"}
 SWEEP_TABLES = {"sweeps", "sweep_probes"}  # 0003_issue16
-SPIKE_TABLES = {"spike_chunks", "spike_trains", "recordings", "analyses", "analysis_results"}  # 0003_issue14
+SPIKE_TABLES = {"spike_trains", "recordings", "analyses", "analysis_results"}  # 0003_issue14
 
 
 def _relations(engine) -> dict[str, set[str]]:

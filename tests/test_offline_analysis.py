@@ -27,7 +27,6 @@ ORIGINAL = {
     "events": "SELECT t.* FROM events t WHERE t.session_id = :s",
     "spike_trains": "SELECT t.* FROM spike_trains t JOIN presentations p ON p.id = t.presentation_id"
                     " WHERE p.session_id = :s",
-    "spike_chunks": "SELECT t.* FROM spike_chunks t WHERE t.session_id = :s",
     "recordings": "SELECT t.* FROM recordings t WHERE t.session_id = :s",
 }
 
@@ -43,29 +42,17 @@ def fingerprint(engine, sid) -> dict[str, tuple[int, str]]:
     return out
 
 
-def stored_trains(engine, sid) -> dict[int, list[np.ndarray]]:
-    """Spike trains decoded here from the documented storage format: a chunk holds, unit after unit, n[u]
-    rig times in ns as int32/int64 little-endian deltas (each unit's first from base_ns); a presentation's
-    unit u is values_u[first[u] : first[u] + n[u]] - onset_ns, plus per spike +1/-1 from fix (two packbits
-    planes of equal length, the +1 bits then the -1 bits, unit after unit; empty = all zero)."""
+def stored_trains(engine, sid) -> dict[int, tuple[float, list[np.ndarray]]]:
+    """Spike trains decoded here from the documented storage format: int32/int64 little-endian ns after
+    onset, unit after unit, n[u] per unit."""
     with engine.connect() as c:
-        chunks = {}
-        for cid, base, tb, n, blob in c.execute(text(
-                "SELECT id, base_ns, time_bytes, n, times FROM spike_chunks WHERE session_id = :s"), {"s": sid}):
-            deltas = np.frombuffer(bytes(blob), dtype={4: "<i4", 8: "<i8"}[tb]).astype(np.int64)
-            chunks[cid] = [base + np.cumsum(d) for d in np.split(deltas, np.cumsum(n)[:-1])]
-        rows = c.execute(text("SELECT t.presentation_id, t.chunk_id, t.onset_ns, t.first, t.n, t.fix FROM spike_trains t"
+        rows = c.execute(text("SELECT t.presentation_id, t.n, t.time_bytes, t.times FROM spike_trains t"
                               " JOIN presentations p ON p.id = t.presentation_id WHERE p.session_id = :s"),
                          {"s": sid}).all()
     out = {}
-    for pid, cid, on, first, n, fix in rows:
-        planes = np.frombuffer(bytes(fix), np.uint8)
-        bits = np.zeros(sum(n), int)
-        if fix:
-            half = len(planes) // 2
-            bits = np.unpackbits(planes[:half], count=sum(n)).astype(int) - np.unpackbits(planes[half:], count=sum(n))
-        out[pid] = np.split(np.concatenate([chunks[cid][u][f:f + k] for u, (f, k) in enumerate(zip(first, n))])
-                            - on + bits, np.cumsum(n)[:-1])
+    for pid, n, tb, blob in rows:
+        flat = np.frombuffer(bytes(blob), dtype={4: "<i4", 8: "<i8"}[tb])
+        out[pid] = np.split(flat, np.cumsum(n)[:-1])
     return out
 
 

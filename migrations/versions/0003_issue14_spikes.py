@@ -4,10 +4,8 @@ Revision ID: 0003_issue14
 Revises: 0003_issue16
 Create Date: 2026-12-04
 
-Mirrors server/db/analysis_models.py. Spike times are stored once per batch (``spike_chunks``; the
-presentations' margins overlap) and each presentation names its run (``spike_trains``).
-``spike_chunks.times`` is stored EXTERNAL: packed integer spike times do not compress, and trying to
-costs write time (as for stimuli.data in 0002).
+Mirrors server/db/analysis_models.py. ``spike_trains.times`` is stored EXTERNAL: packed integer spike
+times do not compress, and trying to costs write time (as for stimuli.data in 0002).
 """
 
 from collections.abc import Sequence
@@ -26,49 +24,26 @@ _JSONB = postgresql.JSONB(astext_type=sa.Text())
 
 def upgrade() -> None:
     op.create_table(
-        "spike_chunks",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
-        sa.Column("session_id", sa.UUID(), nullable=False),
-        sa.Column("base_ns", sa.BigInteger(), nullable=False),
-        sa.Column("time_bytes", sa.SmallInteger(), nullable=False),
+        "spike_trains",
+        sa.Column("presentation_id", sa.BigInteger(), nullable=False),
+        sa.Column("onset_rig_s", sa.Float(), nullable=False),
+        sa.Column("start_ms", sa.Float(), nullable=False),
+        sa.Column("end_ms", sa.Float(), nullable=False),
         sa.Column("n", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("time_bytes", sa.SmallInteger(), nullable=False),
         sa.Column("times", sa.LargeBinary(), nullable=False),
         sa.Column("clock", _JSONB, server_default=sa.text("'{}'::jsonb"), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint("time_bytes IN (4, 8)", name=op.f("ck_spike_chunks_time_bytes")),
-        sa.CheckConstraint("array_ndims(n) = 1 AND array_position(n, NULL) IS NULL AND 0 <= ALL(n)",
-                           name=op.f("ck_spike_chunks_n")),
-        sa.CheckConstraint("jsonb_typeof(clock) = 'object'", name=op.f("ck_spike_chunks_clock")),
-        sa.ForeignKeyConstraint(["session_id"], ["sessions.id"], ondelete="CASCADE",
-                                name=op.f("fk_spike_chunks_session_id_sessions")),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_spike_chunks")),
-    )
-    op.create_index(op.f("ix_spike_chunks_session_id"), "spike_chunks", ["session_id"], unique=False)
-    op.execute("ALTER TABLE spike_chunks ALTER COLUMN times SET STORAGE EXTERNAL")
-    op.create_table(
-        "spike_trains",
-        sa.Column("presentation_id", sa.BigInteger(), nullable=False),
-        sa.Column("chunk_id", sa.BigInteger(), nullable=False),
-        sa.Column("onset_rig_s", sa.Float(), nullable=False),
-        sa.Column("onset_ns", sa.BigInteger(), nullable=False),
-        sa.Column("start_ms", sa.Float(), nullable=False),
-        sa.Column("end_ms", sa.Float(), nullable=False),
-        sa.Column("first", postgresql.ARRAY(sa.Integer()), nullable=False),
-        sa.Column("n", postgresql.ARRAY(sa.Integer()), nullable=False),
-        sa.Column("fix", sa.LargeBinary(), nullable=False),
         sa.CheckConstraint("end_ms > start_ms", name=op.f("ck_spike_trains_window")),
+        sa.CheckConstraint("time_bytes IN (4, 8)", name=op.f("ck_spike_trains_time_bytes")),
         sa.CheckConstraint("array_ndims(n) = 1 AND array_position(n, NULL) IS NULL AND 0 <= ALL(n)",
                            name=op.f("ck_spike_trains_n")),
-        sa.CheckConstraint("array_ndims(first) = 1 AND array_length(first, 1) = array_length(n, 1)"
-                           " AND array_position(first, NULL) IS NULL AND 0 <= ALL(first)",
-                           name=op.f("ck_spike_trains_first")),
+        sa.CheckConstraint("jsonb_typeof(clock) = 'object'", name=op.f("ck_spike_trains_clock")),
         sa.ForeignKeyConstraint(["presentation_id"], ["presentations.id"], ondelete="CASCADE",
                                 name=op.f("fk_spike_trains_presentation_id_presentations")),
-        sa.ForeignKeyConstraint(["chunk_id"], ["spike_chunks.id"], ondelete="CASCADE",
-                                name=op.f("fk_spike_trains_chunk_id_spike_chunks")),
         sa.PrimaryKeyConstraint("presentation_id", name=op.f("pk_spike_trains")),
     )
-    op.create_index(op.f("ix_spike_trains_chunk_id"), "spike_trains", ["chunk_id"], unique=False)
+    op.execute("ALTER TABLE spike_trains ALTER COLUMN times SET STORAGE EXTERNAL")
     op.create_table(
         "recordings",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -128,7 +103,4 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_analyses_session_id_id"), table_name="analyses")
     op.drop_table("analyses")
     op.drop_table("recordings")
-    op.drop_index(op.f("ix_spike_trains_chunk_id"), table_name="spike_trains")
     op.drop_table("spike_trains")
-    op.drop_index(op.f("ix_spike_chunks_session_id"), table_name="spike_chunks")
-    op.drop_table("spike_chunks")

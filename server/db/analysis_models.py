@@ -1,10 +1,9 @@
 """Tables of issue 14: raw spike times, the rig's own recording identity, and offline analyses.
 
-- ``spike_chunks`` + ``spike_trains``: every unit's spike times within each presentation's response window
-  plus a margin. A chunk holds every spike of a stored batch once (rig ns, delta-encoded, unit after unit in
-  unit position order), with the clock model that aligned them; a presentation's row names its run per unit
-  in its chunk (``first``, ``n``) and its onset in ns. One row per presentation, idempotent (a re-sent batch
-  is a duplicate), never updated.
+- ``spike_trains``: per presentation, every unit's spike times within the response window plus a margin
+  (integer ns after the rig onset, one ``bytea`` of int32/int64 little-endian values, unit after unit in
+  unit position order, ``n`` per unit), with the clock model that aligned them. One row per presentation,
+  idempotent (a re-sent batch is a duplicate), never updated.
 - ``recordings``: the acquisition system's own identity as the bridge reported it (Open Ephys directory and
   experiment, LSL source ids and hostnames, ...), one row per distinct identity and bridge.
 - ``analyses`` + ``analysis_results``: a recount or a rescore of a stored session, stored beside the
@@ -43,54 +42,26 @@ from server.db.models import Base
 ANALYSIS_KINDS = ("recount", "rescore")
 
 
-class SpikeChunk(Base):
-    """Every spike of one stored batch, once: per unit (session order) ``n[u]`` ascending rig times in ns,
-    delta-encoded (each unit's first value relative to ``base_ns``, then the gap to the previous one),
-    int32 or int64 little-endian (``time_bytes``), unit after unit; with the clock model that aligned them.
-    Stored once per batch because neighbouring presentations' margins overlap (~3.5x at 200 ms apart)."""
+class SpikeTrain(Base):
+    """One presentation's spike times per unit, within [start_ms, end_ms) of its rig onset."""
 
-    __tablename__ = "spike_chunks"
+    __tablename__ = "spike_trains"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    session_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    base_ns: Mapped[int] = mapped_column(BigInteger)
-    time_bytes: Mapped[int] = mapped_column(SmallInteger)
+    presentation_id: Mapped[int] = mapped_column(ForeignKey("presentations.id", ondelete="CASCADE"), primary_key=True)
+    onset_rig_s: Mapped[float] = mapped_column(Float)
+    start_ms: Mapped[float] = mapped_column(Float)
+    end_ms: Mapped[float] = mapped_column(Float)
     n: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    time_bytes: Mapped[int] = mapped_column(SmallInteger)
     times: Mapped[bytes] = mapped_column(LargeBinary)
     clock: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
+        CheckConstraint("end_ms > start_ms", name="window"),
         CheckConstraint("time_bytes IN (4, 8)", name="time_bytes"),
         CheckConstraint("array_ndims(n) = 1 AND array_position(n, NULL) IS NULL AND 0 <= ALL(n)", name="n"),
         CheckConstraint("jsonb_typeof(clock) = 'object'", name="clock"),
-    )
-
-
-class SpikeTrain(Base):
-    """One presentation's spike times per unit, within [start_ms, end_ms) of its rig onset: unit u's are
-    ``chunk values[first[u] : first[u] + n[u]] - onset_ns`` (values of unit u in its chunk), each plus its
-    -1/0/+1 from ``fix`` (two np.packbits planes of equal length over the presentation's spikes, unit after
-    unit: the +1 bits, then the -1 bits; empty when all 0): the bridge rounds each offset from its own
-    onset, so one spike can be 1 ns apart in two presentations."""
-
-    __tablename__ = "spike_trains"
-
-    presentation_id: Mapped[int] = mapped_column(ForeignKey("presentations.id", ondelete="CASCADE"), primary_key=True)
-    chunk_id: Mapped[int] = mapped_column(ForeignKey("spike_chunks.id", ondelete="CASCADE"), index=True)
-    onset_rig_s: Mapped[float] = mapped_column(Float)
-    onset_ns: Mapped[int] = mapped_column(BigInteger)
-    start_ms: Mapped[float] = mapped_column(Float)
-    end_ms: Mapped[float] = mapped_column(Float)
-    first: Mapped[list[int]] = mapped_column(ARRAY(Integer))
-    n: Mapped[list[int]] = mapped_column(ARRAY(Integer))
-    fix: Mapped[bytes] = mapped_column(LargeBinary)
-
-    __table_args__ = (
-        CheckConstraint("end_ms > start_ms", name="window"),
-        CheckConstraint("array_ndims(n) = 1 AND array_position(n, NULL) IS NULL AND 0 <= ALL(n)", name="n"),
-        CheckConstraint("array_ndims(first) = 1 AND array_length(first, 1) = array_length(n, 1)"
-                        " AND array_position(first, NULL) IS NULL AND 0 <= ALL(first)", name="first"),
     )
 
 
