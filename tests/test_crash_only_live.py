@@ -278,6 +278,8 @@ def _same(a, b, where):
         # cmaes allocates this ring buffer with np.empty and feeds it only to its own tolfun stop, which
         # snslab never calls; slots not yet written hold whatever memory the process had: not compared
         return
+    elif isinstance(a, np.random.RandomState) and where.endswith("._es._rng"):
+        return  # cmaes drops it when pickled (a fresh unseeded one on load); its state is attrs._es_rng_state
     elif isinstance(a, np.random.RandomState):
         _same(a.get_state(legacy=False), b.get_state(legacy=False), where)
     elif isinstance(a, np.random.Generator):
