@@ -14,6 +14,7 @@ from stimulus_client import cli as display_command
 
 from .config import describe_fields
 from .db_commands import app as db_app
+from .session_cli import app as session_app  # snslab session ...: the HTTP client's commands
 
 _display_app, _bridge_app = display_command.app, bridge_command.app
 
@@ -252,6 +253,7 @@ app.command(name="display", help=_display_app.registered_commands[0].help)(displ
 app.command(name="bridge", help=_bridge_app.registered_commands[0].help,
             epilog=bridge_command.adapter_help())(bridge_command.bridge)
 app.add_typer(db_app, name="db")
+app.add_typer(session_app, name="session")
 
 
 from .sweep.cli import register as _register_sweep  # noqa: E402  (issue 16: sweep, sweep-report)

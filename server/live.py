@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,6 +54,12 @@ class LiveStats:
     rejected: int = 0
     last_error: str | None = None
     overhead_s: list[float] = field(default_factory=list)  # last counts of g -> batch g+1 handed to the wire
+    # for the dashboard's rig status: the display's refresh rate, when the last report and counts arrived
+    # (monotonic seconds) and the bridge's latency (a presentation's report -> its counts), the last 200
+    refresh_hz: float | None = None
+    last_report_at: float | None = None
+    last_counts_at: float | None = None
+    bridge_latency_s: deque = field(default_factory=lambda: deque(maxlen=200))
 
 
 class LiveLoop:
@@ -92,6 +99,7 @@ class LiveLoop:
         self._finishing = False
         self._batch_seq = 0
         self._dispatched: set[int] = set()
+        self._reported_at: dict[str, float] = {}  # presentation id -> when its report arrived
         self._instances = {c.client_id: c.instance for c in endpoint.clients()}  # who restarted, who is new
         self.stall_s = stall_s
         self._progress = time.monotonic()  # last report or counts: the watchdog's clock
@@ -246,6 +254,8 @@ class LiveLoop:
             self.stats.duplicates += 1
             return
         self.stats.reports += 1
+        self.stats.refresh_hz, self.stats.last_report_at = rep.refresh_hz, time.monotonic()
+        self._reported_at[rep.presentation_id] = self.stats.last_report_at
         for c in self.endpoint.clients(role="bridge"):
             self.endpoint.send_to(c.client_id, "presentation_report", rep)
 
@@ -286,6 +296,11 @@ class LiveLoop:
             items.append(Counts(pid, counts, baseline, it.valid, tuple(it.qc_reasons), tuple(it.window_ms),
                                 tuple(it.baseline_window_ms or (-50.0, 0.0))))
         self.stats.counts += len(items)
+        now = self.stats.last_counts_at = time.monotonic()
+        for it in batch.items:
+            shown = self._reported_at.pop(it.presentation_id, None)
+            if shown is not None:
+                self.stats.bridge_latency_s.append(now - shown)
         self._record_timings(batch.items)
         t_last = time.perf_counter()
         report = self.runner.add_counts(items)

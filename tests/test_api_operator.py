@@ -105,14 +105,15 @@ def test_create_stores_a_paused_session_with_its_units(client, api_database):
     after = row_counts(api_database)
     assert {t: after[t] - before[t] for t in after} == {
         "sessions": 1, "units": 2, "generations": 0, "stimuli": 0, "presentations": 0, "responses": 0,
-        "scores": 0, "events": 1}
+        "scores": 0, "events": 2}
     assert (d["status"], d["probe"], d["mode"], d["generations_budget"]) == ("paused", "maximize", "simulated", 3)
     assert [u["label"] for u in d["units"]] == ["sim:0", "sim:1"]
     assert (d["operator"], d["subject_id"], d["rig"]) == ("ana", "m01", "rig-test")
     assert d["config"]["session"]["on_ms"] == 80 and d["config"]["probe"]["population"] == 8
     assert d["live"]["running_here"] is False and d["generations_done"] == 0
     events = client.get(f"/api/sessions/{d['id']}/events").json()
-    assert [e["message"] for e in events] == ["created by ana"]
+    # what the service did, and who asked (the operator token's holder, from the test client's address)
+    assert [e["message"] for e in events] == ["created by ana", "create requested by operator token from testclient"]
     assert client.get(f"/api/sessions/{d['id']}").json()["status"] == "paused"
 
 

@@ -36,9 +36,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _request(url: str, body: dict | None = None) -> tuple[int, object]:
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+def _request(url: str, body: dict | bytes | None = None) -> tuple[int, object]:
+    raw = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
+    req = urllib.request.Request(url, data=raw, headers={"Content-Type": kind, "Authorization": f"Bearer {TOKEN}"})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -46,13 +47,13 @@ def _request(url: str, body: dict | None = None) -> tuple[int, object]:
         return e.code, json.loads(e.read())
 
 
-def _session(code_path: Path, stage: dict, on_ms: float, **extra) -> dict:
+def _session(code_path: str, stage: dict, on_ms: float, **extra) -> dict:
     return {
         "operator": "ana", "subject_id": "m01", "rig": "rig-test", "units": ["sim:0"],
         "probe": {"mode": "invariance", "population": 20, "generations": 3, "retests": 10,
                   "generator": {"name": "dct", "code_size": 64, "image_size": 64, "channels": 1},
                   "stages": [stage]},
-        "reference": {"source": "code", "path": str(code_path)},
+        "reference": {"source": "code", "path": code_path},
         "on_ms": on_ms, "off_ms": on_ms, **extra,
     }
 
@@ -80,6 +81,10 @@ def test_a_session_the_server_cannot_keep_up_with_is_refused_with_a_clear_messag
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "server did not answer"
             time.sleep(0.3)
+
+        status, uploaded = _request(f"{base}/references?kind=code", code_path.read_bytes())
+        assert status == 201, uploaded
+        code_path = uploaded["path"]  # the name the server stored the reference under
 
         heavy = {"name": "cnn", "architecture": "resnet50", "layer": "layer4", "device": "cpu"}
         status, body = _request(f"{base}/sessions", _session(code_path, heavy, on_ms=0.05))

@@ -43,7 +43,7 @@ channels = 1
 source = "maximize"
 generations = 4
 """
-NETWORKS = {"complex": "complex-cell", "simple": "simple-cell"}
+NETWORKS = {"complex": "complex-cell", "pooled": "pooled-unit"}  # units that leave baseline in 4 generations
 UNITS = {"u0": (0.0, 6.0), "u60": (60.0, 6.0), "u120": (120.0, 8.0), "bad": (0.0, -1.0)}
 PROBES = ("invariance", "adversarial")
 SEEDS = (0, 1)
@@ -178,7 +178,7 @@ def test_sweep_on_local_ray_resumes_after_sigkill_and_matches_single_runs(db_url
         assert sum(t["status"] == "failed" for t in by_key.values()) == 8
 
         # 3. the stored sessions equal single `snslab insilico` runs with the same seeds
-        for network, unit, mode, seed in (("complex", "u60", "invariance", 1), ("simple", "u0", "adversarial", 0)):
+        for network, unit, mode, seed in (("complex", "u60", "invariance", 1), ("pooled", "u0", "adversarial", 0)):
             r = next(r for r in completed if r["labels"]["network"] == network and r["labels"]["unit"] == unit
                      and r["labels"]["probe"] == mode and r["labels"]["seed"] == seed)
             single = subprocess.run([sys.executable, "-m", "server.cli", "insilico",

@@ -22,7 +22,7 @@ from server.settings import Settings
 
 from . import errors
 from .deps import TOKEN_ENV, Reader, operator_token as resolve_token
-from .routes import health, references, sessions, stimuli
+from .routes import dashboard as dashboard_routes, health, references, sessions, stimuli
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 
@@ -55,6 +55,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        if getattr(app.state, "push_hub", None) is not None:
+            await app.state.push_hub.close()
         if owned is not None:
             owned.close()
 
@@ -78,6 +80,8 @@ def create_app(
     api.include_router(sessions.router, dependencies=[Reader])
     api.include_router(stimuli.router, dependencies=[Reader])
     api.include_router(references.router)
+    api.include_router(dashboard_routes.router, dependencies=[Reader])
+    api.include_router(dashboard_routes.open_router)  # whoami: what the caller's token allows
     app.include_router(api)
 
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
@@ -111,7 +115,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         print(f"database {database.masked_url}; display and bridge connect to {service.wire_address}")
         if settings.operator_token is None:
             print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token.get_secret_value()}")
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        # open dashboard streams end within a few seconds of Ctrl-C (browsers reconnect to the next server)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     finally:
         service.close()
         database.close()

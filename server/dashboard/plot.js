@@ -157,5 +157,38 @@ const Plot = (() => {
     lab.setAttribute("transform", `translate(${bx - 6} ${(by0 + by1) / 2}) rotate(-90)`);
   }
 
-  return { lines, scatter, viridis, message, ticks };
+  // The neuron's reference responses: every repeat (dots), the running estimate (line) with its 95% interval
+  // (band), the start estimate and the collapse level (dashed horizontal lines).
+  // pts: [{x, y, mean, low, high, label}]; opts.start, opts.floor: numbers or null.
+  function health(svg, pts, opts) {
+    if (!pts.length) { message(svg, opts.empty || "no data yet"); return; }
+    const ys = pts.flatMap(p => [p.y, p.low, p.high]).concat([0, opts.start ?? 0]);
+    const yr = extent(ys, 0.05);
+    yr[0] = Math.min(0, yr[0]);
+    const f = frame(svg, [1, Math.max(2, pts[pts.length - 1].x)], yr, Object.assign({ integerX: true }, opts));
+    const band = pts.map(p => `${f.sx(p.x)},${f.sy(p.high)}`).concat(
+      pts.slice().reverse().map(p => `${f.sx(p.x)},${f.sy(Math.max(yr[0], p.low))}`));
+    el("polygon", { points: band.join(" "), class: "band" }, svg);
+    for (const [v, cls, name] of [[opts.start, "start", "start"], [opts.floor, "floor", "collapse below"]]) {
+      if (v === null || v === undefined) continue;
+      el("line", { x1: f.x0, x2: f.x1, y1: f.sy(v), y2: f.sy(v), class: `hline ${cls}` }, svg);
+      text(svg, f.x1 - 4, f.sy(v) - 4, `${name} ${fmt(v)}`, { "text-anchor": "end", class: `hlabel ${cls}` });
+    }
+    if (pts.length > 1) {
+      el("polyline", { points: pts.map(p => `${f.sx(p.x)},${f.sy(p.mean)}`).join(" "), class: "line running" }, svg);
+    }
+    const g = el("g", { class: "series refresp" }, svg);
+    for (const p of pts) {
+      const c = el("circle", { cx: f.sx(p.x), cy: f.sy(p.y), r: 2.6, class: "pt pt-refresp", "data-value": p.y,
+                                "data-mean": p.mean, "data-generation": p.generation }, g);
+      el("title", {}, c).textContent = p.label;
+    }
+    const ly = 13, lg = el("g", { class: "legend" }, svg);
+    el("circle", { cx: f.x0 + 9, cy: ly, r: 3, class: "pt-refresp" }, lg);
+    text(lg, f.x0 + 18, ly + 4, "each repeat", { class: "legend-text" });
+    el("line", { x1: f.x0 + 110, x2: f.x0 + 128, y1: ly, y2: ly, class: "line running" }, lg);
+    text(lg, f.x0 + 134, ly + 4, "running mean ± 95%", { class: "legend-text" });
+  }
+
+  return { lines, scatter, health, viridis, message, ticks };
 })();

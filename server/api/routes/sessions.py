@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable
 
 import numpy as np
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 
 from server.db import SessionNotFound
@@ -21,6 +21,7 @@ from server.db.models import Session as SessionRow
 from server.db.records import SessionSummary
 from server.service import SessionCreate
 
+from ..actions import log_action
 from ..deps import Operator, RepositoryDep, RequiredServiceDep, ServiceDep
 from ..errors import one_line
 from ..schemas import (
@@ -255,19 +256,24 @@ def events(
 
 @router.post("", response_model=SessionDetailOut, status_code=status.HTTP_201_CREATED,
              dependencies=[Operator], responses=OPERATOR | INVALID)
-def create_session(spec: SessionCreate, repo: RepositoryDep, service: RequiredServiceDep) -> SessionDetailOut:
+def create_session(spec: SessionCreate, request: Request, repo: RepositoryDep,
+                   service: RequiredServiceDep) -> SessionDetailOut:
     """Store a new session (status paused, nothing shown yet); start it with POST .../start."""
     try:
         session_id = service.create(spec)
     except SessionNotFound as exc:  # the reference names a session that does not exist: a bad body, not a bad URL
         raise HTTPException(400, f"reference.session_id: {one_line(exc)}") from None
+    log_action(request, repo, session_id, "create")
     return _detail(repo, service, session_id)
 
 
 def _verb(name: str, doc: str):
-    def action(session_id: uuid.UUID, repo: RepositoryDep, service: RequiredServiceDep) -> SessionDetailOut:
-        repo.session_summary(session_id)  # unknown id -> 404 before the service is asked
+    def action(session_id: uuid.UUID, request: Request, repo: RepositoryDep,
+               service: RequiredServiceDep) -> SessionDetailOut:
+        before = repo.session_summary(session_id).status  # unknown id -> 404 before the service is asked
         getattr(service, name)(session_id)
+        if repo.session_summary(session_id).status != before:  # who asked, for every change (not for no-ops)
+            log_action(request, repo, session_id, name)
         return _detail(repo, service, session_id)
 
     action.__name__ = f"{name}_session"
