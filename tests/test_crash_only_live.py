@@ -275,10 +275,11 @@ def _same(a, b, where):
     """Deep equality of two unpickled optimizer states (arrays bit for bit)."""
     assert type(a) is type(b), where
     if isinstance(a, np.ndarray) and where.endswith("._funhist_values"):
-        # cmaes allocates this ring buffer with np.empty and writes two objective values per generation: the
-        # written slots must be equal; slots never written hold whatever memory the process had (denormals)
-        written = (np.abs(a) > 1e-300) | (np.abs(b) > 1e-300)
-        assert np.array_equal(a[written], b[written]), where
+        # cmaes allocates this ring buffer with np.empty and feeds it only to its own tolfun stop, which
+        # snslab never calls; slots not yet written hold whatever memory the process had: not compared
+        return
+    elif isinstance(a, np.random.RandomState) and where.endswith("._es._rng"):
+        return  # cmaes drops it when pickled (a fresh unseeded one on load); its state is attrs._es_rng_state
     elif isinstance(a, np.random.RandomState):
         _same(a.get_state(legacy=False), b.get_state(legacy=False), where)
     elif isinstance(a, np.random.Generator):
