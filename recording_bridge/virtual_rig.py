@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint (for the images)")
     p.add_argument("--client-id", default=f"virtual-rig-{socket.gethostname()}"[:64])
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys (from `snslab keys init` + `snslab keys add DIR monitor ID`): DIR holds server.key "
+                   "and <client-id>.key_secret")
     p.add_argument("--display-id", default=None,
                    help="client id of the display whose markers to follow (its LSL source_id; default: any)")
     p.add_argument("--marker-stream", default="snslab-markers", help="the display's marker stream name")
@@ -421,8 +424,17 @@ def run(args) -> int:
     pty_fds = _open_pty(args.ttl_link) if args.ttl_link else None
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
+    keys = None
+    if args.keys:
+        from wire.auth import ClientKeys, KeyError_
+
+        try:
+            keys = ClientKeys.load(args.keys, args.client_id)
+        except KeyError_ as err:
+            print(f"error: --keys: {err}", file=sys.stderr)
+            return 2
     peer = Peer(args.server, client_id=args.client_id, role="monitor",
-                capabilities={"needs_images": True, "virtual_rig": True})
+                capabilities={"needs_images": True, "virtual_rig": True}, keys=keys)
 
     def on_batch(msg) -> None:
         imgs = [as_displayed(blob_to_image(b, spec)) for b, spec in zip(msg.blobs, msg.payload.images)]

@@ -71,6 +71,7 @@ class Rig:
     log_dir: Path
     bridge_args: tuple[str, ...] = ()
     kind: str = "lsl"
+    keys: Path | None = None  # the CURVE key folder every rig process authenticates with
     display: subprocess.Popen | None = None
     bridge: subprocess.Popen | None = None
     virtual: subprocess.Popen | None = None
@@ -82,6 +83,8 @@ class Rig:
         self.oe_endpoint = f"tcp://127.0.0.1:{free_port()}"
 
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        if self.keys is not None:
+            args = [*args, "--keys", str(self.keys)]
         return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=open(self.log_dir / f"{name}.log", "ab"),
                                 stderr=subprocess.STDOUT)
 
@@ -144,6 +147,23 @@ def display_environment(display: str, home: Path) -> dict:
     return env
 
 
+DEMO_CLIENTS = (("display", "demo-display"), ("bridge", "demo-bridge"), ("monitor", "demo-virtual-rig"))
+
+
+def demo_keys(folder: Path) -> Path:
+    """The demo's CURVE key folder (made once, as `snslab keys init` + `snslab keys add` would): the server
+    accepts only the demo's display, bridge and virtual rig, each bound to its role and client id."""
+    from wire.auth import LISTING, add_client, init_keys, read_listing
+
+    if not (folder / "server.key_secret").exists():
+        init_keys(folder, displays=(), bridges=())
+    listed = {cid for _, cid in read_listing(folder / LISTING).values()}
+    for role, cid in DEMO_CLIENTS:
+        if cid not in listed:
+            add_client(folder, role, cid)
+    return folder
+
+
 def run_demo(*, max_generations: int = 12, generations: int = 12, population: int = 16, seed: int = 1,
              port: int | None = None, exit_when_done: bool = False, rig_kind: str = "lsl", out=print) -> dict:
     import uvicorn
@@ -152,6 +172,7 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     from server.db import connect
     from server.service import SessionCreate, SessionService
     from server.settings import Settings
+    from wire.auth import ServerKeys
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +180,9 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     log_dir.mkdir(exist_ok=True)
     out("starting the database ...")
     database = connect(settings)
-    service = SessionService(database, bind=f"tcp://127.0.0.1:{free_port()}")
+    keys = demo_keys(settings.data_dir / "demo-keys")
+    service = SessionService(database, bind=f"tcp://127.0.0.1:{free_port()}",
+                             endpoint_options={"keys": ServerKeys.load(keys)})
     token = settings.operator_token or "demo"
     app = create_app(settings, service, database=database, operator_token=token)
     port = port or free_port()
@@ -167,7 +190,7 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     http = threading.Thread(target=server.run, daemon=True)
     http.start()
     xvfb, display = start_xvfb()
-    rig = Rig(service.wire_address, display_environment(display, settings.data_dir), log_dir, kind=rig_kind)
+    rig = Rig(service.wire_address, display_environment(display, settings.data_dir), log_dir, kind=rig_kind, keys=keys)
     url = f"http://127.0.0.1:{port}/"
     summary: dict = {}
     try:
@@ -176,6 +199,7 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
         rig.start_display()
         out(f"dashboard {url}  (API docs {url}docs, operator token '{token}')")
         out(f"database {database.masked_url}; wire {service.wire_address}; display on {display}; logs {log_dir}")
+        out(f"wire: ZeroMQ CURVE with the keys in {keys} (only {', '.join(c for _, c in DEMO_CLIENTS)} are let in)")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len([c for c in service.clients() if c["alive"]]) < rig.clients:
             time.sleep(0.2)

@@ -32,3 +32,8 @@ def test_demo_runs_maximize_then_invariance_and_stores_every_presentation(tmp_pa
     m = re.search(r"keeping (\d+)% of the response at ([0-9.]+) of the largest possible pixel distance", out)
     assert m and 0.0 < float(m.group(2)) <= 1.0
     assert (tmp_path / "data" / "pgdata").is_dir()  # the embedded database lives in the data folder
+    # the rig processes authenticated with CURVE keys bound to their roles
+    listing = (tmp_path / "data" / "demo-keys" / "clients.txt").read_text().split("\n")
+    roles = {tuple(line.split()[:2]) for line in listing if line and not line.startswith("#")}
+    assert roles == {("display", "demo-display"), ("bridge", "demo-bridge"), ("monitor", "demo-virtual-rig")}
+    assert "wire: ZeroMQ CURVE" in out

@@ -247,9 +247,9 @@ def test_kill9_mid_batch_then_restart_completes_with_nothing_lost_or_doubled(dis
     assert [new for _, new in srv.hellos] == [True, True]  # the restarted process announced itself
     assert srv.resent == [outstanding]  # and got exactly what was outstanding
     after = {r.presentation_id for r, s in zip(srv.reports, srv.statuses) if s == "new"} - before
-    # re-sent as a raised attempt (2 when a repeated hello under load made a second copy first)
-    assert after == set(outstanding) and len({srv.ledger.reports[p].attempt for p in after}) == 1
-    assert all(srv.ledger.reports[p].attempt >= 1 for p in after)
+    # re-delivered under the same ids and attempt: showing a slot again as a new stored attempt is the live
+    # loop's decision (tests/test_crash_only_live.py), not the transport's
+    assert after == set(outstanding) and all(srv.ledger.reports[p].attempt == 0 for p in after)
     assert all(srv.ledger.reports[p].attempt == 0 for p in before)
     stop_client(srv, second, "display-k")
 
