@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import text
 
 from display_fixtures import display_env, requires_display_stack, xvfb  # noqa: F401
+from twins import sim_twin, stored_slots
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = [requires_display_stack, pytest.mark.slow]
@@ -206,12 +207,8 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
                 p.close()
 
     # --- the database: one answered presentation per slot, nothing counted twice, attempts 0..k per slot
+    rows = stored_slots(db_engine, sid)
     with db_engine.connect() as c:
-        rows = c.execute(text(
-            "SELECT g.index AS gen, p.order_in_batch AS slot, p.attempt, p.superseded, p.kind,"
-            " r.presentation_id IS NOT NULL AS answered, r.counts FROM presentations p"
-            " JOIN generations g ON g.id = p.generation_id LEFT JOIN responses r ON r.presentation_id = p.id"
-            " WHERE p.session_id = :s ORDER BY 1, 2, 3"), {"s": sid}).all()
         statuses = c.execute(text("SELECT status FROM generations WHERE session_id = :s"), {"s": sid}).scalars().all()
         events = c.execute(text("SELECT message FROM events WHERE session_id = :s"), {"s": sid}).scalars().all()
     assert statuses == ["completed"] * GENERATIONS
@@ -236,37 +233,17 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
 
     # --- the twin: the same session without crashes, given the counts of the same (final) attempts
     from server.db import connect
-    from server.engine.base import SeedStreams, as_displayed, presentation_counts, presentation_rng
     from server.engine.subjects import make_subject
-    from server.session_runner import Counts
     from server.settings import Settings
-    from server.stored import rebuild
 
     db = connect(Settings(database_url=env["DATABASE_URL"]))
     try:
         repo = db.repository()
-        stored = rebuild(repo, __import__("uuid").UUID(sid))
-        twin = stored.runner(None)
         final_state = repo.load_resume_point(__import__("uuid").UUID(sid)).optimizer_state
+        twin = sim_twin(repo, sid, rows, make_subject("complex-cell", image_size=16, wavelength=6.0), SEED,
+                        "invariance", (WINDOW[1] - WINDOW[0]) / 1000)
     finally:
         db.close()
-    subject = make_subject("complex-cell", image_size=16, wavelength=6.0)
-    count_seed = SeedStreams(SEED).noise_seed("invariance")
-    attempt = {k: next(r.attempt for r in a if not r.superseded) for k, a in slots.items()}
-    stored_counts = {k: next(r.counts for r in a if not r.superseded) for k, a in slots.items()}
-    while not twin.done:
-        twin.next_batch()
-        g = twin.open.batch.generation
-        items = []
-        for p in twin.unanswered():
-            if p.generation != g:
-                continue
-            rate = subject.rate(as_displayed(p.image)[None])[0]
-            counts = presentation_counts(rate, (WINDOW[1] - WINDOW[0]) / 1000,
-                                         presentation_rng(count_seed, g, p.order, attempt[(g, p.order)]))
-            assert list(counts) == list(stored_counts[(g, p.order)]), (g, p.order)
-            items.append(Counts(p.presentation_id, counts))
-        assert twin.add_counts(items) is not None
     assert twin.search.generation == GENERATIONS
     _same(pickle.loads(twin.search.state(include_pool=False)), pickle.loads(final_state), "state")
 

@@ -8,22 +8,17 @@ and up to the first re-show the in-silico run with the same seed.
 """
 
 
-import uuid
-
 import numpy as np
 import pytest
-from sqlalchemy import text
 
 from display_fixtures import DisplayProcess, display_env, requires_display_stack, xvfb  # noqa: F401
 from waiting import wait_for
 from server.config import parse_config
 from server.insilico import run_probe
-from server.engine.base import SeedStreams, as_displayed, presentation_counts, presentation_rng
 from server.engine.subjects import make_subject
 from server.service import SessionCreate, SessionService
-from server.session_runner import Counts
-from server.stored import rebuild
 from test_live_loop import FAST, PROBE, _bridge, _reference_code
+from twins import sim_twin, stored_slots
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = [requires_display_stack, pytest.mark.slow]
@@ -64,12 +59,7 @@ def test_closed_loop_with_psychopy_survives_a_display_kill_and_matches_in_silico
                 d.close()
         service.close()
 
-    with db_engine.connect() as c:
-        rows = c.execute(text(
-            "SELECT g.index AS gen, p.order_in_batch AS slot, p.attempt, p.superseded, p.display_onset,"
-            " p.onset_source,"
-            " p.valid, r.counts FROM presentations p JOIN generations g ON g.id = p.generation_id"
-            " LEFT JOIN responses r ON r.presentation_id = p.id WHERE p.session_id = :s"), {"s": sid}).all()
+    rows = stored_slots(db_engine, sid)
     active = [r for r in rows if not r.superseded]
     slots = {(r.gen, r.slot) for r in active}
     shown = sum(len(r.responses) for r in loop.runner.reports) + GENERATIONS * 2  # + 2 references each
@@ -85,23 +75,9 @@ def test_closed_loop_with_psychopy_survives_a_display_kill_and_matches_in_silico
 
     # The twin: the same session without the kill, given the simulated rig's counts of the same (final)
     # attempts. Before the first re-show it is exactly the in-silico run with the same seed.
-    twin = rebuild(repo, uuid.UUID(str(sid))).runner(None)
-    subject = make_subject("complex-cell", image_size=16, wavelength=6.0)
-    count_seed = SeedStreams(probe["seed"]).noise_seed("invariance")
     attempt = {(r.gen, r.slot): r.attempt for r in active}
-    stored_counts = {(r.gen, r.slot): list(r.counts) for r in active}
-    while not twin.done:
-        twin.next_batch()
-        g = twin.open.batch.generation
-        items = []
-        for p in twin.unanswered():
-            if p.generation != g:
-                continue
-            rate = subject.rate(as_displayed(p.image)[None])[0]
-            counts = presentation_counts(rate, 0.150, presentation_rng(count_seed, g, p.order, attempt[(g, p.order)]))
-            assert list(counts) == stored_counts[(g, p.order)], (g, p.order)
-            items.append(Counts(p.presentation_id, counts))
-        assert twin.add_counts(items) is not None
+    twin = sim_twin(repo, sid, rows, make_subject("complex-cell", image_size=16, wavelength=6.0), probe["seed"],
+                    "invariance", 0.150)
     for a, b in zip(loop.runner.reports, twin.reports, strict=True):
         assert np.array_equal(a.responses, b.responses)
     assert np.array_equal(loop.runner.search.result().code, twin.search.result().code)
