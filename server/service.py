@@ -7,6 +7,7 @@ completed | aborted | failed. One session runs on the rig at a time.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from typing import Any, Literal
@@ -16,6 +17,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from snslab_common.errors import SnslabError
+
+log = logging.getLogger("snslab.service")
 
 
 class ReferenceSpec(BaseModel):
@@ -62,6 +65,15 @@ class SessionCreate(BaseModel):
     )
 
 
+def _one_line(err: Exception) -> str:
+    """A refusal in one line: pydantic's errors as 'field: message; ...', anything else with folded spaces."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'session'}: {e['msg']}" for e in err.errors())
+    return " ".join(str(err).split())
+
+
 class ServiceError(SnslabError, ValueError):
     """An operator request that cannot be carried out; the message is one line."""
 
@@ -90,7 +102,15 @@ class SessionService:
                                        timing=timing or Timing(), **(endpoint_options or {}))
         self._started = False
         if interrupted is not None:
-            self.start(interrupted[0], paused=interrupted[1] == "paused")
+            try:
+                self.start(interrupted[0], paused=interrupted[1] == "paused")
+            except (SnslabError, ValueError) as err:  # one session that cannot be rebuilt must not keep the
+                self.loop = None                      # server down: it starts idle and says why
+                self.endpoint.session = "idle"
+                why = _one_line(err)
+                log.error("session %s was interrupted but cannot be resumed: %s", interrupted[0], why)
+                self.repo.log_event(interrupted[0], "session", f"could not resume after a restart: {why}", None,
+                                    "error")
         self.endpoint.start()
         self._started = True
 

@@ -84,9 +84,10 @@ class ScriptedDisplay:
         self.peer.close()
 
 
-def _bridge(address, seed, mode, image_size=16):
-    args = BridgeOptions(server=address, client_id="bridge-test", adapter="sim", session_seed=seed, mode=mode,
-                         subject_params={"image_size": image_size, "wavelength": 6.0})
+def _bridge(address, seed, mode, image_size=16, client_id="bridge-test", keys=None):
+    """The simulated bridge, stepped on its own thread: (bridge, stop event, thread)."""
+    args = BridgeOptions(server=address, client_id=client_id, adapter="sim", session_seed=seed, mode=mode,
+                         subject_params={"image_size": image_size, "wavelength": 6.0}, keys=keys)
     bridge = make_bridge(args, peer_timing=FAST)
     bridge.peer.start()
     stop = threading.Event()

@@ -17,8 +17,8 @@ import zmq.auth
 from sqlalchemy import text
 
 from server.service import SessionCreate, SessionService
-from test_live_loop import FAST, PROBE, _reference_code
-from wire import Peer, messages as m
+from test_live_loop import FAST, PROBE, _bridge, _reference_code
+from wire import messages as m
 from wire.auth import ClientKeys, ServerKeys, check_user, is_loopback, read_listing
 
 pytest_plugins = ["db_fixtures"]
@@ -161,23 +161,7 @@ def _until_true(cond, timeout):
 
 
 def _bridge_with_keys(address, keys):
-    import threading
-
-    from recording_bridge.app import BridgeOptions, make_bridge
-
-    args = BridgeOptions(server=address, client_id="bridge-1", adapter="sim", session_seed=PROBE["seed"],
-                         mode="invariance", subject_params={"image_size": 16, "wavelength": 6.0}, keys=str(keys))
-    bridge = make_bridge(args, peer_timing=FAST)
-    bridge.peer.start()
-    stop = threading.Event()
-
-    def run():
-        while not stop.is_set():
-            bridge.step(0.005)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return bridge, stop, th
+    return _bridge(address, PROBE["seed"], "invariance", client_id="bridge-1", keys=str(keys))
 
 
 def test_binding_beyond_loopback_needs_keys_or_insecure(tmp_path):
