@@ -4,6 +4,7 @@ instead of polling, and its screenshot is a real, non-blank picture."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -106,8 +107,10 @@ def test_dom_draws_the_fronts_coloured_by_generation(dom, stored, api_database):
 def test_dom_shows_the_newest_generation_images(dom, stored, api_database):
     images = api_database.repository().generation_images(stored.invariance, INSILICO["generations"] - 1)
     grid = dom[dom.index('id="images"'):dom.index('id="events-card"')]
-    srcs = re.findall(r'<img src="(/api/stimuli/[0-9a-f]{64}\.png)(?:\?access_token=[^"]*)?"', grid)
-    assert srcs == [f"/api/stimuli/{im.stimulus_sha256}.png" for im in images]
+    # the images ride in the pushed view (built once for every viewer): each is the stored PNG, inline
+    srcs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', grid)
+    pngs = api_database.repository().stimulus_images([im.stimulus_sha256 for im in images])
+    assert [base64.b64decode(x) for x in srcs] == [pngs[im.stimulus_sha256] for im in images]
     assert len(srcs) == INSILICO["population"] + 4  # candidates + reference repeats
     assert re.findall(r'class="tile ([a-z]+)', grid) == [im.kind for im in images]
     assert sum(im.kind == "reference" for im in images) == 4
@@ -131,7 +134,7 @@ def test_page_subscribes_once_instead_of_polling(page, stored):
     assert api == ["GET /api/whoami", "GET /api/sessions?limit=200",
                    f"GET /api/sessions/{stored.invariance}/stream?access_token={TOKEN}"]
     stimuli = [r for r in requests if r.startswith("GET /api/stimuli/")]
-    assert len(stimuli) == len(set(stimuli)) > 0  # every distinct image fetched once (browser cache)
+    assert stimuli == []  # the images arrive inline in the pushed view, not one request per image and viewer
     assert not any(r.startswith("POST") for r in requests)
 
 

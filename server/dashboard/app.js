@@ -431,7 +431,7 @@ function renderImages(g, tiles) {
     const name = t.kind === "candidate" ? `#${t.order_in_batch}` : t.kind === "reference" ? "ref" : t.kind;
     return h("figure", { class: `tile ${t.kind}${invalid ? " invalid" : ""}`,
                          title: `presentation ${t.presentation_id}, ${t.kind} at position ${t.order_in_batch}${why}` },
-      h("img", { src: withToken(t.url), alt: `${t.kind} ${t.order_in_batch}`, loading: "eager", "data-presentation": t.presentation_id }),
+      h("img", { src: t.src || withToken(t.url), alt: `${t.kind} ${t.order_in_batch}`, loading: "eager", "data-presentation": t.presentation_id }),
       h("figcaption", {}, h("span", {}, invalid ? `${name} ✕` : name),
         h("span", { class: "count" }, counts === null ? "…" : `${counts} sp`)));
   }));
