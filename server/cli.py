@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from server.cli_errors import fail as _fail
 from snslab_common.errors import SnslabError
 
 from recording_bridge import cli as bridge_command
@@ -24,11 +25,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="snslab: closed-loop Stretch-and-Squeeze probes of visual neurons (invariance and adversarial).",
 )
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 _FIELDS = "\n\n".join(f"{name} = {default}: {desc}" for name, default, desc in describe_fields())

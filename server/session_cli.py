@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import typer
 
+from server.cli_errors import fail as _fail
+
 SERVER_ENV = "SNSLAB_SERVER"
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -39,11 +41,6 @@ def _client(server: str | None):
     except Exception:  # no login name (containers): the log says "shell"
         who = "shell"
     return Client(server, token_from_env(), operator_name=f"{who} (snslab session)")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _sid(text: str) -> uuid.UUID:

@@ -12,13 +12,8 @@ from pathlib import Path
 
 import typer
 
-_KNOWN = ("DatabaseUnavailable", "SessionNotFound", "StorageError", "ConfigError", "LookupError")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
+from server.cli_errors import fail as _fail
+from snslab_common.errors import SnslabError
 
 def _session_id(text: str) -> uuid.UUID:
     try:
@@ -33,12 +28,8 @@ def _errors():
         yield
     except typer.Exit:
         raise
-    except (ValueError, LookupError, FileNotFoundError) as err:
+    except (SnslabError, ValueError, LookupError, FileNotFoundError) as err:
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    except Exception as err:
-        if type(err).__name__ in _KNOWN:
-            _fail(str(err).splitlines()[0])
-        raise
 
 
 @contextmanager
