@@ -61,6 +61,19 @@ def rig_env(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+def _completed_session(rig_env, tmp_path, kind: str) -> tuple[RigProcesses, list[dict], dict]:
+    """A 5-generation session on the virtual rig (its clock OFFSET ahead), completed and checked against
+    the truth; returns the (stopped) rig, the stored presentations and the truth."""
+    rig = RigProcesses(tmp_path, rig_env, kind, clock_offset=OFFSET)
+    try:
+        sid = rig.run_session(generations=5)
+        assert rig.api("GET", f"/sessions/{sid}")["status"] == "completed"
+        shown, truth = _check_counts(rig, sid)
+    finally:
+        rig.stop()
+    return rig, shown, truth
+
+
 def _check_counts(rig: RigProcesses, sid: str) -> tuple[list[dict], dict]:
     """Every valid stored count equals the truth; returns the stored presentations and the truth."""
     pres = rig.api("GET", f"/sessions/{sid}/presentations")
@@ -87,13 +100,7 @@ def _check_counts(rig: RigProcesses, sid: str) -> tuple[list[dict], dict]:
 
 @requires_time_namespace
 def test_lsl_rig_end_to_end_counts_equal_the_truth(rig_env, tmp_path):
-    rig = RigProcesses(tmp_path, rig_env, "lsl", clock_offset=OFFSET)
-    try:
-        sid = rig.run_session(generations=5)
-        assert rig.api("GET", f"/sessions/{sid}")["status"] == "completed"
-        shown, truth = _check_counts(rig, sid)
-    finally:
-        rig.stop()
+    rig, shown, truth = _completed_session(rig_env, tmp_path, "lsl")
     # the bridge measured the virtual rig's clock: one offset for its host, 350 ms from the display's
     log = rig.bridge.log(100_000)
     rig_host = re.search(r"spikes stream '\S+' open from host virtual-rig \(clock offset (-?[0-9.]+) s\)", log)
@@ -109,13 +116,7 @@ def test_lsl_rig_end_to_end_counts_equal_the_truth(rig_env, tmp_path):
 
 @requires_time_namespace
 def test_openephys_rig_end_to_end_counts_equal_the_truth(rig_env, tmp_path):
-    rig = RigProcesses(tmp_path, rig_env, "openephys", clock_offset=OFFSET)
-    try:
-        sid = rig.run_session(generations=5)
-        assert rig.api("GET", f"/sessions/{sid}")["status"] == "completed"
-        shown, truth = _check_counts(rig, sid)
-    finally:
-        rig.stop()
+    rig, shown, truth = _completed_session(rig_env, tmp_path, "openephys")
     valid = [p for p in shown if p["valid"]]
     assert len(valid) >= 0.8 * len(shown)
     for p in valid:  # the TTL word's sample is the onset, exactly
