@@ -111,9 +111,10 @@ def main(argv=None):
                          "for invariance runs")
     ap.add_argument("--cap", action="append", default=[], metavar="METHOD=N",
                     help="run METHOD only up to N presentations (e.g. reference=3000: full CMA is slow)")
-    ap.add_argument("--merge", action="append", default=[], metavar="FILE[:seeds=K][:drop=M1+M2]",
+    ap.add_argument("--merge", action="append", default=[], metavar="FILE[:seeds=K][:drop=M1+M2@probe]",
                     help="add the runs of an earlier output (.json, or the .jsonl an interrupted run leaves), "
-                         "same cells and radius; ':seeds=K' keeps seeds 0..K-1. With --methods none, only "
+                         "same cells and radius; ':seeds=K' keeps seeds 0..K-1; ':drop=M1+M2' leaves out methods, "
+                         "'M@invariance' only that method's runs of one probe. With --methods none, only "
                          "merged runs are reported")
     ap.add_argument("--note", default="", help="text put under the command line in the generated block")
     ap.add_argument("--block", default="main", help="name of the generated block in --doc")
@@ -184,8 +185,10 @@ def main(argv=None):
             runs = earlier["runs"]
         if keep:
             runs = [r for r in runs if r["seed"] < int(keep)]
-        if drop:
-            runs = [r for r in runs if r["method"] not in drop.split("+")]
+        if drop:  # "M" drops method M; "M@probe" only its runs of that probe (e.g. snslab@invariance)
+            runs = [r for r in runs if not any(r["method"] == d.partition("@")[0] and (
+                not d.partition("@")[2] or r["instance"].split("/")[1] == d.partition("@")[2])
+                for d in drop.split("+"))]
         records.extend(runs)
         methods = methods + sorted({r["method"] for r in runs} - set(methods))
     meta = {"command": command, "note": a.note, "seeds": seeds, "budgets": budgets, "methods": methods, "radius": a.radius,

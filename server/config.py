@@ -112,6 +112,15 @@ class ProbeConfig(BaseModel):
                          "front candidates (only under noise; 0: none)")
     confirm_kappa: float = Field(1.0, ge=0, description="standard errors by which the reported front is made "
                                  "conservative")
+    far_reach: int = Field(2, ge=0, le=10, description="invariance probes: small search distributions ('bands') "
+                           "beside the main one, each trading stretch against the change of response with its own "
+                           "weight, started at the reference and seeded with its contrast-inverted, rotated and "
+                           "mirrored copies (server/engine/far_reach.py; 0: off)")
+    far_population: int = Field(5, ge=2, le=1000, description="new candidates per generation in each far-reach band")
+    far_sigma0: float = Field(0.2, gt=0, description="initial step size of the far-reach bands in code units")
+    far_generations: int = Field(60, ge=0, le=100_000, description="generations the far-reach bands search (then "
+                                 "only the main search goes on: a band left at a partial response mostly adds "
+                                 "noise impostors to the front)")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "

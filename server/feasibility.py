@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .engine.far_reach import far_candidates
+
 DRY_RUN_IMAGES = 4  # images per timed call: enough to amortise per-call overhead, short on a CPU
 
 _cache: dict[str, dict[str, float]] = {}
@@ -89,12 +91,14 @@ def measure(probe, generator, stages: dict, n_images: int) -> dict[str, float]:
 def check(probe, generator, stages: dict, *, on_ms: float, off_ms: float) -> Feasibility:
     """Estimate the compute per generation of ``probe`` on this machine and compare with the display time."""
     new = probe.population + (probe.retests if probe.confirm and probe.mode != "maximize" else 0)
+    new += far_candidates(probe)
     refs = probe.reference_repeats if probe.mode != "maximize" else 0
     presentations = new + refs
     per = (on_ms + off_ms) / 1000.0
     display_s = presentations * per
     lead_in_s = (probe.lead_in if refs else 0) * per
-    parts = measure(probe, generator, stages if probe.mode != "maximize" else {}, probe.population)
+    parts = measure(probe, generator, stages if probe.mode != "maximize" else {},
+                    probe.population + far_candidates(probe))
     compute = sum(parts.values())
     verdict = "too-slow" if compute > display_s else "slow" if compute > lead_in_s and refs else "ok"
     devices = {getattr(o, "device", "cpu") for o in [generator, *stages.values()]}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import os
 
+from .engine.far_reach import far_candidates
+
 MAX_IMAGE_SIDE = 512  # px, generator.image_size
 MAX_CODE_SIZE = 65_536  # generator.code_size
 MAX_CHANNELS = 3
@@ -45,7 +47,7 @@ def generation_bytes(probe) -> int:
     side = params.get("image_size", 64)
     h, w = (side, side) if isinstance(side, int) else tuple(side)[:2]
     code = int(params.get("code_size", h * w * 3))
-    n = probe.population + probe.retests + probe.reference_repeats
+    n = probe.population + probe.retests + probe.reference_repeats + far_candidates(probe)
     images = n * h * w * 3 * 4 * 8
     codes = probe.population * code * 8 * 4
     covariance = code * code * 8 * 3 if probe.optimizer.name == "cma" else code * 8 * 8

@@ -17,6 +17,7 @@ from .config import ProbeConfig
 from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject
 from .engine.confirm import FrontConfirmation
 from .engine.evaluation import pink_noise_images
+from .engine.far_reach import FarReach, band_weights
 from .engine.generators import make_generator
 from .engine.optimizers import make_optimizer
 from .engine.probes import Bound, EarlyStop, Probe
@@ -76,10 +77,15 @@ def build_search(
     confirmation = None
     if mode != "maximize" and config.confirm:
         confirmation = FrontConfirmation(mode, config.retests, config.confirm_kappa)
+    far = None
+    if mode == "invariance" and config.far_reach and reference_code is not None:
+        far = FarReach.for_reference(generator, reference_code, reference_image, per_band=config.far_population,
+                                     weights=band_weights(config.far_reach), sigma0=config.far_sigma0,
+                                     seed=phase_seed, generations=config.far_generations)
     search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
                        reference_image=reference_image if mode != "maximize" else None,
                        max_generations=generations or config.generations, early_stop=early,
-                       confirmation=confirmation)
+                       confirmation=confirmation, far_reach=far)
     search.reference_code = reference_code
     return search
 

@@ -16,6 +16,7 @@ from server.engine.probes import Probe
 from server.engine.search import SnSSearch
 
 from server.engine.confirm import FrontConfirmation
+from server.engine.far_reach import FarReach, band_weights
 from .methods import Method, reference_x0
 
 
@@ -35,11 +36,12 @@ def engine_defaults() -> dict:
     cfg = ProbeConfig()
     return {"optimizer": cfg.optimizer.name, "sigma0": cfg.optimizer.sigma0, "popsize": cfg.population,
             "ordering": cfg.ordering, "confirm": int(cfg.confirm), "retests": cfg.retests,
-            "kappa": cfg.confirm_kappa}
+            "kappa": cfg.confirm_kappa, "far_bands": cfg.far_reach, "far_per_band": cfg.far_population,
+            "far_sigma0": cfg.far_sigma0, "far_generations": cfg.far_generations}
 
 
 # The engine as it was before this study (popsize 40, raw single measurements, the published orderings).
-BEFORE_STUDY = {"popsize": 40, "confirm": 0, "retests": 0, "ordering": "published"}
+BEFORE_STUDY = {"popsize": 40, "confirm": 0, "retests": 0, "ordering": "published", "far_bands": 0}
 
 
 class SnSLab(Method):
@@ -64,8 +66,23 @@ class SnSLab(Method):
         if int(cfg.get("confirm", 0)):
             confirmation = FrontConfirmation(inst.probe, int(cfg["retests"]), float(cfg["kappa"]),
                                              shrink=bool(int(cfg.get("shrink", 1))))
+        ref_image = gen.render(inst.z_ref[None])[0]
+        far = None
+        if int(cfg.get("far_bands", 0)) and inst.probe == "invariance":
+            weights = band_weights(int(cfg["far_bands"]))
+            if "far_weights" in cfg:  # e.g. far_weights=3/1
+                weights = [float(w) for w in str(cfg["far_weights"]).split("/")][: int(cfg["far_bands"])]
+            gens = cfg.get("far_generations")
+            kw = dict(per_band=int(cfg["far_per_band"]), weights=weights, sigma0=float(cfg["far_sigma0"]),
+                      seed=int(seed), generations=None if gens in (None, "none") else int(gens))
+            if int(cfg.get("far_seeds", 1)):
+                names = cfg.get("far_transforms")
+                far = FarReach.for_reference(gen, inst.z_ref, ref_image,
+                                             None if names is None else tuple(str(names).split("/")), **kw)
+            else:
+                far = FarReach(inst.z_ref, **kw)
         self.search = SnSSearch(gen, {"pixel": GreyPixelStage()}, probe, opt, seed=int(seed),
-                                reference_image=gen.render(inst.z_ref[None])[0], confirmation=confirmation)
+                                reference_image=ref_image, confirmation=confirmation, far_reach=far)
         self._offsets: list[int] = []  # presentation index of each generation's first row
         self._presented = 0
 

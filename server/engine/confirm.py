@@ -52,8 +52,9 @@ class FrontConfirmation:
             self._ref_var_sum += float(np.var(r, ddof=1) * (len(r) - 1))
             self._ref_var_dof += len(r) - 1
 
-    def add(self, codes: np.ndarray, d_low: np.ndarray, rates: np.ndarray) -> np.ndarray:
-        """New candidates, each measured once; returns their ids."""
+    def add(self, codes: np.ndarray, d_low: np.ndarray, rates: np.ndarray, small_group: bool = False) -> np.ndarray:
+        """New candidates, each measured once; returns their ids. ``small_group``: the prior's spread also
+        covers the noise of the group's own mean (a few far-reach candidates: server/engine/far_reach.py)."""
         start = len(self.d_low)
         self.d_low.extend(np.asarray(d_low, dtype=np.float64).tolist())
         self.rate_sum.extend(np.asarray(rates, dtype=np.float64).tolist())
@@ -61,6 +62,8 @@ class FrontConfirmation:
         r = np.asarray(rates, dtype=np.float64)
         # Spread of the true rates in this generation: observed variance minus the noise's share.
         true_var = max(float(np.var(r)) - self.dispersion * float(r.mean()), 1e-3 * max(float(r.mean()), 1e-6) ** 2)
+        if small_group:
+            true_var += self.dispersion * max(float(r.mean()), 1e-6) / len(r)
         self.prior_mean.extend([float(r.mean())] * len(r))
         self.prior_var.extend([true_var] * len(r))
         ids = np.arange(start, start + len(d_low))

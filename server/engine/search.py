@@ -23,6 +23,7 @@ import numpy as np
 
 from .base import ImageGenerator, Stage
 from .confirm import FrontConfirmation
+from .far_reach import FarReach
 from .optimizers import Optimizer
 from .pareto import first_front, newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
 from .probes import UNIT, EarlyStop, Probe, stage_distances, unit_distances
@@ -97,6 +98,7 @@ class SnSSearch:
         max_generations: int | None = None,
         early_stop: EarlyStop | None = None,
         confirmation: FrontConfirmation | None = None,
+        far_reach: "FarReach | None" = None,
     ):
         missing = [s for s in probe.stages if s not in stages]
         if missing:
@@ -111,6 +113,8 @@ class SnSSearch:
         self.early_stop = early_stop
         self.confirmation = confirmation if probe.mode != "maximize" else None
         self._confirm_where: list[tuple[int, int]] = []  # confirmation id -> (generation, row)
+        self.far_reach = far_reach if probe.mode == "invariance" else None  # server/engine/far_reach.py
+        self._n_opt = 0  # rows [:n_opt] are the optimizer's, [n_opt:n_new] the far-reach bands'
         self._n_new = 0
         self._retest_ids = np.zeros(0, dtype=np.int64)
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[1])
@@ -137,6 +141,9 @@ class SnSSearch:
     def ask(self) -> Proposal:
         if self._pending is None:
             new = self.generator.project(self.optimizer.ask())
+            self._n_opt = len(new)
+            if self.far_reach is not None:
+                new = np.concatenate([new, self.generator.project(self.far_reach.ask())])
             self._n_new = len(new)
             self._retest_ids = np.zeros(0, dtype=np.int64)
             if self.confirmation is not None:
@@ -213,9 +220,18 @@ class SnSSearch:
                 if self.pooled(self.generation, objectives[i], int(fronts[i])):
                     self._keep(i, codes, r, distances, fitness)
 
-        self.optimizer.tell(codes, fitness)
+        n_opt = self._n_opt or n_new
+        self.optimizer.tell(codes[:n_opt], fitness[:n_opt])
+        groups = [n_new]
+        if self.far_reach is not None and n_opt < n_new:
+            groups = [n_opt, *self.far_reach.groups()]
+            self.far_reach.tell(codes[n_opt:], distances[self.probe.stages[0]][n_opt:], r[n_opt:].mean(axis=1),
+                                float(self.reference_response.mean()),
+                                self.confirmation.dispersion if self.confirmation is not None else 0.0)
         if self.confirmation is not None:
-            ids = self.confirmation.add(codes, distances[self.probe.stages[0]], r.mean(axis=1))
+            d_low, rates, ids = distances[self.probe.stages[0]], r.mean(axis=1), []
+            for k, (a, b) in enumerate(zip(np.cumsum([0, *groups[:-1]]), np.cumsum(groups))):  # far-reach apart
+                ids.extend(self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0))
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
             self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))
         stop = False
@@ -330,6 +346,8 @@ class SnSSearch:
                 "confirm_where": self._confirm_where,
                 "n_new": self._n_new,
                 "retest_ids": self._retest_ids,
+                "far_reach": self.far_reach,
+                "n_opt": self._n_opt,
             },
             protocol=5,
         )
@@ -357,5 +375,7 @@ class SnSSearch:
         self._confirm_where = list(s["confirm_where"])
         self._n_new = s["n_new"]
         self._retest_ids = s["retest_ids"]
+        self.far_reach = s.get("far_reach", self.far_reach)
+        self._n_opt = s.get("n_opt", 0)
         if self.early_stop is not None and s["early_stop"] is not None:
             self.early_stop.history = list(s["early_stop"])
