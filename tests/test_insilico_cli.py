@@ -42,9 +42,10 @@ def test_insilico_command_writes_summary_and_plots(tmp_path):
     cfg.write_text(SMALL.replace('stages = ["pixel"]', f'stages = ["pixel"]\noutput = "{tmp_path / "out"}"'))
     result = CliRunner().invoke(app, ["insilico", str(cfg), "--quiet", "--no-store"])
     assert result.exit_code == 0, result.output
-    # 6 x (12 new candidates + 4 reference repeats), plus the re-tests of front candidates (at most 10 a generation)
+    # 6 x (12 new candidates + 2 x 5 far-reach candidates + 4 reference repeats) + 4 far-reach seeds, plus the
+    # re-tests of front candidates (at most 10 a generation)
     shown = int(re.search(r"invariance: 6 generations, (\d+) presentations", result.output).group(1))
-    assert 96 <= shown <= 96 + 5 * 10
+    assert 160 <= shown <= 160 + 5 * 10
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluation"]["generations"] == 6

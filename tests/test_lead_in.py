@@ -74,6 +74,7 @@ def _interrupted(repo, config, monkeypatch):
 
 
 def test_each_generation_opens_with_its_lead_in_planned_one_generation_ahead(config):
+    config = config.model_copy(update={"far_reach": 0})  # the population alone: 6 candidates a generation
     runner, rig = _runner(config)
     first = runner.next_batch()
     gens = [p.generation for p in first.presentations]
@@ -226,7 +227,8 @@ def test_interrupted_with_the_lead_in_half_answered_resumes_to_the_uninterrupted
     for b in twin.probe.reports[1:]:  # generation 0 was scored before the interruption
         a = stored[b.generation]
         assert np.array_equal(a.responses, b.responses) and np.array_equal(a.fitness, b.fitness)
-    assert np.array_equal(phase.search.result().code, twin.probe.selection.code)
+    # the search's own pick (in silico the run may then re-choose it from fresh presentations)
+    assert np.array_equal(phase.search.result().code, twin.probe.search.result().code)
     # every slot answered once, and nothing was left planned
     data = [repo.generation_data(sid, g) for g in range(4)]
     assert all(p.answered for d in data for p in d.presentations)
@@ -301,4 +303,5 @@ def test_resume_scores_a_generation_answered_in_full_before_the_crash(repo, conf
 
     phase = resume_stored(repo, sid)
     _equal_reports(phase.reports, twin.probe.reports[1:])
-    assert np.array_equal(phase.search.result().code, twin.probe.selection.code)
+    # the search's own pick (in silico the run may then re-choose it from fresh presentations)
+    assert np.array_equal(phase.search.result().code, twin.probe.search.result().code)
