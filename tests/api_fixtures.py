@@ -41,6 +41,7 @@ INSILICO = {
     "population": 12,
     "generations": 6,
     "retests": 0,  # exact presentation counts per generation (12 candidates + 4 references)
+    "far_reach": 0,  # (no far-reach bands or seeds either)
     "reference": {"source": "maximize", "generations": 4},
     "noise": {"kind": "poisson"},
 }

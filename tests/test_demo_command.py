@@ -26,9 +26,10 @@ def test_demo_runs_maximize_then_invariance_and_stores_every_presentation(tmp_pa
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "dashboard http://127.0.0.1:" in out
-    # 2 maximize generations of 8 candidates, then 2 invariance generations of 8 candidates + 4 references
+    # 2 maximize generations of 8 candidates, then 2 invariance generations of 8 candidates + 2 x 5 far-reach
+    # candidates + 4 references, and 4 far-reach seeds once
     stored = re.search(r"stored: (\d+) presentations", out)
-    assert stored and 24 <= int(stored.group(1)) <= 24 + 10, out[-2000:]  # the invariance session's, + re-tests
+    assert stored and 48 <= int(stored.group(1)) <= 48 + 10, out[-2000:]  # the invariance session's, + re-tests
     m = re.search(r"keeping (\d+)% of the response at ([0-9.]+) of the largest possible pixel distance", out)
     assert m and 0.0 < float(m.group(2)) <= 1.0
     assert (tmp_path / "data" / "pgdata").is_dir()  # the embedded database lives in the data folder

@@ -92,7 +92,8 @@ def test_a_session_the_server_cannot_keep_up_with_is_refused_with_a_clear_messag
         detail = body["detail"]
         assert "\n" not in detail
         assert detail.startswith("probe.stages: this server (cpu) needs ~")
-        assert "but the display shows a generation in 0.0034 s (34 presentations x (on + off))" in detail
+        # 20 candidates + 10 re-tests + 4 references + far reach's 2 x 5 candidates and 4 seeds
+        assert "but the display shows a generation in 0.0048 s (48 presentations x (on + off))" in detail
         assert "cannot keep up" in detail and "lighter stage than stage 'cnn'" in detail and "GPU" in detail
         assert "compute_check = 'warn'" in detail
         needed = float(detail.split("needs ~")[1].split(" s")[0])
