@@ -177,7 +177,10 @@ def run_passes(one_pass: Callable[[np.ndarray], np.ndarray], inputs: list[np.nda
     ``pack_passes``; returns each caller's outputs in its own row order."""
     out: list[np.ndarray | None] = [None] * len(inputs)
     for ranges in pack_passes([len(x) for x in inputs], batch, exact_min):
-        y = one_pass(np.concatenate([inputs[i][a:b] for i, a, b in ranges]))
+        # a caller's own pass gets its rows as its own call would (a slice: the same strides, the same kernels)
+        x = inputs[ranges[0][0]][ranges[0][1]:ranges[0][2]] if len(ranges) == 1 else \
+            np.concatenate([inputs[i][a:b] for i, a, b in ranges])
+        y = one_pass(x)
         k = 0
         for i, a, b in ranges:
             if out[i] is None:

@@ -37,8 +37,8 @@ def group_key(config: dict[str, Any]) -> str | None:
     subject = config.get("subject") or {}
     if subject.get("name") == "cnn-unit":
         shared["network"] = _params(subject, ("name",) + _UNIT_OWN)
-    stages = [_params(s, ("label",)) for s in config.get("stages") or []
-              if hasattr(STAGES.get(s.get("name")), "features_many")]
+    tables = [s if isinstance(s, dict) else {"name": s} for s in config.get("stages") or []]
+    stages = [_params(s, ("label",)) for s in tables if hasattr(STAGES.get(s.get("name")), "features_many")]
     if stages:
         shared["stages"] = stages
     return _text(shared) if shared else None
