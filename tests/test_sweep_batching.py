@@ -135,7 +135,7 @@ def test_grouping_keeps_probes_without_torch_models_alone():
 
 
 # -- `snslab sweep` with batch_probes, as a user runs it -------------------------------------------------
-UNITS = {"u0": [0], "u3": [3], "u9": [9], "bad": [999]}
+UNITS = {"u3": [3], "bad": [999], "u9": [9]}
 
 
 def sweep_file(folder: Path) -> Path:
@@ -220,11 +220,12 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
     cmd = [sys.executable, "-m", "server.cli", "sweep", str(spec), "--num-cpus", "2", "--quiet",
            "--ray-temp-dir", temp_dir]
     try:
-        # 16 probes in groups of at most 3 (3, 2, 3, 3, 2, 3): two groups at a time on 2 CPUs; kill the driver
-        # with SIGKILL as soon as one probe is done
+        # 12 probes in 4 groups of 3 (the middle two mix failing and good probes), two at a time on 2 CPUs;
+        # kill the driver with SIGKILL as soon as one probe is done
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
-        deadline = time.monotonic() + 240
+        t0 = deadline = time.monotonic()
+        deadline += 240
         while not any(r["status"] == "completed" for r in rows(db_engine).values()):
             assert proc.poll() is None, proc.stdout.read()
             assert time.monotonic() < deadline, "no probe finished"
@@ -234,12 +235,14 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
         kill_ray(mark)
         before = rows(db_engine)
         finished = {k: r for k, r in before.items() if r["status"] in ("completed", "failed")}
-        assert len(before) == 16 and 1 <= len(finished) < 12, "the kill must come midway"
+        assert len(before) == 12 and 1 <= len(finished) < 8, "the kill must come midway"
+        print(f"killed at {time.monotonic() - t0:.1f} s with {len(finished)} probes finished")
 
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
-        m = re.search(r"sweep batched: 16 probes, (\d+) already finished, (\d+) to run", out.stdout)
-        assert m and int(m.group(1)) == len(finished) and int(m.group(2)) == 16 - len(finished), out.stdout
+        m = re.search(r"sweep batched: 12 probes, (\d+) already finished, (\d+) to run", out.stdout)
+        assert m and int(m.group(1)) == len(finished) and int(m.group(2)) == 12 - len(finished), out.stdout
+        print(f"second run done at {time.monotonic() - t0:.1f} s")
         after = rows(db_engine)
         for k, r in finished.items():  # untouched by the second run
             assert (after[k]["attempt"], after[k]["session_ids"], after[k]["finished_at"]) == \
@@ -247,16 +250,16 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
         assert all(after[k]["attempt"] == 2 for k in set(after) - set(finished))
         completed = [r for r in after.values() if r["status"] == "completed"]
         failed = [r for r in after.values() if r["status"] == "failed"]
-        assert len(completed) == 12 and len(failed) == 4, [(r["labels"], r["error"]) for r in failed]
+        assert len(completed) == 8 and len(failed) == 4, [(r["labels"], r["error"]) for r in failed]
         assert all(r["labels"]["unit"] == "bad" and r["error"].startswith("ConfigError: subject.unit: channel 999")
                    for r in failed)
-        assert "in all completed 12, failed 4" in out.stdout
+        assert "in all completed 8, failed 4" in out.stdout
         for r in completed:
             assert len(r["session_ids"]) == 2 and 0.0 < r["summary"]["stretch"] <= 1.0
             assert all(repo.session_summary(sid).status == "completed" for sid in r["session_ids"])
 
         # the stored sessions equal single `snslab insilico` runs with the same seeds
-        for unit, mode, seed in (("u3", "invariance", 1), ("u9", "adversarial", 0)):
+        for unit, mode, seed in (("u9", "adversarial", 1),):  # (more in-process, above)
             r = next(r for r in completed if (r["labels"]["unit"], r["labels"]["probe"], r["labels"]["seed"])
                      == (unit, mode, seed))
             single = subprocess.run([sys.executable, "-m", "server.cli", "insilico",

@@ -70,9 +70,11 @@ class SharedModels:
     one group: torch models are built once per set of parameters and shared through the lockstep; every
     other model is built per probe as usual. Errors are those of a probe built alone."""
 
-    def __init__(self, lockstep: Lockstep):
+    def __init__(self, lockstep: Lockstep, like: "SharedModels | None" = None):
         self.lockstep = lockstep
-        self._models: dict[str, Any] = {}
+        self._models: dict[str, Any] = {}  # ``like``'s models (already built) join this lockstep
+        if like is not None:
+            self._models = {k: type(v)(v._model, lockstep) for k, v in like._models.items()}
         self._lock = threading.Lock()
 
     def _shared(self, key: str, build):
@@ -115,11 +117,13 @@ class SharedModels:
         return build_stages(config, make=make)
 
 
-def run_together(n: int, work: Callable[[int, SharedModels], Any]) -> tuple[list[Any], Lockstep]:
-    """``work(i, models)`` for i < n, each on its own thread, their shared models' calls batched; returns
-    each one's result (or the exception it raised) and the lockstep (its counts of shared passes)."""
+def run_together(n: int, work: Callable[[int, SharedModels], Any],
+                 like: SharedModels | None = None) -> tuple[list[Any], Lockstep]:
+    """``work(i, models)`` for i < n, each on its own thread, their shared models' calls batched (the models
+    ``like`` built already reused); returns each one's result (or the exception it raised) and the lockstep
+    (its counts of shared passes)."""
     lockstep = Lockstep(n)
-    models = SharedModels(lockstep)
+    models = SharedModels(lockstep, like)
     out: list[Any] = [None] * n
 
     def one(i: int) -> None:
