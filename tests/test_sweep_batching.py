@@ -86,11 +86,12 @@ def test_shared_passes_give_each_caller_its_own_features_bit_for_bit():
 
 @pytest.mark.parametrize("kind", ["cnn-unit", "model-unit"])
 def test_probes_run_together_equal_each_probe_run_alone(kind):
-    """CNN units on one network (their `features` batched), and numpy model units whose distances are
-    measured in a shared `cnn` stage: every phase's responses, codes and the evaluation are identical."""
+    """CNN units measured in their own layer (one network for units and stage, its `features` batched), and
+    numpy model units measured in a shared `cnn` stage: every phase's responses, distances, codes and the
+    evaluation are identical."""
     if kind == "cnn-unit":
         subjects = [cnn_unit(u) for u in ([0], [3], [9], [999])]  # the last one's unit does not exist
-        stages = ["pixel"]
+        stages = [{"name": "cnn", **NETWORK}]  # the units' own layer: one network serves stage and units
     else:
         subjects = [{"name": "complex-cell", "orientation": o, "wavelength": 6.0} for o in (0.0, 60.0, 120.0)]
         stages = [{"name": "cnn", "architecture": "resnet18", "layer": "layer1", "input_size": 32}]

@@ -28,6 +28,12 @@ Axes (each optional): ``networks`` a string (subject.architecture) or a table me
 ``seeds`` integers. A ``label`` key in a table names that value in outputs. Instead of [grid], ``[[probe]]``
 tables list the probes one by one (each merged into [base]; ``label`` names it). A ``cnn`` stage without an
 ``architecture`` measures distances in the subject's own network (its architecture, weights and seed).
+
+``batch_probes = N`` (default 1) runs up to N probes that use the same torch models (DeePSiM generator,
+``cnn`` stages, a ``cnn-unit``'s network, same weights) in one task: each probe runs as it runs alone, but
+their generations go through the shared models in one batch; [resources] is then what each such task needs.
+Results stay each probe's own (on the CPU in fp32 bit for bit those of `snslab insilico`). It is meant for
+GPUs (several probes share one, e.g. num_gpus = 1, batch_probes = 8); on the CPU it does not pay.
 """
 
 from __future__ import annotations
