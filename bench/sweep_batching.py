@@ -4,8 +4,9 @@ network calls batched in shared passes, server/engine/lockstep.py), side by side
 Each probe is a full `snslab insilico` run (maximize for the reference, then an invariance or adversarial
 probe, evaluation with its controls) of a unit of one network with seeded random weights (nothing is
 downloaded). Networks are built before the clock starts, for both ways alike, so the figures compare the
-runs, not model loading (and one untimed probe warms the kernels up first). Reported: generations/s (all phases), images/s through the network, and the ratio
-together / one after another; each figure the median of --repeats runs. The grouped probes' results are
+runs, not model loading (and one untimed probe warms the kernels up first). Reported: generations/s (all
+phases), images/s through the network, and the ratio together / one after another; each figure the median
+of --repeats runs. The grouped probes' results are
 checked to equal the separate ones (responses of every generation, the selected codes).
 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 nice .venv/bin/python bench/sweep_batching.py      # CPU, ~2 min

@@ -282,3 +282,14 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
     finally:
         kill_ray(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, "8"])
+def test_a_bad_batch_probes_is_refused_in_one_line(value):
+    from server.engine.base import ConfigError
+    from server.sweep.spec import expand
+
+    with pytest.raises(ConfigError) as err:
+        expand({"resources": {"batch_probes": value}, "grid": {"seeds": [0]}})
+    assert str(err.value).startswith(f"resources.batch_probes: bad value {value!r} (allowed: a positive integer")
+    assert expand({"resources": {"batch_probes": 8}, "grid": {"seeds": [0]}}).batch_probes == 8

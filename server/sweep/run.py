@@ -82,7 +82,8 @@ def _run_tasks(spec, todo, url, engine, outcome, address, num_cpus, num_gpus, te
             if not address and need > have.get(res, 0):  # a local instance never grows: tasks would wait forever
                 from server.engine.base import ConfigError
 
-                raise ConfigError(f"resources.num_{res.lower()}s", f"each probe needs {need:g} {res}s but the "
+                each = "task" if spec.batch_probes > 1 else "probe"
+                raise ConfigError(f"resources.num_{res.lower()}s", f"each {each} needs {need:g} {res}s but the "
                                   f"local Ray instance has {have.get(res, 0):g}", f"at most {have.get(res, 0):g}")
         opts = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=0)
         task = ray.remote(run_probe_task).options(**opts)

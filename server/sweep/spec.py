@@ -167,7 +167,8 @@ def expand(raw: dict, default_name: str = "sweep") -> SweepSpec:
         raise ConfigError("resources", f"bad value {res!r}", "num_cpus, num_gpus, batch_probes")
     batch_probes = res.get("batch_probes", 1)
     if isinstance(batch_probes, bool) or not isinstance(batch_probes, int) or batch_probes < 1:
-        raise ConfigError("resources.batch_probes", f"bad value {batch_probes!r}", "a positive integer (1: no batching)")
+        raise ConfigError("resources.batch_probes", f"bad value {batch_probes!r}",
+                          "a positive integer (1: no batching)")
     num_cpus, num_gpus = res.get("num_cpus", 1), res.get("num_gpus", 0)
     for f, v in (("resources.num_cpus", num_cpus), ("resources.num_gpus", num_gpus)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
