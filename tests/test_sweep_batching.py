@@ -204,8 +204,9 @@ unit = {UNITS[unit]}
 def rows(engine) -> dict[str, dict]:
     with engine.connect() as conn:
         got = conn.execute(sa.text(
-            "SELECT p.key, p.status, p.attempt, p.error, p.session_ids, p.finished_at, p.labels, p.summary "
-            "FROM sweep_probes p JOIN sweeps s ON s.id = p.sweep_id WHERE s.name = 'batched'")).mappings().all()
+            "SELECT p.key, p.status, p.attempt, p.error, p.session_ids, p.started_at, p.finished_at, p.worker, "
+            "p.labels, p.summary FROM sweep_probes p JOIN sweeps s ON s.id = p.sweep_id "
+            "WHERE s.name = 'batched'")).mappings().all()
     return {r["key"]: dict(r) for r in got}
 
 
@@ -255,6 +256,11 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
         assert all(r["labels"]["unit"] == "bad" and r["error"].startswith("ConfigError: subject.unit: channel 999")
                    for r in failed)
         assert "in all completed 8, failed 4" in out.stdout
+        # grouped: probes of one task ran at the same time in the same worker process (alone they never do)
+        second = sorted((r for r in after.values() if r["attempt"] == 2), key=lambda r: r["started_at"])
+        together = [(a, b) for a in second for b in second if a is not b and a["worker"] == b["worker"]
+                    and a["started_at"] <= b["started_at"] < a["finished_at"]]
+        assert together, [(r["worker"], r["started_at"], r["finished_at"]) for r in second]
         for r in completed:
             assert len(r["session_ids"]) == 2 and 0.0 < r["summary"]["stretch"] <= 1.0
             assert all(repo.session_summary(sid).status == "completed" for sid in r["session_ids"])
