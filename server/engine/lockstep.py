@@ -55,7 +55,7 @@ class Lockstep:
     def call(self, model: Any, many: Callable, one: Callable, rows: np.ndarray):
         """``one(rows)`` as this probe's share of ``many([rows of every waiting probe])``."""
         index = getattr(self._local, "index", None)
-        if index is None:  # not one of the probes (e.g. a helper thread): run alone
+        if index is None or len(rows) == 0:  # not one of the probes (e.g. a helper thread), or nothing to share
             return one(rows)
         c = _Call(index, model, many, one, rows)
         with self._cv:
