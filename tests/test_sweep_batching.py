@@ -299,3 +299,40 @@ def test_a_bad_batch_probes_is_refused_in_one_line(value):
         expand({"resources": {"batch_probes": value}, "grid": {"seeds": [0]}})
     assert str(err.value).startswith(f"resources.batch_probes: bad value {value!r} (allowed: a positive integer")
     assert expand({"resources": {"batch_probes": 8}, "grid": {"seeds": [0]}}).batch_probes == 8
+
+
+def test_a_failing_call_fails_only_its_probe_and_the_others_go_on_without_it():
+    """A shared pass that raises is retried call by call: the error reaches the probe that caused it; that
+    probe leaves and the next meeting batches the others alone."""
+    import threading
+
+    from server.engine.lockstep import Lockstep, SharedStage
+    from server.engine.stages import make_stage
+
+    stage = make_stage("cnn", **NETWORK, device="cpu")
+    lockstep = Lockstep(3)
+    shared = SharedStage(stage, lockstep)
+    rng = np.random.default_rng(1)
+    inputs = [rng.random((5, 16, 16, 3), dtype=np.float32), rng.random((5, 16, 16, 4), dtype=np.float32),
+              rng.random((7, 16, 16, 3), dtype=np.float32)]
+    out: list = [None] * 3
+
+    def probe(i):
+        with lockstep.participant(i):
+            try:
+                out[i] = [shared.features(inputs[i]), shared.features(inputs[i][::-1])]  # two meetings
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+
+    threads = [threading.Thread(target=probe, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    with pytest.raises(Exception) as alone:
+        stage.features(inputs[1])
+    assert type(out[1]) is type(alone.value) and str(out[1]) == str(alone.value)
+    for i in (0, 2):
+        assert np.array_equal(out[i][0], stage.features(inputs[i]))
+        assert np.array_equal(out[i][1], stage.features(inputs[i][::-1]))
+    assert (lockstep.passes, lockstep.calls) == (3 + 1, 3 + 2)  # retried one by one; then one shared pass
