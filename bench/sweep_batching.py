@@ -145,7 +145,10 @@ def main(argv=None) -> int:
           f"{args.architecture} {args.layer} at {args.input_size} px; {args.population} images per generation, "
           f"{args.generations} generations per phase")
     print(f"{'N':>3} {'way':<20} {'seconds':>8} {'generations/s':>14} {'images/s':>9} {'passes':>7} {'exact':>6}")
-    np.seterr(divide="ignore", invalid="ignore")  # (a unit silent on its reference: retention NaN, no matter here)
+    import warnings
+
+    # a unit silent on its reference has a NaN retention: no matter here (numpy's own switch is per thread)
+    warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
     ratios = []
     run_separately(configs(args, 1))  # untimed warm-up: the first passes of each shape set up their kernels
     for n in args.probes:
