@@ -5,8 +5,9 @@ Each probe is a full `snslab insilico` run (maximize for the reference, then an 
 probe, evaluation with its controls) of a unit of one network with seeded random weights (nothing is
 downloaded). Networks are built before the clock starts, for both ways alike, so the figures compare the
 runs, not model loading (and one untimed probe warms the kernels up first). Reported: generations/s (all
-phases), images/s through the network, and the ratio together / one after another; each figure the median
-of --repeats runs. The grouped probes' results are
+phases), images/s through the network, the share of the time spent in the network's passes (the rest is
+each probe's own work: optimizer, scoring, controls), and the ratio together / one after another; each
+figure the median of --repeats runs (the share from the first). No database: see docs/benchmarks.md. The grouped probes' results are
 checked to equal the separate ones (responses of every generation, the selected codes).
 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 nice .venv/bin/python bench/sweep_batching.py      # CPU, ~2 min
@@ -61,13 +62,17 @@ class Counted:
 
     def __init__(self):
         self.rows = 0
+        self.seconds = 0.0  # in the network's passes
 
     def wrap(self, stage):
         real = stage._pass
 
         def counted(x):
+            t0 = time.perf_counter()
             self.rows += len(x)
-            return real(x)
+            y = real(x)
+            self.seconds += time.perf_counter() - t0
+            return y
 
         stage._pass = counted
 
@@ -107,7 +112,7 @@ def run_separately(cfgs):
     models.build_subject(cfgs[0], None)  # the network, before the clock
     t0 = time.perf_counter()
     results = [run_probe(c, models=models) for c in cfgs]
-    return time.perf_counter() - t0, counter.rows, results
+    return time.perf_counter() - t0, counter, results
 
 
 def run_grouped(cfgs):
@@ -124,7 +129,7 @@ def run_grouped(cfgs):
     for r in results:
         if isinstance(r, Exception):
             raise r
-    return elapsed, counter.rows, results, lockstep
+    return elapsed, counter, results, lockstep
 
 
 def generations(results) -> int:
@@ -144,7 +149,8 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}; CPU threads {torch.get_num_threads()}; device {args.device}; "
           f"{args.architecture} {args.layer} at {args.input_size} px; {args.population} images per generation, "
           f"{args.generations} generations per phase")
-    print(f"{'N':>3} {'way':<20} {'seconds':>8} {'generations/s':>14} {'images/s':>9} {'passes':>7} {'exact':>6}")
+    print(f"{'N':>3} {'way':<20} {'seconds':>8} {'generations/s':>14} {'images/s':>9} {'in network':>10} "
+          f"{'passes':>7} {'exact':>6}")
     import warnings
 
     # a unit silent on its reference has a NaN retention: no matter here (numpy's own switch is per thread)
@@ -159,14 +165,15 @@ def main(argv=None) -> int:
             grp.append(run_grouped(cfgs))
         t_sep = statistics.median(s[0] for s in sep)
         t_grp = statistics.median(g[0] for g in grp)
-        rows_sep, rows_grp = sep[0][1], grp[0][1]
+        rows_sep, rows_grp = sep[0][1].rows, grp[0][1].rows
+        share_sep, share_grp = sep[0][1].seconds / sep[0][0], grp[0][1].seconds / grp[0][0]
         gens = generations(sep[0][2])
         exact = same(sep[0][2], grp[0][2])
         lockstep = grp[0][3]
         print(f"{n:>3} {'one after another':<20} {t_sep:>8.2f} {gens / t_sep:>14.2f} {rows_sep / t_sep:>9.1f} "
-              f"{'':>7} {'':>6}")
+              f"{share_sep:>10.0%} {'':>7} {'':>6}")
         print(f"{n:>3} {'together (batched)':<20} {t_grp:>8.2f} {gens / t_grp:>14.2f} {rows_grp / t_grp:>9.1f} "
-              f"{lockstep.passes:>7} {'yes' if exact else 'NO':>6}")
+              f"{share_grp:>10.0%} {lockstep.passes:>7} {'yes' if exact else 'NO':>6}")
         ratios.append((n, t_sep / t_grp))
     print("\ngenerations/s together vs one after another, same run: "
           + ", ".join(f"N={n} x{r:.2f}" for n, r in ratios))
