@@ -33,7 +33,9 @@ tables list the probes one by one (each merged into [base]; ``label`` names it).
 ``cnn`` stages, a ``cnn-unit``'s network, same weights) in one task: each probe runs as it runs alone, but
 their generations go through the shared models in one batch; [resources] is then what each such task needs.
 Results stay each probe's own (on the CPU in fp32 bit for bit those of `snslab insilico`). It is meant for
-GPUs (several probes share one, e.g. num_gpus = 1, batch_probes = 8); on the CPU it does not pay.
+GPUs (several probes share one, e.g. num_gpus = 1, batch_probes = 8) where the network dominates a probe's
+time: a group's probes share one process, so their own CPU work (optimizer, scoring, database writes) runs
+one at a time. On the CPU it does not pay.
 """
 
 from __future__ import annotations
