@@ -25,10 +25,12 @@ def test_capture_keeps_the_margin_half_open_and_waits_for_the_watermark():
     cap.add_onset("p1", onset)
     assert cap.ready(onset + 0.49) == []
     (tr,) = cap.ready(onset + 0.5)
-    assert tr.times_ns["a"].tolist() == [-200_000_000, 49_999_900, 499_900_000]
+    # whole microseconds: floor((t - onset) * 1e6 + 1e-3), 49.9999 ms -> 49,999 us
+    assert tr.times_ns["a"].tolist() == [-200_000_000, 49_999_000, 499_900_000]
     assert tr.times_ns["b"].tolist() == [100_000_000]
     n, dtype, blob = tr.encode(["a", "b"])
-    assert (n, dtype, len(blob)) == ([3, 1], "<i4", 16)
+    # steps from -200 ms: 0 fits in 16 bits, 249,999 / 449,901 / 300,000 us escape to int32
+    assert (n, dtype, len(blob)) == ([3, 1], "dus16", 4 * 2 + 3 * 4)
     assert cap.ready(onset + 10) == []  # emitted once
 
 

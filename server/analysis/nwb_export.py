@@ -209,7 +209,8 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
             per_unit[u].append(onset - t0 + d * 1e-9)
     obs = _union(spans)
     resolutions = [t.clock.get("sample_rate") for t in trains.values() if t.clock.get("sample_rate")]
-    resolution = 1.0 / float(resolutions[0]) if resolutions else 1e-9
+    stored_ns = max((t.resolution_ns for t in trains.values()), default=1)  # 1000: microsecond steps
+    resolution = 1.0 / float(resolutions[0]) if resolutions else stored_ns * 1e-9
     times = [_dedupe(np.concatenate(per_unit[u])) if per_unit[u] else np.zeros(0) for u in range(len(data.unit_keys))]
     n_spikes = int(sum(len(t) for t in times))
     specs = [h.units[u] if u < len(h.units) else None for u in range(len(data.unit_keys))]

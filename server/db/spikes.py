@@ -5,8 +5,10 @@
     trains = load_spike_trains(engine, session_id)      # {presentation id: StoredTrain}
     trains[pid].unit_times_ns(0)                        # int64 ns after onset of the unit at position 0
 
-Spike times are integer ns after the presentation's rig onset, packed unit after unit in the session's
-unit order (see analysis_models.SpikeTrain). A re-sent batch is a duplicate (ON CONFLICT DO NOTHING);
+Spike times are packed unit after unit in the session's unit order (see analysis_models.SpikeTrain): as
+the bridge sends them, either whole microseconds after the presentation's rig onset in 16-bit steps
+(``time_bytes`` 2, snslab_common.spike_codec; what bridges send since migration 0004) or int32/int64 ns
+(``time_bytes`` 4/8). Readers get int64 ns either way. A re-sent batch is a duplicate (ON CONFLICT DO NOTHING);
 stored rows are never updated.
 """
 
@@ -25,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
 from server.db.analysis_models import Recording, SpikeTrain
+from snslab_common import spike_codec
 from server.db.bulk import ensure_temp_table
 from server.db.models import Presentation
 
@@ -56,6 +59,7 @@ class StoredTrain:
     n: np.ndarray
     times_ns: np.ndarray  # all units, packed, int64
     clock: dict[str, Any]
+    resolution_ns: int = 1  # 1000 for rows stored as microsecond steps
 
     def unit_times_ns(self, position: int) -> np.ndarray:
         edges = np.concatenate([[0], np.cumsum(self.n)])
@@ -66,15 +70,28 @@ class StoredTrain:
         return [self.times_ns[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
-def pack_times(per_unit: Sequence[np.ndarray], window_ms: tuple[float, float]) -> tuple[list[int], int, bytes]:
-    """(n per unit, bytes per time, packed little-endian) for int ns arrays; int32 while the span fits."""
+STEPS = 2  # time_bytes of a spike_codec blob
+
+
+def pack_times(per_unit: Sequence[np.ndarray], window_ms: tuple[float, float],
+               steps: bool = True) -> tuple[list[int], int, bytes]:
+    """(n per unit, time_bytes, blob) for int ns arrays: microsecond steps when every time is on a whole
+    microsecond (and ``steps``), else little-endian int32 ns while the span fits, else int64 ns."""
+    per_unit = [np.asarray(a, dtype=np.int64) for a in per_unit]
+    if steps:
+        us = [a // 1000 for a in per_unit]
+        if all(np.array_equal(a, b * 1000) for a, b in zip(per_unit, us)) and spike_codec.fits(us):
+            return [len(a) for a in per_unit], STEPS, spike_codec.encode_us(us, spike_codec.base_us(window_ms[0]))
     fits = max(abs(window_ms[0]), abs(window_ms[1])) * 1e6 < 2**31 - 1
     dtype = "<i4" if fits else "<i8"
     flat = np.concatenate([np.asarray(a, dtype=np.int64) for a in per_unit]) if len(per_unit) else np.empty(0)
     return [len(a) for a in per_unit], 4 if fits else 8, flat.astype(dtype).tobytes()
 
 
-def unpack_times(n: Sequence[int], time_bytes: int, times: bytes) -> np.ndarray:
+def unpack_times(n: Sequence[int], time_bytes: int, times: bytes, start_ms: float = 0.0) -> np.ndarray:
+    """All units' times as int64 ns (``start_ms``: the row's window start, the codec's reference)."""
+    if time_bytes == STEPS:
+        return spike_codec.decode_flat(n, times, spike_codec.base_us(start_ms)) * 1000
     flat = np.frombuffer(times, dtype="<i4" if time_bytes == 4 else "<i8").astype(np.int64)
     if len(flat) != int(np.sum(n)):
         raise ValueError(f"spike times: {len(flat)} values but the per-unit numbers add up to {int(np.sum(n))}")
@@ -184,7 +201,8 @@ def load_spike_trains(engine: Engine, session_id: uuid.UUID) -> dict[int, Stored
             n = np.asarray(r.n, dtype=np.int64)
             out[int(r.presentation_id)] = StoredTrain(
                 int(r.presentation_id), float(r.onset_rig_s), float(r.start_ms), float(r.end_ms), n,
-                unpack_times(n, r.time_bytes, bytes(r.times)), dict(r.clock),
+                unpack_times(n, r.time_bytes, bytes(r.times), float(r.start_ms)), dict(r.clock),
+                1000 if r.time_bytes == STEPS else 1,
             )
     return out
 
