@@ -14,8 +14,10 @@ Uses DATABASE_URL if set, otherwise starts an embedded PostgreSQL with its defau
 4. the time to load the full history of a session of --history presentations (replay/export), and the
    dashboard's per-generation statistics and front history on it;
 5. raw spike times (issue 14): presentations/s storing each presentation's counts *and* its spike times
-   in [-200, 500) ms around onset (server.db.spikes: int32 ns, one bytea per presentation, binary COPY),
-   at --units units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation);
+   in [-200, 500) ms around onset (server.db.spikes: one bytea per presentation, binary COPY), at --units
+   units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation), side by side on the same
+   spike times (whole microseconds, as the bridge captures them): as the bridge sends them now
+   (microsecond 16-bit steps, snslab_common.spike_codec) and in the previous form (int32 ns);
 6. exporting a --history-presentation session with spike times at 60 Hz per unit: `snslab export --nwb`
    (server.analysis.nwb_export) and `--csv`.
 Target: >= 5,000 presentations/s with 96 units on the batched path, with spike times too.
@@ -194,14 +196,15 @@ def fill_session(
     return sid, n_generations * per_gen / (time.perf_counter() - t0)
 
 
-SPAN_NS = (-200_000_000, 500_000_000)
+SPAN_US = (-200_000, 500_000)
 
 
 def spike_trains(n: int, n_units: int, rate_hz: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Poisson spike times (int ns after onset, sorted) per presentation and unit in [-200, 500) ms."""
-    span = (SPAN_NS[1] - SPAN_NS[0]) / 1e9
+    """Poisson spike times (int ns after onset on whole microseconds, as the bridge captures them, sorted)
+    per presentation and unit in [-200, 500) ms."""
+    span = (SPAN_US[1] - SPAN_US[0]) / 1e6
     k = rng.poisson(rate_hz * span, (n, n_units))
-    flat = np.sort(rng.integers(SPAN_NS[0], SPAN_NS[1], k.sum()))  # sorted within each split below
+    flat = 1000 * np.sort(rng.integers(SPAN_US[0], SPAN_US[1], k.sum()))  # sorted within each split below
     out, at = [], 0
     for row in k:
         cuts = np.cumsum(row)
@@ -211,12 +214,23 @@ def spike_trains(n: int, n_units: int, rate_hz: float, rng: np.random.Generator)
     return out
 
 
-def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz: float) -> tuple[float, float]:
-    """Presentations/s storing counts + spike trains (packing included), and bytes of spike times per
-    presentation. Presentations are created and spike times drawn beforehand (not timed)."""
+def spike_data(n_units: int, total: int, rate_hz: float) -> dict:
+    """Spike times and counts of ``total`` presentations (drawn once, not timed): the same data for every
+    storage form compared."""
+    trains = spike_trains(total, n_units, rate_hz, np.random.default_rng(4))
+    counts = [[int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000))) for t in tr] for tr in trains]
+    return {"n_units": n_units, "trains": trains, "counts": counts}
+
+
+def bench_spikes(repo: Repository, data: dict, batch: int, steps: bool) -> tuple[float, float]:
+    """Presentations/s storing ``data``'s counts + spike trains for the presentations of a new session, and
+    bytes of spike times per presentation. Presentations are created beforehand, and the bridge's work
+    (counting, packing the spike times it sends: ``steps`` picks the form) is done beforehand: only the
+    server's is timed."""
     from server.db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
 
-    sid = make_session(repo, n_units)
+    total = len(data["trains"])
+    sid = make_session(repo, data["n_units"])
     rng = np.random.default_rng(4)
     ids: list[int] = []
     g = 0
@@ -224,13 +238,10 @@ def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz
         ids += repo.begin_generation(sid, g, proposals(g, 1000, rng, False), b"s")
         repo.complete_generation(sid, g, [], b"s")
         g += 1
-    ids = ids[:total]
-    trains = spike_trains(total, n_units, rate_hz, rng)
     clock = {"kind": "offset", "offset_s": 12.5, "drift": 0.0, "rig_clock": "bench"}
-    # the bridge's work (counting, packing the spike times it sends) is done beforehand: only the server's is timed
-    responses = [ResponseRecord(ids[j], [int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000)))
-                                         for t in trains[j]], 50.0, 200.0) for j in range(total)]
-    packed = [pack_times(tr, (-200.0, 500.0)) for tr in trains]
+    responses = [ResponseRecord(ids[j], data["counts"][j], 50.0, 200.0) for j in range(total)]
+    packed = [pack_times(tr, (-200.0, 500.0), steps=steps) for tr in data["trains"]]
+    assert {tb for _, tb, _ in packed} == ({2} if steps else {4})
     nbytes = sum(len(b) for _, _, b in packed)
     t0 = time.perf_counter()
     for i in range(0, total, batch):
@@ -240,7 +251,12 @@ def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz
         res = repo.record_responses(sid, responses[i:i + batch])
         stored, unknown = store_spike_trains(repo.engine, sid, records)
         assert res.inserted == len(part) and stored == len(part) and not unknown, (res, stored, unknown)
-    return total / (time.perf_counter() - t0), nbytes / total
+    rate = total / (time.perf_counter() - t0)
+    from server.db.spikes import load_spike_trains
+
+    back = load_spike_trains(repo.engine, sid)  # read back (not timed): every time as drawn
+    assert all(np.array_equal(back[ids[j]].times_ns, np.concatenate(data["trains"][j])) for j in range(total))
+    return rate, nbytes / total
 
 
 def bench_export(repo: Repository, n_units: int, n: int, rng: np.random.Generator, out_dir: Path) -> dict:
@@ -366,19 +382,33 @@ def bench_spike_parts(repo: Repository, args, counts_only: float | None = None) 
     n = args.spike_presentations
     if counts_only is None:  # the side-by-side reference: counts alone, same batch, same run
         counts_only = bench_responses(repo, args.units, n, 500)
-        print(f"\n   counts alone, batch 500: {counts_only:,.0f} presentations/s")
-    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s:")
+        print(f"\n   counts alone, batch 500: {counts_only:,.0f} presentations/s"
+              f" (load average {', '.join(f'{x:.1f}' for x in os.getloadavg())})")
+    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s;"
+          "\n   old = int32 ns per spike (before migration 0004), new = microsecond 16-bit steps (now);"
+          "\n   batch 500 runs old, new, new, old (the mean of each is shown), batch 50 old, new:")
     worst = None
     for rate in rates:
+        data = spike_data(args.units, n, rate)
         for batch in (500, 50):
-            r, nbytes = bench_spikes(repo, args.units, n, batch, rate)
+            order = (False, True, True, False) if batch == 500 else (False, True)
+            got: dict[bool, list[float]] = {False: [], True: []}
+            size = {}
+            for steps in order:
+                r, size[steps] = bench_spikes(repo, data, batch, steps)
+                got[steps].append(r)
+            old, new = statistics.mean(got[False]), statistics.mean(got[True])
             if batch == 500:
-                worst = r if worst is None else min(worst, r)
-            ratio = f"  ({r / counts_only:.2f}x counts alone)" if counts_only and batch == 500 else ""
-            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: {r:>8,.0f} /s   "
-                  f"{nbytes / 1024:6.1f} KiB of spike times per presentation{ratio}")
+                worst = new if worst is None else min(worst, new)
+            ratio = f"; new = {new / counts_only:.2f}x counts alone" if counts_only else ""
+            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: old {old:>7,.0f} /s ({size[False] / 1024:4.1f} KiB)"
+                  f"  new {new:>7,.0f} /s ({size[True] / 1024:4.1f} KiB)  new/old {new / old:.2f}x{ratio}")
+            if batch == 500:
+                print(f"        runs: old {', '.join(f'{x:,.0f}' for x in got[False])}; "
+                      f"new {', '.join(f'{x:,.0f}' for x in got[True])}; load average {os.getloadavg()[0]:.1f}")
     verdict = "meets" if worst >= TARGET else "MISSES"
-    print(f"   slowest batched rate: {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target ({verdict} it)")
+    print(f"   slowest batched rate (new): {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target "
+          f"({verdict} it)")
 
     print(f"\n6. export of a {args.history}-presentation session ({args.units} units, spikes at 60 Hz/unit):")
     out = Path(tempfile.mkdtemp(prefix="snslab-bench-export-"))

@@ -56,6 +56,8 @@ def test_live_session_stores_spike_times_whose_window_counts_are_the_stored_coun
             "SELECT r.presentation_id, r.counts, r.window_start_ms, r.window_end_ms, r.baseline_counts,"
             " r.baseline_start_ms, r.baseline_end_ms, p.rig_onset FROM responses r"
             " JOIN presentations p ON p.id = r.presentation_id WHERE p.session_id = :s"), {"s": sid}).all()
+        stored_as = c.execute(text("SELECT DISTINCT time_bytes FROM spike_trains")).scalars().all()
+    assert stored_as == [2]  # the bridge sends whole microseconds as 16-bit steps (spike_codec)
     assert len(rows) >= 3 * 8 and set(trains) == {r.presentation_id for r in rows}
     total = 0
     for r in rows:
