@@ -66,7 +66,8 @@ def test_capture_in_microseconds_counts_what_the_window_counter_counts():
     rng = np.random.default_rng(3)
     onsets = 100.0 + np.cumsum(rng.uniform(0.2, 0.3, 40)) + rng.uniform(0, 1e-4, 40)
     samples = np.unique(rng.integers(int(99 * 30000), int(112 * 30000), 3000)) / 30000.0
-    edges = np.concatenate([onsets + e + d for e in (-0.2, -0.05, 0.0, 0.05, 0.2) for d in (-2e-9, -1e-9, 0, 1e-9, 4e-7)])
+    edges = np.concatenate([onsets + e + d for e in (-0.2, -0.05, 0.0, 0.05, 0.2)
+                            for d in (-2e-9, -1e-9, 0, 1e-9, 4e-7)])
     spikes = np.sort(np.concatenate([samples, edges]))
     wc = WindowCounter(response=(0.050, 0.200), baseline=(-0.050, 0.0), units=["u"], session_id="s")
     cap = SpikeCapture(units=["u"], margin=(-0.2, 0.5))
