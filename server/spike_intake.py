@@ -122,7 +122,7 @@ class SpikeIntake:
             if not identity:
                 blob, n = to_session_order(blob, it.dtype, n, order, it.window_ms[0])
             time_bytes = STEPS if it.dtype == spike_codec.CODEC else np.dtype(it.dtype).itemsize
-            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n.tolist(),
+            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n,
                                             time_bytes, blob, dict(batch.clock)))
         inserted, unknown = store_spike_trains(loop.repo.engine, session_id, records)
         self.stored += inserted
