@@ -146,3 +146,14 @@ def test_rows_stored_before_0004_still_read_and_new_rows_need_it(empty_db_url):
         assert current_revision(engine) == "0003_issue14" and len(load_spike_trains(engine, sid)) == 2
     finally:
         engine.dispose()
+
+
+def test_steps_are_rearranged_into_the_session_unit_order():
+    from server.spike_intake import to_session_order
+
+    per_unit = [np.array([5, 70_000, 70_001]), np.array([], np.int64), np.array([-7, 1, 9])]
+    blob = sc.encode_us(per_unit, sc.base_us(-200.0))
+    positions = [2, 0, 1]  # batch unit k goes to session position positions[k]
+    out, n = to_session_order(blob, "dus16", [3, 0, 3], np.argsort(positions), -200.0)
+    assert n.tolist() == [0, 3, 3]
+    assert [a.tolist() for a in sc.decode_us(n, out, -200_000)] == [[], [-7, 1, 9], [5, 70_000, 70_001]]
