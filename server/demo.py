@@ -217,6 +217,8 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
         out(f"maximize session {sid_max}: finding the neuron's most exciting image ({max_generations} generations)")
         _run(service, sid_max, out)
         _report_invalid(service, sid_max, out)
+        for event in service.repo.events(sid_max, kind="reference_check")[-1:]:  # server.reference_phase
+            out(event["message"])
         sid_inv = service.create(SessionCreate(
             probe=probe_config("invariance", generations, population, seed),
             reference={"source": "maximize-session", "session_id": str(sid_max)}, **common,

@@ -133,7 +133,8 @@ class RigProcesses:
             "operator": "rig-test", "subject_id": "virtual", "rig": "virtual-rig", "units": UNITS,
             "target_units": UNITS[:1], "on_ms": 100, "off_ms": 100,
             "probe": {"mode": "maximize", "seed": seed, "population": population, "generations": generations,
-                      "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1}},
+                      "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1},
+                      "reference": {"check_repeats": 0}},  # (the reference check: test_live_reference_check)
         }
         sid = self.api("POST", "/sessions", json=body)["id"]
         self.api("POST", f"/sessions/{sid}/start")

@@ -185,6 +185,14 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     show = rig.session("show", sid)
     assert show.returncode == 0, show.stderr
     assert " failed " in show.stdout and f"reference check: {msg}" in show.stdout
+    import httpx  # the dashboard's view and plots take the check's generation (no candidates) in their stride
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    view = httpx.get(f"{rig.url}/api/sessions/{sid}/view", headers=auth, timeout=30)
+    assert view.status_code == 200 and view.json()["detail"]["status"] == "failed", view.text[:300]
+    assert [t["kind"] for t in view.json()["images"]["tiles"]][:2] == ["reference-check", "blank"]
+    gens = httpx.get(f"{rig.url}/api/sessions/{sid}/generations", headers=auth, timeout=30).json()
+    assert [g["index"] for g in gens] == [0, 1, 2, 3] and gens[3]["candidates"] == 0 and gens[3]["mean_response"] is None
     # a probe that names it as its reference is refused in one line with the message
     probe = {"mode": "invariance", "seed": 4, "population": 4, "generations": 2, "generator": GEN,
              "stages": ["pixel"]}
