@@ -415,7 +415,10 @@ def run(args) -> int:
     from .rig_outputs import LslOut, OpenEphysOut
 
     if args.lsl:
-        outputs.append(LslOut(args.lsl, rig.names, args.client_id, rig.fs))
+        from .provenance import model_neuron_identity
+
+        outputs.append(LslOut(args.lsl, rig.names, args.client_id, rig.fs,
+                              model_neuron_identity(args.subject, dict(args.subject_param))))
     if args.openephys:
         outputs.append(OpenEphysOut(args.openephys, rig.n_units, rig.fs))
     if not outputs:

@@ -28,6 +28,7 @@ from .engine.reference_check import ReferenceCheck, judge_reference
 REFERENCE_CHECK, BLANK = "reference-check", "blank"
 CHECK_KINDS = (REFERENCE_CHECK, BLANK)
 EVENT_KIND = "reference_check"
+SOURCE = "maximize-session"  # for ReferenceCheck.message: what to change in a live maximize session
 
 
 @dataclass(frozen=True)

@@ -223,12 +223,12 @@ class SessionService:
     def best_code(self, session_id: uuid.UUID):
         """The code of the highest mean response among the scored candidates of a (maximize) session: the
         image its reference check re-measured, when it ran one; refused when that check failed."""
-        from .reference_phase import best_stored_code, stored_check
+        from .reference_phase import SOURCE, best_stored_code, stored_check
 
         check = stored_check(self.repo, session_id)
         if check is not None:
             if not check.result.passed:
-                raise ServiceError(f"reference.session_id: session {session_id} failed its {check.result.message()}")
+                raise ServiceError(f"reference.session_id: session {session_id} failed its {check.result.message(SOURCE)}")
             return check.code
         code = best_stored_code(self.repo.load_history(session_id))
         if code is None:
@@ -294,11 +294,11 @@ class SessionService:
     def _done(self, loop) -> None:
         check = getattr(loop.runner, "check", None)
         if check is not None:
-            from .reference_phase import EVENT_KIND
+            from .reference_phase import EVENT_KIND, SOURCE
 
             if not check.passed:  # a maximize that did not leave baseline: nothing to probe
                 self.repo.set_session_status(loop.session_id, "failed")
-                self.repo.log_event(loop.session_id, EVENT_KIND, check.message(), check.as_dict(), "error")
+                self.repo.log_event(loop.session_id, EVENT_KIND, check.message(SOURCE), check.as_dict(), "error")
                 return
             self.repo.log_event(loop.session_id, EVENT_KIND, (
                 f"reference: re-measured rate {check.reference_rate_hz:.1f} +- {check.reference_se_hz:.1f} Hz over "

@@ -179,7 +179,8 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     assert len(errors) == 1 and errors[0].level == "error"
     msg = errors[0].message
     assert msg.startswith("reference: re-measured rate") and "not clearly above the blank screen" in msg
-    assert "[maximize.optimizer]" in msg and errors[0].data["passed"] is False
+    assert "maximize session did not leave baseline" in msg and "[optimizer] sigma0" in msg
+    assert errors[0].data["passed"] is False
     assert errors[0].data["presentations"] == REPEATS
     # the operator sees it
     show = rig.session("show", sid)
