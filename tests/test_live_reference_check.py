@@ -15,9 +15,7 @@ After a live maximize session's last generation its best image and a blank scree
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +26,8 @@ import pytest
 import sqlalchemy as sa
 
 from api_fixtures import api_db_url, url_text  # noqa: F401  (fixture)
-from server_process import ROOT, clean_env, free_port
+from live_rig import Rig
+from server_process import ROOT
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = pytest.mark.slow
@@ -49,78 +48,12 @@ def _maximize(sigma0: float, generations: int) -> dict:
             "optimizer": {"name": "sepcma", "sigma0": sigma0}, "reference": {"check_repeats": REPEATS}}
 
 
-class Rig:
-    """Server, simulated bridge and scripted display as processes; the server can be killed and restarted."""
-
-    def __init__(self, db_url: str, tmp):
-        self.tmp, self.http, self.wire = tmp, free_port(), f"tcp://127.0.0.1:{free_port()}"
-        self.url = f"http://127.0.0.1:{self.http}"
-        self.env = clean_env(DATABASE_URL=db_url, SNSLAB_DATA_DIR=str(tmp / "data"), SNSLAB_OPERATOR_TOKEN=TOKEN,
-                             PYTHONUNBUFFERED="1")
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.n = 0
-
-    def _start(self, name: str, args: list[str]) -> None:
-        self.n += 1
-        log = open(self.tmp / f"{name}{self.n}.log", "wb")
-        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    def start_server(self) -> None:
-        self._start("server", [sys.executable, "-m", "server.cli", "server", "--port", str(self.http), "--wire",
-                               self.wire, "--stall-s", "3"])
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("snslab server did not start: " + self.logs())
-
-    def start(self) -> "Rig":
-        self.start_server()
-        self._start("bridge", [sys.executable, "-m", "server.cli", "bridge", "--server", self.wire, "--client-id",
-                               "bridge-1", "--adapter", "sim", "--session-seed", "4", "--mode", "maximize",
-                               "--subject-param", "image_size=16", "--subject-param",
-                               "wavelength=6.0", "--response-window", f"{WINDOW[0]:g},{WINDOW[1]:g}",
-                               "--baseline-window=-20,0"])
-        self._start("display", [sys.executable, str(ROOT / "tests" / "scripted_display.py"), self.wire, "display-1"])
-        return self
-
-    def kill_server(self) -> None:
-        p = self.procs["server"]
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
-
-    def session(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "server.cli", "session", *args, "--server", self.url],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
-
-    def create(self, spec: dict, name: str) -> subprocess.CompletedProcess:
-        path = self.tmp / f"{name}.json"
-        path.write_text(json.dumps(spec))
-        return self.session("create", str(path), "--start", "--json")
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(self.tmp.glob("*.log")))
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(15)
-
-
 @pytest.fixture
 def rig(api_db_url, tmp_path):
-    r = Rig(url_text(api_db_url), tmp_path).start()
+    r = Rig(url_text(api_db_url), tmp_path, TOKEN, [
+        "--adapter", "sim", "--session-seed", "4", "--mode", "maximize", "--subject-param", "image_size=16",
+        "--subject-param", "wavelength=6.0", "--response-window", f"{WINDOW[0]:g},{WINDOW[1]:g}",
+        "--baseline-window=-20,0"]).start()
     yield r
     r.stop()
 
