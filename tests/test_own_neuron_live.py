@@ -22,7 +22,7 @@ from live_rig import Rig
 from twins import sim_twin, stored_slots
 
 pytest_plugins = ["db_fixtures"]
-pytestmark = pytest.mark.slow
+
 
 TOKEN = "own-neuron-token"
 FACTORY = "examples.my_neuron:make"
@@ -44,6 +44,7 @@ def _no_objects(identity: dict) -> None:
     assert not any(isinstance(v, str) and ("<" in v or " object at " in v) for v in identity.values()), identity
 
 
+@pytest.mark.slow
 def test_the_simulated_bridge_runs_a_users_own_neuron(api_db_url, tmp_path):
     from server.db import connect
     from server.settings import Settings
@@ -94,6 +95,7 @@ def test_the_simulated_bridge_runs_a_users_own_neuron(api_db_url, tmp_path):
     uuid.UUID(sid)
 
 
+@pytest.mark.slow
 @requires_display_stack
 def test_the_virtual_rig_runs_a_users_own_neuron(api_db_url, display_env, tmp_path):  # noqa: F811
     from rig_fixtures import UNITS, RigProcesses, wait_until
@@ -123,3 +125,18 @@ def test_the_virtual_rig_runs_a_users_own_neuron(api_db_url, display_env, tmp_pa
     assert identity["spikes.subject"] == "python" and identity["spikes.subject.factory"] == FACTORY
     assert identity["spikes.subject.image_size"] == "16"  # (LSL stream descriptions are text)
     _no_objects(identity)
+
+
+@pytest.mark.parametrize("command", [["bridge", "--adapter", "sim"], ["virtual-rig", "--lsl", "spikes-x"]])
+def test_a_bad_factory_is_refused_in_one_line(command):
+    import subprocess
+    import sys
+
+    from server_process import ROOT, clean_env
+
+    proc = subprocess.run([sys.executable, "-m", "server.cli", *command, "--server", "tcp://127.0.0.1:9",
+                           "--subject", "python", "--subject-param", "factory=examples.no_such_neuron:make"],
+                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 2 and "Traceback" not in out and len(out.splitlines()) == 1, out
+    assert out.startswith("error: subject.factory: cannot import 'examples.no_such_neuron'")
