@@ -160,6 +160,8 @@ class CheckSteps:
                 [StoredProposal(image=png[k], kind=k, order_in_batch=i, code=code if k == REFERENCE_CHECK else None)
                  for i, k in enumerate(kinds)],
                 optimizer_state=self._state())
+            self.repo.log_event(self.session_id, EVENT_KIND, f"reference check: showing the best image and a blank "
+                                f"screen {self.reference_check.repeats} times each", {"generation": g})
         else:
             ids = list(range(self._next_local_id, self._next_local_id + len(kinds)))
             self._next_local_id += len(kinds)

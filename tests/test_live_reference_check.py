@@ -108,7 +108,8 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     assert [r.kind for r in active] == ["reference-check", "blank"] * REPEATS
     assert all(r.counts is not None for r in active)
     # the same message as in silico, as an error event
-    errors = [e for e in _events(engine, sid) if e.kind == "reference_check"]
+    begun, *errors = [e for e in _events(engine, sid) if e.kind == "reference_check"]
+    assert begun.message == f"reference check: showing the best image and a blank screen {REPEATS} times each"
     assert len(errors) == 1 and errors[0].level == "error"
     msg = errors[0].message
     assert msg.startswith("reference: re-measured rate") and "not clearly above the blank screen" in msg
@@ -124,6 +125,7 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     auth = {"Authorization": f"Bearer {TOKEN}"}
     view = httpx.get(f"{rig.url}/api/sessions/{sid}/view", headers=auth, timeout=30)
     assert view.status_code == 200 and view.json()["detail"]["status"] == "failed", view.text[:300]
+    assert view.json()["detail"]["generations_done"] == 3 == view.json()["detail"]["generations_budget"]
     assert [t["kind"] for t in view.json()["images"]["tiles"]][:2] == ["reference-check", "blank"]
     gens = httpx.get(f"{rig.url}/api/sessions/{sid}/generations", headers=auth, timeout=30).json()
     assert [g["index"] for g in gens] == [0, 1, 2, 3] and gens[3]["candidates"] == 0 and gens[3]["mean_response"] is None
@@ -161,8 +163,8 @@ def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(ri
         active = [r for r in attempts if not r.superseded]
         assert len(active) == 1 and active[0].counts is not None
         assert [r.attempt for r in attempts] == list(range(len(attempts)))
-    passed = [e for e in _events(engine, sid) if e.kind == "reference_check"]
-    assert len(passed) == 1 and passed[0].level == "info" and passed[0].message.endswith(": passed")
+    begun, *passed = [e for e in _events(engine, sid) if e.kind == "reference_check"]
+    assert begun.message.startswith("reference check: showing") and len(passed) == 1 and passed[0].level == "info" and passed[0].message.endswith(": passed")
     check = passed[0].data
     assert check["passed"] and check["reference_rate_hz"] >= 3 * check["baseline_rate_hz"]
     window_s = (WINDOW[1] - WINDOW[0]) / 1000
