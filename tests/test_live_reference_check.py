@@ -136,6 +136,23 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "failed its reference: re-measured rate" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     _replay(rig, sid)
+    # analyses find the check by kind: in the CSV and in the NWB export's stimulus table
+    out = rig.tmp / "export"
+    exp = subprocess.run([sys.executable, "-m", "server.cli", "export", sid, "--nwb", str(out / "s.nwb"), "--csv",
+                          str(out), "--species", "Mus musculus", "--age", "P90D", "--sex", "U", "--lab", "l",
+                          "--institution", "i", "-q"], cwd=ROOT, env=rig.env, capture_output=True, text=True,
+                         timeout=300)
+    assert exp.returncode == 0, exp.stderr
+    import csv
+
+    with open(out / "presentations.csv") as f:
+        kinds = [r["kind"] for r in csv.DictReader(f) if r["superseded"] == "False"]
+    assert kinds.count("reference-check") == kinds.count("blank") == REPEATS and kinds.count("candidate") == 3 * 8
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(out / "s.nwb"), "r") as io:
+        table = io.read().intervals["stimulus_presentations"].to_dataframe()
+    assert (table["kind"] == "reference-check").sum() >= REPEATS and (table["kind"] == "blank").sum() >= REPEATS
 
 
 def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(rig, api_db_url):
