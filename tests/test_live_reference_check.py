@@ -30,7 +30,6 @@ from live_rig import Rig
 from server_process import ROOT
 
 pytest_plugins = ["db_fixtures"]
-pytestmark = pytest.mark.slow
 
 TOKEN = "check-operator-token"
 REPEATS = 10
@@ -94,6 +93,7 @@ def _replay(rig: Rig, sid: str) -> None:
     assert rep.returncode == 0 and "bit for bit" in rep.stdout, rep.stdout + rep.stderr
 
 
+@pytest.mark.slow
 def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_url):
     engine = sa.create_engine(url_text(api_db_url))
     made = rig.create(_spec(_maximize(1e-4, 3)), "stuck")
@@ -155,6 +155,7 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     assert (table["kind"] == "reference-check").sum() >= REPEATS and (table["kind"] == "blank").sum() >= REPEATS
 
 
+@pytest.mark.slow
 def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(rig, api_db_url):
     engine = sa.create_engine(url_text(api_db_url))
     made = rig.create(_spec(_maximize(1.0, 5)), "max")
@@ -214,3 +215,66 @@ def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(ri
     assert float(s0["ref_sum"][0]) == pytest.approx(expect, rel=1e-12)
     _replay(rig, pid)
     uuid.UUID(pid)
+
+
+# -- the same steps in process (no database): fast checks of the runner's check and of the prior ----------
+
+def _runner(probe: dict, **kw):
+    from server.config import parse_config
+    from server.insilico import InSilicoRig
+    from server.probe_setup import build_generator, build_search, build_subject
+    from server.reference_phase import CheckPlan
+    from server.session_runner import SessionRunner
+
+    cfg = parse_config(probe | {"subject": {"name": "complex-cell", "wavelength": 6.0},
+                                "noise": {"kind": "poisson", "window_ms": 50}})
+    gen = build_generator(cfg)
+    runner = SessionRunner(build_search(cfg, gen, {}), seed=cfg.seed, reference_image=None, window_s=0.05,
+                           reference_check=CheckPlan.of(cfg), **kw)
+    return runner, InSilicoRig(build_subject(cfg, gen), cfg, 99)
+
+
+@pytest.mark.parametrize("sigma0, passes", [(1e-4, False), (1.0, True)])
+def test_the_runner_shows_the_best_image_and_a_blank_and_judges_them(sigma0, passes):
+    from server.engine.reference_check import judge_reference
+
+    runner, rig = _runner(_maximize(sigma0, 5))
+    while not runner.search.done:
+        runner.add_counts(rig.present(runner.next_batch()))
+    assert not runner.done and runner.check is None  # the check is still due
+    batch = runner.next_batch()
+    assert batch.generation == 5 and [p.kind for p in batch.presentations] == ["reference-check", "blank"] * REPEATS
+    pool = runner.search.pool
+    best = pool.codes[int(np.argmax([np.mean(r) for r in pool.responses]))]
+    expect = runner.search.generator.render(np.asarray(best)[None])[0]
+    assert np.array_equal(batch.presentations[0].image, expect) and np.all(batch.presentations[1].image == 0.5)
+    counts = rig.present(batch)
+    assert runner.add_counts(counts[:-1]) is None and runner.check is None  # one still unanswered
+    assert runner.add_counts(counts[-1:]) is None and runner.done
+    rates = np.array([c.counts[0] for c in counts], dtype=np.float64) / 0.05
+    want = judge_reference(rates[0::2], rates[1::2])
+    assert runner.check == want and runner.check.passed is passes
+
+
+def test_a_probe_told_the_checks_rates_starts_from_them():
+    from server.config import parse_config
+    from server.insilico import InSilicoRig
+    from server.probe_setup import build_generator, build_search, build_stages, build_subject
+    from server.session_runner import SessionRunner
+
+    cfg = parse_config({"mode": "invariance", "seed": 3, "population": 4, "generations": 2, "generator": GEN,
+                        "stages": ["pixel"], "reference": {"source": "code"}, "confirm": False,
+                        "subject": {"name": "complex-cell", "wavelength": 6.0}})
+    gen = build_generator(cfg)
+    code = np.random.default_rng(0).normal(0, 0.5, 64)
+    image = gen.render(code[None])[0]
+    prior = np.array([[40.0], [60.0], [50.0]])
+    runner = SessionRunner(build_search(cfg, gen, build_stages(cfg), reference_code=code, reference_image=image),
+                           seed=3, reference_image=image, reference_repeats=2, window_s=0.15, prior_reference=prior)
+    rig = InSilicoRig(build_subject(cfg, gen), cfg, 5)
+    batch = runner.next_batch()
+    counts = rig.present(batch)
+    report = runner.add_counts(counts)
+    own = [c.counts[0] / 0.15 for c, p in zip(counts, batch.presentations) if p.kind == "reference"]
+    assert len(own) == 2
+    assert report.reference_response[0] == pytest.approx((prior.sum() + sum(own)) / 5, rel=1e-12)
