@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events"}
 SWEEP_TABLES = {"sweeps", "sweep_probes"}  # 0003_issue16
 SPIKE_TABLES = {"spike_trains", "recordings", "analyses", "analysis_results"}  # 0003_issue14
-HEAD = "0004_spike_steps"
+HEAD = "0005_spike_steps"
 
 
 def _relations(engine) -> dict[str, set[str]]:
@@ -56,11 +56,16 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
                 " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
         assert storage == {"stimuli.data": "e", "presentations.code": "e"}
 
-        migrate(engine, "-2")  # two steps down (below 0004, 0003_issue14) and up again keeps the rest intact
+        migrate(engine, "-1")  # below 0005_spike_steps: only a check constraint changes
+        assert current_revision(engine) == "0004_reference_check"
+        migrate(engine, "-1")  # below 0004_reference_check: the check's kinds go, the tables stay
+        assert current_revision(engine) == "0003_issue14"
+        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
+        migrate(engine, "-1")  # one step down (below 0003_issue14) and up again keeps the rest intact
         assert current_revision(engine) == "0003_issue16"
         assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
         migrate(engine, "head")
-        migrate(engine, "-4")  # down to the first revision (below 0002, 0003_issue16, 0003_issue14, 0004) and up
+        migrate(engine, "-5")  # down to the first revision (below 0002, 0003_*, 0004, 0005) and up again
         assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
         migrate(engine, "head")
 

@@ -1,5 +1,5 @@
-"""Spike times as microsecond steps (snslab_common.spike_codec, migration 0004): exact round trips, the
-capture's microsecond rule against the window counter, and rows stored before 0004 still read."""
+"""Spike times as microsecond steps (snslab_common.spike_codec, migration 0005): exact round trips, the
+capture's microsecond rule against the window counter, and rows stored before 0005 still read."""
 
 from __future__ import annotations
 
@@ -105,14 +105,14 @@ def test_wire_checks_the_length_of_a_steps_blob():
         m.decode(m.encode(env, [blob[:-2]]))
 
 
-def test_rows_stored_before_0004_still_read_and_new_rows_need_it(empty_db_url):
+def test_rows_stored_before_0005_still_read_and_new_rows_need_it(empty_db_url):
     from server.db.records import Proposal
     from server.db.repository import Repository
     from server.db.spikes import STEPS, SpikeTrainRecord, load_spike_trains, pack_times, store_spike_trains
 
     engine = make_engine(empty_db_url)
     try:
-        migrate(engine, "0003_issue14")
+        migrate(engine, "0004_reference_check")  # the revision before the microsecond steps
         repo = Repository(engine)
         sid = repo.create_session(config={}, seed=1, mode="insilico", operator="t", subject_id="s", rig="r")
         repo.add_units(sid, [(0, 1, ""), (1, 1, "")])
@@ -127,11 +127,11 @@ def test_rows_stored_before_0004_still_read_and_new_rows_need_it(empty_db_url):
                                          for i in range(2)])
         new = pack_times(trains[2], (-200.0, 500.0))
         assert new[1] == STEPS
-        with pytest.raises(Exception, match="ck_spike_trains_time_bytes"):  # 0003 refuses the new form
+        with pytest.raises(Exception, match="ck_spike_trains_time_bytes"):  # refused before 0005
             store_spike_trains(engine, sid, [SpikeTrainRecord(ids[2], 12.0, -200.0, 500.0, *new, {})])
 
         migrate(engine, "head")
-        assert current_revision(engine) == "0004_spike_steps"
+        assert current_revision(engine) == "0005_spike_steps"
         assert store_spike_trains(engine, sid, [SpikeTrainRecord(ids[2], 12.0, -200.0, 500.0, *new, {})])[0] == 1
         got = load_spike_trains(engine, sid)
         for i, pid in enumerate(ids):
@@ -143,7 +143,7 @@ def test_rows_stored_before_0004_still_read_and_new_rows_need_it(empty_db_url):
         with engine.begin() as c:
             c.exec_driver_sql("DELETE FROM spike_trains WHERE time_bytes = 2")
         migrate(engine, "-1")
-        assert current_revision(engine) == "0003_issue14" and len(load_spike_trains(engine, sid)) == 2
+        assert current_revision(engine) == "0004_reference_check" and len(load_spike_trains(engine, sid)) == 2
     finally:
         engine.dispose()
 

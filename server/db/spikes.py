@@ -7,7 +7,7 @@
 
 Spike times are packed unit after unit in the session's unit order (see analysis_models.SpikeTrain): as
 the bridge sends them, either whole microseconds after the presentation's rig onset in 16-bit steps
-(``time_bytes`` 2, snslab_common.spike_codec; what bridges send since migration 0004) or int32/int64 ns
+(``time_bytes`` 2, snslab_common.spike_codec; what bridges send since migration 0005) or int32/int64 ns
 (``time_bytes`` 4/8). Readers get int64 ns either way. A re-sent batch is a duplicate (ON CONFLICT DO
 NOTHING); stored rows are never updated.
 """
