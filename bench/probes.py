@@ -57,7 +57,7 @@ def panel(image_size: int) -> list[tuple[str, dict, int]]:
 def run(args) -> dict:
     rows = []
     for label, subject, channels in panel(args.image_size):
-        for mode in ("invariance", "adversarial"):
+        for mode in args.modes.split(","):
             for seed in range(args.seeds):
                 cfg = {
                     "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
@@ -91,6 +91,8 @@ def report(res: dict) -> str:
     out = []
     for mode in ("adversarial", "invariance"):
         rs = [r for r in rows if r["mode"] == mode]
+        if not rs:  # (--modes left it out)
+            continue
         ran = [r for r in rs if "stopped" not in r]
         share = np.mean([r["claim_holds"] for r in ran]) if ran else float("nan")
         out.append(f"{mode}: {len(rs)} runs, {len(rs) - len(ran)} stopped at the reference check; "
@@ -116,6 +118,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    ap.add_argument("--modes", default="invariance,adversarial", help="probes to run (comma-separated)")
     args = ap.parse_args()
     res = run(args)
     print(report(res))
