@@ -465,3 +465,6 @@ def make_optimizer(
             sorted(klass.OPTIONS) or "no options",
         )
     return klass(x0, sigma0, popsize, seed, **options)
+
+
+from . import adversarial  # noqa: E402,F401  (registers "shell", the adversarial probe's search)

@@ -120,6 +120,9 @@ class SnSSearch:
         self._ref_sum: np.ndarray | None = None
         self._ref_count = 0
         self.pool = _Pool()
+        attach = getattr(optimizer, "attach", None)
+        if attach is not None and reference_image is not None:  # a search seeded from the reference image
+            attach(generator, reference_image, probe.mode)
         self.reference_features: dict[str, np.ndarray] = {}
         self.reference_norms: dict[str, float] = {}
         if reference_image is not None:
@@ -213,7 +216,12 @@ class SnSSearch:
                 if self.pooled(self.generation, objectives[i], int(fronts[i])):
                     self._keep(i, codes, r, distances, fitness)
 
-        self.optimizer.tell(codes, fitness)
+        measured = getattr(self.optimizer, "tell_measured", None)
+        if measured is not None and self.probe.mode == "adversarial":  # (server.engine.adversarial)
+            ref_norm = float(np.linalg.norm(self.reference_response))
+            measured(codes, fitness, distances[UNIT] / max(ref_norm, 1e-12))
+        else:
+            self.optimizer.tell(codes, fitness)
         if self.confirmation is not None:
             ids = self.confirmation.add(codes, distances[self.probe.stages[0]], r.mean(axis=1))
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
