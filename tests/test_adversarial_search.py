@@ -71,7 +71,7 @@ def test_radius_bisects_toward_the_target_change():
     codes = opt.ask()
     opt.tell_measured(codes, np.zeros(8), np.full(8, 0.1))  # none did: grow
     assert opt.rho > rho1
-    assert [round(h[2], 6) for h in opt.history] == [1.0, 0.0]
+    assert [round(h[1], 6) for h in opt.history] == [1.0, 0.0]
 
 
 def test_state_round_trip_continues_the_same_sequence():
@@ -98,7 +98,7 @@ def test_noise_free_complex_cell_beats_every_control():
     c = res.evaluation["controls"]
     assert c["claim_holds"] and c["reached_target"], c["beats"]
     assert c["contrast_to_probe_stretch_ratio"] > 1.03, c["contrast_to_probe_stretch_ratio"]
-    assert c["at_probe_stretch"]["contrast"]["change"] < 0.5 <= c["probe"]["change"]
+    assert c["at_probe_stretch"]["contrast"]["change"] < c["probe"]["change"] and c["probe"]["change"] >= 0.5
 
 
 def test_under_spike_noise_the_claim_holds_and_the_response_is_halved():
