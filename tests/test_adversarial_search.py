@@ -120,3 +120,13 @@ def test_a_stored_shell_search_replays_bit_for_bit(repo):
     assert rep.identical and rep.generations == 5
     assert np.array_equal(rep.session.search.result().code, result.probe.search.result().code)
     assert rep.session.search.optimizer.rho == result.probe.search.optimizer.rho
+    # A resume from the stored state (what a restart after kill -9 does) continues the same search.
+    from server.stored import rebuild
+
+    runner = rebuild(repo, sid).runner(repo)
+    runner.resume()
+    assert isinstance(runner.search.optimizer, ShellSearch)
+    a, b = runner.search.optimizer, result.probe.search.optimizer
+    assert (a.generation, a.rho, a.step, a.history) == (b.generation, b.rho, b.step, b.history)
+    assert np.array_equal(a.direction, b.direction) and np.array_equal(a.ask(), b.ask())  # same next step
+    assert np.array_equal(runner.search.result().code, result.probe.search.result().code)
