@@ -36,7 +36,7 @@ from snslab_common.seeds import SeedStreams, as_displayed
 from .adapters import make_adapter
 from .base import Marker
 from .pipeline import CountingPipeline
-from .provenance import clock_model, recording_identity
+from .provenance import clock_model, model_neuron_identity, recording_identity
 from .spikes import DEFAULT_MARGIN, SpikeCapture
 from .windows import WindowCounter
 
@@ -246,6 +246,8 @@ def make_bridge(args: BridgeOptions, peer_timing=None) -> Bridge:
         kwargs["keys"] = ClientKeys.load(args.keys, args.client_id)  # KeyError_ is a ValueError: one line
     caps = {"needs_images": simulated or hasattr(source, "set_key"), "adapter": args.adapter}
     identity = recording_identity(source, dict(args.recording))
+    if simulated and isinstance(params.get("subject"), str):  # the model neuron as named, never the object
+        identity.update(model_neuron_identity(params["subject"], params.get("subject_params")))
     caps.update({f"recording.{k}"[:128]: v for k, v in list(identity.items())[:48]})
     peer = Peer(args.server, client_id=args.client_id, role="bridge", capabilities=caps, **kwargs)
     return Bridge(peer, source, counter, simulated=simulated, capture=capture, deadline_s=args.data_deadline)

@@ -77,7 +77,8 @@ def bridge(
                                         help="the acquisition system's own recording identity (repeatable), stored "
                                         "with the session, e.g. --recording dir=D:/OE/2026-12-04_m1 --recording "
                                         "experiment=1"),
-    subject: str = typer.Option("complex-cell", help="sim: model neuron of the simulated rig"),
+    subject: str = typer.Option("complex-cell", help="sim: model neuron of the simulated rig; 'python': your own, "
+                                "with --subject-param factory=package.module:callable (README)"),
     subject_param: list[str] = typer.Option([], metavar="NAME=VALUE",
                                             help="sim: model neuron parameter (repeatable), e.g. image_size=32"),
     session_seed: int | None = typer.Option(None, help="sim: draw the counts an in-silico run with this session "

@@ -9,12 +9,22 @@ the Open Ephys record node's directory and experiment number, which its event st
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 
 
 def _num(x):
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def model_neuron_identity(name: str, params: dict | None = None) -> dict[str, str | int | float | bool | None]:
+    """A simulated rig's model neuron as flat keys: its name and every parameter (a user's own factory as its
+    ``"package.module:callable"`` string), never the object; non-scalar values as JSON text."""
+    out: dict[str, str | int | float | bool | None] = {"subject": str(name)}
+    for k, v in sorted((params or {}).items()):
+        out[f"subject.{k}"] = v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, default=repr)
+    return out
 
 
 def recording_identity(source, stated: dict | None = None) -> dict[str, str | int | float | bool | None]:
@@ -32,6 +42,11 @@ def recording_identity(source, stated: dict | None = None) -> dict[str, str | in
             out[f"{role}.hostname"] = info.hostname()
             out[f"{role}.uid"] = info.uid()
             out[f"{role}.created_at"] = _num(info.created_at())
+            neuron = info.desc().child("model_neuron")  # a simulated rig's model neuron (snslab virtual-rig)
+            item = neuron.first_child()
+            while not neuron.empty() and not item.empty():
+                out[f"{role}.{item.name()}"] = item.child_value()
+                item = item.next_sibling()
     for attr in ("endpoint", "sample_rate", "stream", "spike_stream", "marker_stream", "path"):
         v = getattr(source, attr, None)
         if isinstance(v, (str, int, float)) and not isinstance(v, bool):

@@ -20,7 +20,9 @@ TTL_TYPE, SPIKE_TYPE = 0, 1
 class LslOut:
     """One labelled channel per unit plus ``photodiode``; a sample per event time, all-zero = heartbeat."""
 
-    def __init__(self, name: str, names: list[str], source_id: str, fs: float):
+    def __init__(self, name: str, names: list[str], source_id: str, fs: float, model_neuron: dict | None = None):
+        """``model_neuron``: flat name -> value of the simulated neuron (``desc/model_neuron``), so that the
+        bridge's recording identity names it (recording_bridge.provenance)."""
         import pylsl
 
         self._lsl, self.fs = pylsl, fs
@@ -29,6 +31,10 @@ class LslOut:
         chans = info.desc().append_child("channels")
         for label in [*names, "photodiode"]:
             chans.append_child("channel").append_child_value("label", label)
+        if model_neuron:
+            desc = info.desc().append_child("model_neuron")
+            for key, value in model_neuron.items():
+                desc.append_child_value(key, "" if value is None else str(value))
         self.n = n
         self.outlet = pylsl.StreamOutlet(info)
 

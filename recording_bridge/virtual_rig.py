@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create a pseudo-terminal for the display's TTL words and link it here "
                    "(display: --ttl serial:LINK); the TTL time is when a word arrives")
     p.add_argument("--units", type=int, default=2, help="number of units (electrodes 'Electrode k', sorted id 1)")
-    p.add_argument("--subject", default="complex-cell", help="model neuron (an engine subject)")
+    p.add_argument("--subject", default="complex-cell", help="model neuron (an engine subject; 'python': your own, "
+                   "with --subject-param factory=package.module:callable)")
     p.add_argument("--subject-param", type=_param, action="append", default=[], help="NAME=VALUE (repeatable)")
     p.add_argument("--baseline-hz", type=float, default=8.0, help="spontaneous rate of every unit")
     p.add_argument("--latency-ms", type=float, default=50.0, help="response latency after the onset")
@@ -409,13 +410,22 @@ def run(args) -> int:
     from wire.messages import blob_to_image
     from wire.transport import Peer
 
-    subject = make_model_neuron(args.subject, **dict(args.subject_param))
+    from snslab_common.errors import ConfigError
+
+    try:
+        subject = make_model_neuron(args.subject, **dict(args.subject_param))
+    except ConfigError as err:  # a bad neuron name, parameter or factory: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     rig = VirtualRig(args, local_clock=pylsl.local_clock, subject=subject)
     outputs = []
     from .rig_outputs import LslOut, OpenEphysOut
 
     if args.lsl:
-        outputs.append(LslOut(args.lsl, rig.names, args.client_id, rig.fs))
+        from .provenance import model_neuron_identity
+
+        outputs.append(LslOut(args.lsl, rig.names, args.client_id, rig.fs,
+                              model_neuron_identity(args.subject, dict(args.subject_param))))
     if args.openephys:
         outputs.append(OpenEphysOut(args.openephys, rig.n_units, rig.fs))
     if not outputs:

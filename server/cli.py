@@ -197,15 +197,21 @@ def demo(
     rig: str = typer.Option("lsl", help="lsl (default): snslab virtual-rig publishes an LSL spike stream and the "
                             "bridge reads it, as on a lab's LSL rig; openephys: virtual Open Ephys Event "
                             "Broadcaster frames and TTL words; sim: the bridge's own simulated neuron"),
+    check_repeats: int = typer.Option(20, min=0, help="after the maximize session, its best image and a blank "
+                                      "screen are shown this many times each; the probe starts only if the image "
+                                      "clearly drives the neuron (0: no check)"),
 ) -> None:
+    from snslab_common.errors import SnslabError
+
     from .demo import RIGS, run_demo
 
     if rig not in RIGS:
         _fail(f"--rig: {rig!r} (allowed: {', '.join(RIGS)})")
     try:
         run_demo(max_generations=maximize_generations, generations=generations, population=population, seed=seed,
-                 port=port or None, exit_when_done=exit_when_done, rig_kind=rig, out=typer.echo)
-    except RuntimeError as err:
+                 port=port or None, exit_when_done=exit_when_done, rig_kind=rig, out=typer.echo,
+                 check_repeats=check_repeats)
+    except (RuntimeError, SnslabError) as err:
         _fail(str(err))
 
 

@@ -165,7 +165,8 @@ def demo_keys(folder: Path) -> Path:
 
 
 def run_demo(*, max_generations: int = 12, generations: int = 12, population: int = 16, seed: int = 1,
-             port: int | None = None, exit_when_done: bool = False, rig_kind: str = "lsl", out=print) -> dict:
+             port: int | None = None, exit_when_done: bool = False, rig_kind: str = "lsl", out=print,
+             check_repeats: int = 20) -> dict:
     import uvicorn
 
     from server.api.main import create_app
@@ -213,10 +214,14 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
         common = dict(operator="demo", subject_id="model-complex-cell", rig=f"demo-{rig.kind}", units=rig.units,
                       target_units=rig.units[:1])
 
-        sid_max = service.create(SessionCreate(probe=probe_config("maximize", max_generations, population, seed), **common))
+        maximize = probe_config("maximize", max_generations, population, seed) | {
+            "reference": {"check_repeats": check_repeats}}  # its best image re-measured (server.reference_phase)
+        sid_max = service.create(SessionCreate(probe=maximize, **common))
         out(f"maximize session {sid_max}: finding the neuron's most exciting image ({max_generations} generations)")
         _run(service, sid_max, out)
         _report_invalid(service, sid_max, out)
+        for event in service.repo.events(sid_max, kind="reference_check")[-1:]:  # server.reference_phase
+            out(event["message"])
         sid_inv = service.create(SessionCreate(
             probe=probe_config("invariance", generations, population, seed),
             reference={"source": "maximize-session", "session_id": str(sid_max)}, **common,

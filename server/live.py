@@ -315,6 +315,8 @@ class LiveLoop:
                 self._next(t_last)
         elif self.runner.open is None and not self.runner.done and not self.paused:
             self._next()  # proposing the next generation failed after the last one was scored: try again
+        elif self.runner.done:
+            self._finish()  # the reference check after the last generation was judged
 
     def _unit_columns(self, units: list[str]) -> tuple[list[int], list[int]]:
         """Which batch columns are session units, and their positions in the session.

@@ -156,6 +156,7 @@ class SessionService:
             if t not in spec.units:
                 raise ServiceError(f"target_units: {t!r} is not among units ({', '.join(spec.units)})")
         ref_code, _ = self._reference(spec, generator)  # fails early on a bad reference
+        prior = self._checked_rates(spec, targets)
         feasible = None
         if spec.compute_check != "off":
             from .feasibility import check
@@ -166,6 +167,8 @@ class SessionService:
         stored = {"session": spec.model_dump(mode="json"), "probe": probe.model_dump(mode="json")}
         if ref_code is not None:  # exact floats: a restart or a replay sees the very same reference
             stored["reference_code"] = [float(v) for v in ref_code]
+        if prior is not None:  # the probe starts with the reference's re-measured rates (server.reference_phase)
+            stored["reference_rates"], stored["reference_check"] = prior
         sid = self.repo.create_session(
             config=stored, seed=probe.seed, mode="simulated" if all(u.startswith("sim:") for u in spec.units) else "live",
             operator=spec.operator, subject_id=spec.subject_id, rig=spec.rig,
@@ -218,15 +221,36 @@ class SessionService:
         return path
 
     def best_code(self, session_id: uuid.UUID):
-        """The code of the highest mean response among the scored candidates of a (maximize) session."""
-        import numpy as np
+        """The code of the highest mean response among the scored candidates of a (maximize) session: the
+        image its reference check re-measured, when it ran one; refused when that check failed."""
+        from .reference_phase import SOURCE, best_stored_code, stored_check
 
-        h = self.repo.load_history(session_id)
-        ok = (h.kind == "candidate") & (h.counts.min(axis=1) >= 0) if len(h) else np.zeros(0, bool)
-        if not ok.any():
+        check = stored_check(self.repo, session_id)
+        if check is not None:
+            if not check.result.passed:
+                raise ServiceError(f"reference.session_id: session {session_id} failed its {check.result.message(SOURCE)}")
+            return check.code
+        code = best_stored_code(self.repo.load_history(session_id))
+        if code is None:
             raise ServiceError(f"reference.session_id: session {session_id} has no scored candidates")
-        mean = np.where(ok, h.counts.mean(axis=1), -np.inf)
-        return h.codes[int(np.argmax(mean))].copy()
+        return code
+
+    def _checked_rates(self, spec: SessionCreate, targets: list[str]):
+        """(rates, summary) of a maximize-session reference's check for this session's target units: the
+        probe's first reference estimate; None without a check or when a target unit was not in it."""
+        if spec.reference.source != "maximize-session":
+            return None
+        from .reference_phase import stored_check
+
+        check = stored_check(self.repo, spec.reference.session_id)
+        if check is None:
+            return None
+        labels = [u.label for _, u in self.repo.units(spec.reference.session_id)]
+        if not all(t in labels for t in targets):
+            return None
+        rates = check.reference_rates([labels.index(t) for t in targets])
+        return [[float(v) for v in row] for row in rates], {
+            "session_id": str(spec.reference.session_id), **check.result.as_dict()}
 
     # -- run ----------------------------------------------------------------------------------------
     def start(self, session_id: uuid.UUID, paused: bool = False) -> None:
@@ -268,6 +292,19 @@ class SessionService:
             self.endpoint.call_soon(lambda: loop.start(batch))
 
     def _done(self, loop) -> None:
+        check = getattr(loop.runner, "check", None)
+        if check is not None:
+            from .reference_phase import EVENT_KIND, SOURCE
+
+            if not check.passed:  # a maximize that did not leave baseline: nothing to probe
+                self.repo.set_session_status(loop.session_id, "failed")
+                self.repo.log_event(loop.session_id, EVENT_KIND, check.message(SOURCE), check.as_dict(), "error")
+                return
+            self.repo.log_event(loop.session_id, EVENT_KIND, (
+                f"reference: re-measured rate {check.reference_rate_hz:.1f} +- {check.reference_se_hz:.1f} Hz over "
+                f"{check.presentations} fresh presentations, blank screen {check.baseline_rate_hz:.1f} +- "
+                f"{check.baseline_se_hz:.1f} Hz (ratio {check.ratio:.2f}, {check.z:.1f} standard errors): passed"),
+                check.as_dict())
         self.repo.set_session_status(loop.session_id, "completed")
         self.repo.log_event(loop.session_id, "session", f"completed after {loop.runner.search.generation} generations",
                             {"presentations": loop.stats.dispatched, "duplicates": loop.stats.duplicates,

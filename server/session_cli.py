@@ -177,6 +177,7 @@ def show(session_id: str = typer.Argument(..., help="the session's id"), server:
     with _client(server) as c:
         s = _run(lambda: c.session(sid))
         neuron = _run(lambda: c.neuron_health(sid))
+        checks = [e for e in _run(lambda: c.events(sid)) if e.kind == "reference_check"]
     if as_json:
         typer.echo(json.dumps(s.model_dump(mode="json") | {"neuron": neuron}, indent=2))
         return
@@ -195,3 +196,5 @@ def show(session_id: str = typer.Argument(..., help="the session's id"), server:
         typer.echo(f"unit {unit['label']}: {text}")
     if neuron.get("warning"):
         typer.secho(f"WARNING: {neuron['warning']}", fg=typer.colors.RED)
+    for e in checks[-1:]:  # a live maximize session's reference check (server.reference_phase)
+        typer.secho(f"reference check: {e.message}", fg=typer.colors.RED if e.level == "error" else None)

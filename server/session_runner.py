@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from .engine.search import GenerationReport, Proposal, SnSSearch
+from .reference_phase import CheckSteps
 
 log = logging.getLogger("snslab.runner")
 
@@ -102,7 +103,7 @@ class _Ahead:
     answered: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-class SessionRunner:
+class SessionRunner(CheckSteps):
     """Drives one search through its generations, persisting each step before the next depends on it."""
 
     def __init__(
@@ -117,7 +118,13 @@ class SessionRunner:
         repository=None,
         session_id: uuid.UUID | None = None,
         target_positions: list[int] | None = None,
+        reference_check=None,
+        prior_reference: np.ndarray | None = None,
     ):
+        """``reference_check``: a ``server.reference_phase.CheckPlan``: after the search's last generation,
+        its best image and a blank are shown as one more generation and judged (``self.check``).
+        ``prior_reference``: (k, U) rates of the reference measured before this session (a maximize
+        session's check), told with the first generation's reference repeats."""
         self.search = search
         self.seed = seed
         self.reference_image = None if reference_image is None else np.asarray(reference_image, np.float32)
@@ -134,10 +141,14 @@ class SessionRunner:
         self.reports: list[GenerationReport] = []
         self._next_local_id = 1
         self.on_generation = None  # optional callback(report, batch, counts matrix) for progress and plots
+        self.reference_check = reference_check
+        self.prior_reference = None if prior_reference is None else np.asarray(prior_reference, np.float64)
+        self.check = None  # the ReferenceCheck once judged
+        self._checking = False  # the open generation is the reference check
 
     @property
     def done(self) -> bool:
-        return self.search.done
+        return self.search.done and (self.reference_check is None or self.check is not None)
 
     # -- propose -----------------------------------------------------------------------------------
     def _plan(self, generation: int, n_candidates: int) -> list[tuple[str, int | None]]:
@@ -180,6 +191,8 @@ class SessionRunner:
             return self._in_flight()
         if self.done:
             raise RuntimeError("the search is done; no more generations")
+        if self.search.done:
+            return self._begin_check()
         t0 = time.perf_counter()
         prepared = self._prepared or self._prepare(self._state() if self.repo is not None else b"")
         self._prepared = prepared  # kept (and the lead-in below) until the proposals are committed
@@ -267,6 +280,9 @@ class SessionRunner:
             book[c.presentation_id] = np.asarray(c.counts, dtype=np.float64)
         if self.open is None or len(self.open.answered) < len(open_ids):
             return None
+        if self._checking:
+            self._judge()
+            return None
         return self._score()
 
     def unanswered(self) -> list[PlannedPresentation]:
@@ -288,6 +304,9 @@ class SessionRunner:
             t = self.target_positions if self.target_positions is not None else slice(None)
             rates = np.stack([op.answered[p.presentation_id][t] for p in cands]) / self.window_s
             ref_rates = np.stack([op.answered[p.presentation_id][t] for p in refs]) / self.window_s if refs else None
+            if self.prior_reference is not None and self.search.generation == 0:
+                prior = self.prior_reference.reshape(-1, rates.shape[1])
+                ref_rates = prior if ref_rates is None else np.concatenate([prior, ref_rates])
             t0 = time.perf_counter()
             report = self.search.tell(rates, ref_rates, images=op.images)
             t_tell = time.perf_counter() - t0
@@ -404,6 +423,8 @@ class SessionRunner:
         if point.planned is not None:
             presentations, answered = self._stored(point.planned, None)
             self.ahead = _Ahead(point.planned.index, presentations, answered)
+        if self.reference_check is not None and self.search.done:
+            return self._resume_check(point, propose)
         if point.in_flight is not None:
             flight = point.in_flight
             proposal = self.search.ask()

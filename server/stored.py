@@ -40,6 +40,8 @@ class StoredSession:
 def rebuild(repository, session_id: uuid.UUID) -> StoredSession:
     cfg = dict(repository.load_resume_point(session_id).config)
     ref_code = cfg.pop("reference_code", None)
+    prior = cfg.pop("reference_rates", None)  # a live probe's reference rates re-measured before it started
+    cfg.pop("reference_check", None)
     if "probe" in cfg:  # live session
         live = cfg["session"]
         probe = ProbeConfig.model_validate(cfg["probe"])
@@ -81,6 +83,11 @@ def rebuild(repository, session_id: uuid.UUID) -> StoredSession:
     lead_in = probe.lead_in if "lead_in" in stored_probe else 0
     kwargs = dict(seed=probe.seed, reference_image=reference_image, reference_repeats=probe.reference_repeats,
                   lead_in=lead_in, window_s=window_s, target_positions=targets)
+    if live is not None:  # the live reference check (server.reference_phase)
+        from .reference_phase import CheckPlan
+
+        kwargs["reference_check"] = CheckPlan.of(probe) if phase == "maximize" else None
+        kwargs["prior_reference"] = None if prior is None else np.asarray(prior, dtype=np.float64)
     return StoredSession(session_id, phase, probe, search, reference_image, kwargs, units, live)
 
 

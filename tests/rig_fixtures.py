@@ -69,7 +69,7 @@ class RigProcesses:
     """server + display + virtual rig + bridge, for one adapter (``lsl`` or ``openephys``)."""
 
     def __init__(self, tmp: Path, display_env: dict, adapter: str, *, clock_offset: float = 0.35,
-                 rig_args: tuple[str, ...] = (), image_size: int = 16):
+                 rig_args: tuple[str, ...] = (), image_size: int = 16, database_url: str | None = None):
         self.tmp, self.adapter = tmp, adapter
         self.tag = uuid.uuid4().hex[:8]
         self.http = f"http://127.0.0.1:{free_port()}"
@@ -79,6 +79,8 @@ class RigProcesses:
         env.update(SNSLAB_DATA_DIR=str(tmp / "data"), SNSLAB_OPERATOR_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
         for k in ("DATABASE_URL", "SNSLAB_DATABASE_URL"):
             env.pop(k, None)
+        if database_url is not None:  # a test database instead of the embedded one in the data folder
+            env["DATABASE_URL"] = database_url
         self.env = env
         self.display_id = f"display-{self.tag}"
         port = self.http.rsplit(":", 1)[1]
@@ -133,7 +135,8 @@ class RigProcesses:
             "operator": "rig-test", "subject_id": "virtual", "rig": "virtual-rig", "units": UNITS,
             "target_units": UNITS[:1], "on_ms": 100, "off_ms": 100,
             "probe": {"mode": "maximize", "seed": seed, "population": population, "generations": generations,
-                      "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1}},
+                      "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1},
+                      "reference": {"check_repeats": 0}},  # (the reference check: test_live_reference_check)
         }
         sid = self.api("POST", "/sessions", json=body)["id"]
         self.api("POST", f"/sessions/{sid}/start")

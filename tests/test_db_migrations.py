@@ -47,7 +47,7 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert rel["v"] == {"unit_responses"}
         assert {"uq_generations_in_flight", "uq_generations_planned", "uq_presentations_active_slot",
                 "uq_stimuli_sha256"} <= rel["i"]
-        assert current_revision(engine) == "0003_issue14"
+        assert current_revision(engine) == "0004_reference_check"
         with engine.connect() as conn:  # PNG bytes and float64 codes are stored without a compression attempt
             storage = dict(conn.execute(sa.text(
                 "SELECT attrelid::regclass::text || '.' || attname, attstorage FROM pg_attribute"
@@ -55,11 +55,14 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
                 " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
         assert storage == {"stimuli.data": "e", "presentations.code": "e"}
 
+        migrate(engine, "-1")  # below 0004_reference_check: the check's kinds go, the tables stay
+        assert current_revision(engine) == "0003_issue14"
+        assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
         migrate(engine, "-1")  # one step down (below 0003_issue14) and up again keeps the rest intact
         assert current_revision(engine) == "0003_issue16"
         assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
         migrate(engine, "head")
-        migrate(engine, "-3")  # down to the first revision (below 0002, 0003_issue16, 0003_issue14) and up again
+        migrate(engine, "-4")  # down to the first revision (below 0002, 0003_issue16, 0003_issue14, 0004) and up again
         assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
         migrate(engine, "head")
 
@@ -115,7 +118,7 @@ def test_two_processes_migrating_at_once_both_succeed(empty_db_url):
         t.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0003_issue14"
+        assert current_revision(engines[0]) == "0004_reference_check"
     finally:
         for e in engines:
             e.dispose()

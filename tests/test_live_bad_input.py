@@ -35,6 +35,7 @@ POPULATION, GENERATIONS, HOLD_AFTER = 8, 3, 8 + 3
 PROBE = {
     "mode": "maximize", "seed": 11, "population": POPULATION, "generations": GENERATIONS,
     "generator": {"name": "dct", "code_size": 64, "image_size": 16, "channels": 1},
+    "reference": {"check_repeats": 0},  # (the live reference check is tested in test_live_reference_check)
 }
 FORGED = 777  # a count the simulated neuron cannot produce in a 150 ms window
 TOKEN = "bad-input-token"

@@ -44,7 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 SESSION_MODES = ("live", "simulated", "insilico")
 SESSION_STATUSES = ("running", "paused", "completed", "aborted", "failed")
 GENERATION_STATUSES = ("planned", "proposed", "completed")
-STIMULUS_KINDS = ("candidate", "reference", "natural", "control")
+STIMULUS_KINDS = ("candidate", "reference", "natural", "control", "reference-check", "blank")
 ONSET_SOURCES = ("photodiode", "ttl", "marker", "flip", "simulated")
 EVENT_LEVELS = ("debug", "info", "warning", "error")
 

@@ -37,9 +37,11 @@ class ReferenceCheck:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
 
     def message(self, source: str = "maximize") -> str:
-        hint = ("the maximize run did not leave baseline: give it more generations ([reference] generations) or "
-                "larger steps ([maximize.optimizer] sigma0)" if source == "maximize"
-                else "choose a reference image that drives the unit")
+        hint = {"maximize": "the maximize run did not leave baseline: give it more generations ([reference] "
+                            "generations) or larger steps ([maximize.optimizer] sigma0)",
+                "maximize-session": "the maximize session did not leave baseline: give it more generations "
+                                    "(generations) or larger steps ([optimizer] sigma0)"}.get(
+            source, "choose a reference image that drives the unit")
         return (f"reference: re-measured rate {self.reference_rate_hz:.1f} +- {self.reference_se_hz:.1f} Hz over "
                 f"{self.presentations} fresh presentations is not clearly above the blank screen's "
                 f"{self.baseline_rate_hz:.1f} +- {self.baseline_se_hz:.1f} Hz (ratio {self.ratio:.2f}, needs >= "

@@ -83,10 +83,13 @@ def probe_of(config: dict[str, Any]) -> tuple[str | None, int | None, list[str]]
 
 def _session_out(s: SessionSummary, stored_config: dict[str, Any], cls: Callable = SessionOut, **extra) -> Any:
     mode, budget, _ = probe_of(stored_config)
+    done = s.n_completed_generations
+    if isinstance(budget, int):  # a live maximize session's reference check is one more generation, not the search's
+        done = min(done, budget)
     return cls(
         id=s.id, operator=s.operator, subject_id=s.subject_id, rig=s.rig, mode=s.mode, probe=mode, status=s.status,
         created_at=s.created_at, updated_at=s.updated_at, finished_at=s.finished_at, n_units=s.n_units,
-        generations_done=s.n_completed_generations, generations_started=s.n_generations, generations_budget=budget,
+        generations_done=done, generations_started=s.n_generations, generations_budget=budget,
         presentations=s.n_presentations, presentations_answered=s.n_answered, presentations_invalid=s.n_invalid,
         best_fitness=s.best_fitness, **extra,
     )
