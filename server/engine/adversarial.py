@@ -24,9 +24,10 @@ it) is just reached:
 
 The reported image is chosen by the probe's front confirmation (server.engine.confirm) and, in silico,
 re-measured (``verification_candidates``, server.insilico.verify_selection): the nearest image whose
-change of rate is established. All state is plain arrays and one numpy Generator: ``state()`` and
-``restore()`` are exact. Measured on 12 model units x 3 seeds and in the sample-efficiency study:
-docs/benchmarks.md (issue 12).
+change of rate is established. Per-stage ``bounds`` limit the front and the reported image, not this
+search's ranking (use ``sepcma`` to rank by bounded fronts). All state is plain arrays and one numpy
+Generator: ``state()`` and ``restore()`` are exact. Measured on 12 model units x 3 seeds and in the
+sample-efficiency study: docs/benchmarks.md (issue 12).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class ShellSearch(Optimizer):
         self.last_move = move if move != 0 else self.last_move
         self.rho = float(np.clip(self.rho * np.exp(self.step * move), 1e-6 * self.full_length,
                                  2.0 * self.full_length))
-        self.history.append((self.rho, share))
+        self.history = [*self.history[-199:], (self.rho, share)]  # (bounded: it is in every stored state)
 
     def _directions_of(self, codes: np.ndarray) -> np.ndarray:
         d = np.asarray(codes, dtype=np.float64) - self.centre[None]
