@@ -14,8 +14,10 @@ Uses DATABASE_URL if set, otherwise starts an embedded PostgreSQL with its defau
 4. the time to load the full history of a session of --history presentations (replay/export), and the
    dashboard's per-generation statistics and front history on it;
 5. raw spike times (issue 14): presentations/s storing each presentation's counts *and* its spike times
-   in [-200, 500) ms around onset (server.db.spikes: int32 ns, one bytea per presentation, binary COPY),
-   at --units units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation);
+   in [-200, 500) ms around onset (server.db.spikes: one bytea per presentation, binary COPY), at --units
+   units firing 20-100 Hz each, batches of 500 (a backlog) and 50 (a generation), side by side on the same
+   spike times (whole microseconds, as the bridge captures them): as the bridge sends them now
+   (microsecond 16-bit steps, snslab_common.spike_codec) and in the previous form (int32 ns);
 6. exporting a --history-presentation session with spike times at 60 Hz per unit: `snslab export --nwb`
    (server.analysis.nwb_export) and `--csv`.
 Target: >= 5,000 presentations/s with 96 units on the batched path, with spike times too.
@@ -194,53 +196,80 @@ def fill_session(
     return sid, n_generations * per_gen / (time.perf_counter() - t0)
 
 
-SPAN_NS = (-200_000_000, 500_000_000)
+SPAN_US = (-200_000, 500_000)
 
 
 def spike_trains(n: int, n_units: int, rate_hz: float, rng: np.random.Generator) -> list[list[np.ndarray]]:
-    """Poisson spike times (int ns after onset, sorted) per presentation and unit in [-200, 500) ms."""
-    span = (SPAN_NS[1] - SPAN_NS[0]) / 1e9
-    k = rng.poisson(rate_hz * span, (n, n_units))
-    flat = np.sort(rng.integers(SPAN_NS[0], SPAN_NS[1], k.sum()))  # sorted within each split below
-    out, at = [], 0
-    for row in k:
-        cuts = np.cumsum(row)
-        trains = np.split(flat[at:at + cuts[-1]], cuts[:-1]) if cuts[-1] else [np.zeros(0, np.int64)] * n_units
-        out.append([np.sort(t) for t in trains])
-        at += cuts[-1]
-    return out
+    """Poisson spike times (int ns after onset on whole microseconds, as the bridge captures them, sorted)
+    per presentation and unit, each train spread over [-200, 500) ms."""
+    width = SPAN_US[1] - SPAN_US[0]
+    k = rng.poisson(rate_hz * width / 1e6, (n, n_units))
+    train = np.repeat(np.arange(n * n_units, dtype=np.int64), k.ravel())
+    keyed = np.sort(train * width + rng.integers(0, width, len(train)))  # sorts within each train at once
+    flat = 1000 * (keyed % width + SPAN_US[0])
+    cuts = np.cumsum(k.ravel())[:-1]
+    per = np.split(flat, cuts)
+    return [per[i * n_units:(i + 1) * n_units] for i in range(n)]
 
 
-def bench_spikes(repo: Repository, n_units: int, total: int, batch: int, rate_hz: float) -> tuple[float, float]:
-    """Presentations/s storing counts + spike trains (packing included), and bytes of spike times per
-    presentation. Presentations are created and spike times drawn beforehand (not timed)."""
-    from server.db.spikes import SpikeTrainRecord, pack_times, store_spike_trains
+def spike_data(n_units: int, total: int, rate_hz: float) -> dict:
+    """Spike times and counts of ``total`` presentations (drawn once, not timed): the same data for every
+    storage form compared."""
+    trains = spike_trains(total, n_units, rate_hz, np.random.default_rng(4))
+    counts = [[int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000))) for t in tr] for tr in trains]
+    return {"n_units": n_units, "trains": trains, "counts": counts}
 
-    sid = make_session(repo, n_units)
-    rng = np.random.default_rng(4)
-    ids: list[int] = []
-    g = 0
-    while len(ids) < total:
-        ids += repo.begin_generation(sid, g, proposals(g, 1000, rng, False), b"s")
-        repo.complete_generation(sid, g, [], b"s")
-        g += 1
-    ids = ids[:total]
-    trains = spike_trains(total, n_units, rate_hz, rng)
+
+FORMS = ("counts alone", "old: int32 ns", "new: us steps")
+
+
+def bench_spikes(repo: Repository, data: dict, batch: int) -> dict[str, tuple[float, float]]:
+    """Presentations/s of each form in FORMS, and KiB of spike times per presentation, storing ``data``'s
+    counts (+ spike trains) for the presentations of a session of each form's own. The forms take turns
+    batch by batch (in rotating order), so a change of the machine's load hits them alike. Presentations
+    are created and the bridge's work (counting, packing the spike times it sends) is done beforehand:
+    only the server's is timed. Everything stored is read back afterwards (not timed) and checked."""
+    from server.db.spikes import SpikeTrainRecord, load_spike_trains, pack_times, store_spike_trains
+
+    total = len(data["trains"])
     clock = {"kind": "offset", "offset_s": 12.5, "drift": 0.0, "rig_clock": "bench"}
-    # the bridge's work (counting, packing the spike times it sends) is done beforehand: only the server's is timed
-    responses = [ResponseRecord(ids[j], [int(np.count_nonzero((t >= 50_000_000) & (t < 200_000_000)))
-                                         for t in trains[j]], 50.0, 200.0) for j in range(total)]
-    packed = [pack_times(tr, (-200.0, 500.0)) for tr in trains]
-    nbytes = sum(len(b) for _, _, b in packed)
-    t0 = time.perf_counter()
-    for i in range(0, total, batch):
+    runs = []
+    for form in FORMS:
+        sid = make_session(repo, data["n_units"])
+        rng = np.random.default_rng(4)
+        ids: list[int] = []
+        g = 0
+        while len(ids) < total:
+            ids += repo.begin_generation(sid, g, proposals(g, 1000, rng, False), b"s")
+            repo.complete_generation(sid, g, [], b"s")
+            g += 1
+        packed = None if form == FORMS[0] else [pack_times(tr, (-200.0, 500.0), steps=form == FORMS[2])
+                                                for tr in data["trains"]]
+        assert packed is None or {tb for _, tb, _ in packed} == ({2} if form == FORMS[2] else {4})
+        responses = [ResponseRecord(ids[j], data["counts"][j], 50.0, 200.0) for j in range(total)]
+        runs.append({"form": form, "sid": sid, "ids": ids, "packed": packed, "responses": responses, "s": 0.0})
+    for k, i in enumerate(range(0, total, batch)):
         part = range(i, min(i + batch, total))
-        records = [SpikeTrainRecord(ids[j], 10.0 + 0.25 * j, -200.0, 500.0, packed[j][0], packed[j][1],
-                                    packed[j][2], clock) for j in part]
-        res = repo.record_responses(sid, responses[i:i + batch])
-        stored, unknown = store_spike_trains(repo.engine, sid, records)
-        assert res.inserted == len(part) and stored == len(part) and not unknown, (res, stored, unknown)
-    return total / (time.perf_counter() - t0), nbytes / total
+        for run in runs[k % 3:] + runs[:k % 3]:
+            t0 = time.perf_counter()
+            res = repo.record_responses(run["sid"], run["responses"][i:i + batch])
+            if run["packed"] is not None:
+                p = run["packed"]
+                records = [SpikeTrainRecord(run["ids"][j], 10.0 + 0.25 * j, -200.0, 500.0, p[j][0], p[j][1], p[j][2],
+                                            clock) for j in part]
+                stored, unknown = store_spike_trains(repo.engine, run["sid"], records)
+                assert stored == len(part) and not unknown, (stored, unknown)
+            run["s"] += time.perf_counter() - t0
+            assert res.inserted == len(part), res
+    out = {}
+    for run in runs:
+        if run["packed"] is not None:  # read back: every time as drawn
+            back = load_spike_trains(repo.engine, run["sid"])
+            assert all(np.array_equal(back[run["ids"][j]].times_ns, np.concatenate(data["trains"][j]))
+                       for j in range(total))
+        kib = sum(len(b) for _, _, b in run["packed"]) / total / 1024 if run["packed"] else 0.0
+        out[run["form"]] = (total / run["s"], kib)
+    return out
 
 
 def bench_export(repo: Repository, n_units: int, n: int, rng: np.random.Generator, out_dir: Path) -> dict:
@@ -353,7 +382,7 @@ def main() -> None:
             f"\nbatched write path: {best:,.0f} presentations/s with {args.units} units "
             f"= {best / TARGET:.1f}x the {TARGET:,.0f}/s target ({verdict} it)"
         )
-        bench_spike_parts(repo, args, counts_only=best)
+        bench_spike_parts(repo, args)
         engine.dispose()
     finally:
         if server is not None:
@@ -361,24 +390,25 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def bench_spike_parts(repo: Repository, args, counts_only: float | None = None) -> None:
+def bench_spike_parts(repo: Repository, args) -> None:
     rates = [float(x) for x in args.spike_rates.split(",")]
     n = args.spike_presentations
-    if counts_only is None:  # the side-by-side reference: counts alone, same batch, same run
-        counts_only = bench_responses(repo, args.units, n, 500)
-        print(f"\n   counts alone, batch 500: {counts_only:,.0f} presentations/s")
-    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s:")
+    print(f"\n5. counts + raw spike times in [-200, 500) ms ({n} presentations per rate), presentations/s;"
+          "\n   the three forms take turns batch by batch (same spike times, same load):")
     worst = None
     for rate in rates:
+        data = spike_data(args.units, n, rate)
         for batch in (500, 50):
-            r, nbytes = bench_spikes(repo, args.units, n, batch, rate)
+            got = bench_spikes(repo, data, batch)
+            alone, old, new = (got[f][0] for f in FORMS)
             if batch == 500:
-                worst = r if worst is None else min(worst, r)
-            ratio = f"  ({r / counts_only:.2f}x counts alone)" if counts_only and batch == 500 else ""
-            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: {r:>8,.0f} /s   "
-                  f"{nbytes / 1024:6.1f} KiB of spike times per presentation{ratio}")
+                worst = new if worst is None else min(worst, new)
+            print(f"   {rate:>5.0f} Hz/unit, batch {batch:>3}: counts alone {alone:>7,.0f}   "
+                  f"old {old:>6,.0f} ({got[FORMS[1]][1]:4.1f} KiB)   new {new:>6,.0f} ({got[FORMS[2]][1]:4.1f} KiB)   "
+                  f"new/old {new / old:.2f}x   new/alone {new / alone:.2f}x   load {os.getloadavg()[0]:.1f}")
     verdict = "meets" if worst >= TARGET else "MISSES"
-    print(f"   slowest batched rate: {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target ({verdict} it)")
+    print(f"   slowest batched rate (new): {worst:,.0f} /s = {worst / TARGET:.2f}x the {TARGET:,.0f}/s target "
+          f"({verdict} it)")
 
     print(f"\n6. export of a {args.history}-presentation session ({args.units} units, spikes at 60 Hz/unit):")
     out = Path(tempfile.mkdtemp(prefix="snslab-bench-export-"))

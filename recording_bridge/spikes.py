@@ -13,9 +13,12 @@ wider span, so the closed loop never waits for the margin. Example::
     (tr,) = cap.ready(10.5)
     assert tr.times_ns["u1"].tolist() == [-100_000_000, 100_000_000]
 
-Times are stored as integer nanoseconds after the onset (``round((t - onset) * 1e9)``): exact enough to
-reproduce the counter's half-open windows (whose edges sit 1 ns early, see windows.py), and compact
-(int32 while the span fits in +-2.1 s).
+Times are whole microseconds after the onset, ``floor((t - onset) * 1e6 + 1e-3)``: the 1 ns nudge is the
+counter's own edge tolerance (its window edges sit 1 ns early, see windows.py), so a spike is in a window
+of whole microseconds exactly when the counter counted it, and re-counting reproduces the online counts.
+A microsecond is finer than any rig's sample period (33 us at 30 kHz), so no two samples share a tick.
+``times_ns`` holds them in ns (multiples of 1000); on the wire and in the database they travel as 16-bit
+steps (snslab_common.spike_codec, ~2 bytes a spike instead of 4).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from typing import Iterable
 
 import numpy as np
 
+from snslab_common import spike_codec
 from snslab_common.errors import ConfigError
 
 from .base import SpikeEvent
 
 DEFAULT_MARGIN = (-0.200, 0.500)
 INT32_SPAN_NS = 2**31 - 1
+EDGE_TOL_US = 1e-3  # the window counter's edge_tol_s (1 ns), in microseconds
 
 
 @dataclass(frozen=True)
@@ -44,16 +49,24 @@ class SpikeTrain:
     times_ns: dict[str, np.ndarray]
 
     def encode(self, units: list[str]) -> tuple[list[int], str, bytes]:
-        """(spikes per unit, dtype, blob) in ``units`` order: the wire and storage form."""
-        arrays = [self.times_ns.get(u, np.empty(0, np.int64)) for u in units]
+        """(spikes per unit, dtype, blob) in ``units`` order: the wire and storage form. Times on whole
+        microseconds (as captured) go as ``dus16`` steps, others as int32/int64 ns: never rounded."""
+        arrays = [np.asarray(self.times_ns.get(u, np.empty(0, np.int64)), dtype=np.int64) for u in units]
+        us = [a // 1000 for a in arrays]
+        if all(np.array_equal(a, b * 1000) for a, b in zip(arrays, us)) and spike_codec.fits(us):
+            return [len(a) for a in arrays], spike_codec.CODEC, spike_codec.encode_us(
+                us, spike_codec.base_us(self.window_ms[0]))
         lo, hi = (abs(x) * 1e6 for x in self.window_ms)
         dtype = "<i4" if max(lo, hi) < INT32_SPAN_NS else "<i8"
         blob = np.concatenate(arrays).astype(dtype).tobytes() if arrays else b""
         return [len(a) for a in arrays], dtype, blob
 
 
-def decode_times(n: Iterable[int], dtype: str, blob: bytes) -> list[np.ndarray]:
-    """Inverse of ``SpikeTrain.encode``: one int64 ns array per unit."""
+def decode_times(n: Iterable[int], dtype: str, blob: bytes, start_ms: float = 0.0) -> list[np.ndarray]:
+    """Inverse of ``SpikeTrain.encode`` (``start_ms``: the window start, for ``dus16``): int64 ns per unit."""
+    n = list(n)
+    if dtype == spike_codec.CODEC:
+        return [a * 1000 for a in spike_codec.decode_us(n, blob, spike_codec.base_us(start_ms))]
     flat = np.frombuffer(blob, dtype=dtype).astype(np.int64)
     edges = np.cumsum([0, *n])
     if edges[-1] != len(flat):
@@ -123,9 +136,9 @@ class SpikeCapture:
             trains = {}
             for u in units:
                 t = arrays.get(u, np.empty(0))
-                sel = t[np.searchsorted(t, onset + a - 1e-9, "left"):np.searchsorted(t, onset + b, "left")]
-                d = np.rint((sel - onset) * 1e9).astype(np.int64)
-                trains[u] = d[(d >= round(a * 1e9)) & (d < round(b * 1e9))]
+                sel = t[np.searchsorted(t, onset + a - 2e-9, "left"):np.searchsorted(t, onset + b, "left")]
+                us = np.floor((sel - onset) * 1e6 + EDGE_TOL_US).astype(np.int64)
+                trains[u] = 1000 * us[(us >= round(a * 1e6)) & (us < round(b * 1e6))]
             out.append(SpikeTrain(pid, onset, self.window_ms, trains))
         horizon = watermark - self.retain_s
         for o in self._pending.values():

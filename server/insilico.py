@@ -178,13 +178,18 @@ def measure_reference(config: ProbeConfig, subject: Subject, reference_image: np
                            min_z=config.reference.min_z)
 
 
-def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None) -> RunResult:
+def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecorder | None = None,
+              models=None) -> RunResult:
     """Maximize (or load) the reference, check that it clearly drives the unit (``ReferenceAtBaseline``
-    otherwise), run the probe, evaluate its image against the controls."""
+    otherwise), run the probe, evaluate its image against the controls. ``models`` (with build_generator,
+    build_subject, build_stages) supplies models shared with other probes (server/sweep/group.py)."""
     streams = SeedStreams(config.seed)
-    generator = build_generator(config)
-    subject = build_subject(config, generator)
-    stages = build_stages(config) if config.mode != "maximize" else {}
+    make_generator, make_subject, make_stages = (
+        (build_generator, build_subject, build_stages) if models is None
+        else (models.build_generator, models.build_subject, models.build_stages))
+    generator = make_generator(config)
+    subject = make_subject(config, generator)
+    stages = make_stages(config) if config.mode != "maximize" else {}
     rigs = {m: InSilicoRig(subject, config, streams.noise_seed(m)) for m in ("maximize", config.mode)}
 
     def runner(name, search, ref):

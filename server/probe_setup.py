@@ -36,11 +36,11 @@ def build_subject(config: ProbeConfig, generator: ImageGenerator) -> Subject:
     return make_subject(config.subject.name, **params)
 
 
-def build_stages(config: ProbeConfig) -> dict:
+def build_stages(config: ProbeConfig, make=make_stage) -> dict:
     keys = [s.key for s in config.stages]
     if len(set(keys)) != len(keys):
         raise ConfigError("stages", "two stages share a name; give one a distinct 'label'")
-    return {s.key: make_stage(s.name, **s.params) for s in config.stages}
+    return {s.key: make(s.name, **s.params) for s in config.stages}
 
 
 def build_search(

@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 
+from snslab_common import spike_codec
 from wire import Reject
 from wire.units import unit_key
 
@@ -25,15 +26,24 @@ def _identity(client) -> dict:
     return {k[len("recording."):]: v for k, v in sorted(caps.items()) if k.startswith("recording.")}
 
 
-def to_session_order(blob: bytes, dtype: str, n: np.ndarray, order: np.ndarray) -> tuple[bytes, np.ndarray]:
+def to_session_order(blob: bytes, dtype: str, n: np.ndarray, order: np.ndarray,
+                     start_ms: float = 0.0) -> tuple[bytes, np.ndarray]:
     """Packed per-unit spike times (unit after unit, ``n`` each) rearranged so that unit ``order[k]`` of the
-    batch comes k-th, in one gather."""
-    flat = np.frombuffer(blob, dtype=dtype)
+    batch comes k-th, in one gather (``dus16`` steps are decoded, gathered and encoded again)."""
     n = np.asarray(n, dtype=np.int64)
+    if dtype == spike_codec.CODEC:
+        base = spike_codec.base_us(start_ms)
+        flat = spike_codec.decode_flat(n, blob, base)
+        idx = _gather(n, order)
+        return spike_codec.encode_flat(flat[idx], n[order], base), n[order]
+    flat = np.frombuffer(blob, dtype=dtype)
+    return flat[_gather(n, order)].tobytes(), n[order]
+
+
+def _gather(n: np.ndarray, order: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(n)[:-1]])[order]
     lens = n[order]
-    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
-    return flat[idx].tobytes(), lens
+    return np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
 
 
 class SpikeIntake:
@@ -97,7 +107,7 @@ class SpikeIntake:
             positions.append(position[key])
         if sorted(positions) != list(range(len(unit_keys))):
             raise Reject(f"units: the batch must carry every unit of the session ({len(unit_keys)})")
-        from .db.spikes import SpikeTrainRecord, store_spike_trains
+        from .db.spikes import STEPS, SpikeTrainRecord, store_spike_trains
 
         if session_id == loop.session_id:
             self.note_client(msg)
@@ -110,9 +120,10 @@ class SpikeIntake:
                 raise Reject(f"presentation_id: {it.presentation_id!r} is not a presentation of this session")
             blob, n = bytes(msg.blobs[it.blob]), np.asarray(it.n, dtype=np.int64)
             if not identity:
-                blob, n = to_session_order(blob, it.dtype, n, order)
-            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n.tolist(),
-                                            np.dtype(it.dtype).itemsize, blob, dict(batch.clock)))
+                blob, n = to_session_order(blob, it.dtype, n, order, it.window_ms[0])
+            time_bytes = STEPS if it.dtype == spike_codec.CODEC else np.dtype(it.dtype).itemsize
+            records.append(SpikeTrainRecord(pid, it.onset_rig_s, it.window_ms[0], it.window_ms[1], n,
+                                            time_bytes, blob, dict(batch.clock)))
         inserted, unknown = store_spike_trains(loop.repo.engine, session_id, records)
         self.stored += inserted
         if unknown:

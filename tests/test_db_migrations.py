@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"sessions", "units", "generations", "stimuli", "presentations", "responses", "scores", "events"}
 SWEEP_TABLES = {"sweeps", "sweep_probes"}  # 0003_issue16
 SPIKE_TABLES = {"spike_trains", "recordings", "analyses", "analysis_results"}  # 0003_issue14
+HEAD = "0005_spike_steps"
 
 
 def _relations(engine) -> dict[str, set[str]]:
@@ -47,7 +48,7 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert rel["v"] == {"unit_responses"}
         assert {"uq_generations_in_flight", "uq_generations_planned", "uq_presentations_active_slot",
                 "uq_stimuli_sha256"} <= rel["i"]
-        assert current_revision(engine) == "0004_reference_check"
+        assert current_revision(engine) == HEAD
         with engine.connect() as conn:  # PNG bytes and float64 codes are stored without a compression attempt
             storage = dict(conn.execute(sa.text(
                 "SELECT attrelid::regclass::text || '.' || attname, attstorage FROM pg_attribute"
@@ -55,6 +56,8 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
                 " OR (attrelid = 'presentations'::regclass AND attname = 'code')")).all())
         assert storage == {"stimuli.data": "e", "presentations.code": "e"}
 
+        migrate(engine, "-1")  # below 0005_spike_steps: only a check constraint changes
+        assert current_revision(engine) == "0004_reference_check"
         migrate(engine, "-1")  # below 0004_reference_check: the check's kinds go, the tables stay
         assert current_revision(engine) == "0003_issue14"
         assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | SPIKE_TABLES | {"alembic_version"}
@@ -62,7 +65,7 @@ def test_upgrade_builds_everything_from_empty_and_downgrade_base_removes_it(empt
         assert current_revision(engine) == "0003_issue16"
         assert _relations(engine)["r"] == TABLES | SWEEP_TABLES | {"alembic_version"}
         migrate(engine, "head")
-        migrate(engine, "-4")  # down to the first revision (below 0002, 0003_issue16, 0003_issue14, 0004) and up again
+        migrate(engine, "-5")  # down to the first revision (below 0002, 0003_*, 0004, 0005) and up again
         assert current_revision(engine) == "0001" and _relations(engine)["r"] == TABLES | {"alembic_version"}
         migrate(engine, "head")
 
@@ -118,7 +121,7 @@ def test_two_processes_migrating_at_once_both_succeed(empty_db_url):
         t.join()
     try:
         assert errors == []
-        assert current_revision(engines[0]) == "0004_reference_check"
+        assert current_revision(engines[0]) == HEAD
     finally:
         for e in engines:
             e.dispose()

@@ -25,10 +25,12 @@ def test_capture_keeps_the_margin_half_open_and_waits_for_the_watermark():
     cap.add_onset("p1", onset)
     assert cap.ready(onset + 0.49) == []
     (tr,) = cap.ready(onset + 0.5)
-    assert tr.times_ns["a"].tolist() == [-200_000_000, 49_999_900, 499_900_000]
+    # whole microseconds: floor((t - onset) * 1e6 + 1e-3), 49.9999 ms -> 49,999 us
+    assert tr.times_ns["a"].tolist() == [-200_000_000, 49_999_000, 499_900_000]
     assert tr.times_ns["b"].tolist() == [100_000_000]
     n, dtype, blob = tr.encode(["a", "b"])
-    assert (n, dtype, len(blob)) == ([3, 1], "<i4", 16)
+    # steps from -200 ms: 0 fits in 16 bits, 249,999 / 449,901 / 300,000 us escape to int32
+    assert (n, dtype, len(blob)) == ([3, 1], "dus16", 4 * 2 + 3 * 4)
     assert cap.ready(onset + 10) == []  # emitted once
 
 
@@ -54,6 +56,8 @@ def test_live_session_stores_spike_times_whose_window_counts_are_the_stored_coun
             "SELECT r.presentation_id, r.counts, r.window_start_ms, r.window_end_ms, r.baseline_counts,"
             " r.baseline_start_ms, r.baseline_end_ms, p.rig_onset FROM responses r"
             " JOIN presentations p ON p.id = r.presentation_id WHERE p.session_id = :s"), {"s": sid}).all()
+        stored_as = c.execute(text("SELECT DISTINCT time_bytes FROM spike_trains")).scalars().all()
+    assert stored_as == [2]  # the bridge sends whole microseconds as 16-bit steps (spike_codec)
     assert len(rows) >= 3 * 8 and set(trains) == {r.presentation_id for r in rows}
     total = 0
     for r in rows:

@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from snslab_common import spike_codec
 from snslab_common.errors import SnslabError
 from wire.depth import json_depth
 from wire.units import UNIT_KEY_PATTERN
@@ -301,16 +302,17 @@ class CountsBatch(Payload):
 
 class SpikeTrains(Payload):
     """One presentation's spike times, per unit, within ``window_ms`` around its onset (the response window
-    plus a margin), so counts can be recomputed offline. The times are in blob ``blob``: integer ns after
-    ``onset_rig_s`` (rig clock), little-endian ``dtype``, unit after unit in the batch's ``units`` order,
-    ``n[u]`` times for unit ``u``, each unit's times ascending."""
+    plus a margin), so counts can be recomputed offline. The times are in blob ``blob``, unit after unit in
+    the batch's ``units`` order, ``n[u]`` times for unit ``u``, each unit's times ascending: with ``dtype``
+    ``dus16`` whole microseconds after ``onset_rig_s`` (rig clock) as 16-bit steps from ``window_ms[0]``
+    (snslab_common.spike_codec); with ``<i4``/``<i8`` integer ns after it, little-endian."""
 
     presentation_id: Id
     onset_rig_s: float
     window_ms: tuple[float, float] = (-200.0, 500.0)
     n: list[Count]
     blob: Annotated[int, Field(ge=0)]
-    dtype: Literal["<i4", "<i8"] = "<i4"
+    dtype: Literal["<i4", "<i8", "dus16"] = "<i4"
 
 
 class SpikesBatch(Payload):
@@ -351,6 +353,11 @@ class SpikesBatch(Payload):
         for i, item in enumerate(self.items):
             if item.blob >= len(blobs):
                 raise ProtocolError(f"payload.items[{i}].blob", f"index {item.blob} but only {len(blobs)} frames")
+            if item.dtype == spike_codec.CODEC:
+                problem = spike_codec.check_length(item.n, blobs[item.blob])
+                if problem:
+                    raise ProtocolError(f"blob[{item.blob}]", problem)
+                continue
             need = int(np.dtype(item.dtype).itemsize) * sum(item.n)
             if len(blobs[item.blob]) != need:
                 raise ProtocolError(

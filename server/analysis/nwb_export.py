@@ -209,8 +209,10 @@ def export_nwb(repo, session_id: uuid.UUID, out: Path, meta: ExportMetadata,
             per_unit[u].append(onset - t0 + d * 1e-9)
     obs = _union(spans)
     resolutions = [t.clock.get("sample_rate") for t in trains.values() if t.clock.get("sample_rate")]
-    resolution = 1.0 / float(resolutions[0]) if resolutions else 1e-9
-    times = [_dedupe(np.concatenate(per_unit[u])) if per_unit[u] else np.zeros(0) for u in range(len(data.unit_keys))]
+    stored_ns = max((t.resolution_ns for t in trains.values()), default=1)  # 1000: microsecond steps
+    resolution = 1.0 / float(resolutions[0]) if resolutions else stored_ns * 1e-9
+    times = [_dedupe(np.concatenate(per_unit[u]), stored_ns * 1e-9) if per_unit[u] else np.zeros(0)
+             for u in range(len(data.unit_keys))]
     n_spikes = int(sum(len(t) for t in times))
     specs = [h.units[u] if u < len(h.units) else None for u in range(len(data.unit_keys))]
     chans = np.array([sp.channel if sp else 0 for sp in specs], dtype=np.int64)
@@ -377,13 +379,15 @@ def _union(spans: list[tuple[float, float]]) -> np.ndarray:
     return np.array(out)
 
 
-def _dedupe(times: np.ndarray, tol: float = 5e-9) -> np.ndarray:
-    """One spike per time: overlapping windows of consecutive presentations store the same spike twice
-    (offsets rounded to ns from two onsets can differ by a nanosecond)."""
+def _dedupe(times: np.ndarray, resolution_s: float = 1e-9) -> np.ndarray:
+    """One spike per time: overlapping windows of consecutive presentations store the same spike twice, and
+    its offsets, floored to the stored resolution from two onsets, can differ by up to that resolution (a
+    microsecond: far below any unit's refractory period). Each copy is the true time floored, so the latest
+    copy is the closest: it is the one kept."""
     t = np.sort(times)
     if len(t) < 2:
         return t
-    keep = np.concatenate([[True], np.diff(t) > tol])
+    keep = np.concatenate([np.diff(t) > resolution_s + 5e-9, [True]])
     return t[keep]
 
 

@@ -52,6 +52,7 @@ class SpikeTrain(Base):
     start_ms: Mapped[float] = mapped_column(Float)
     end_ms: Mapped[float] = mapped_column(Float)
     n: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    # 4 / 8: int32 / int64 ns after onset; 2: "dus16", whole microseconds as 16-bit steps (spike_codec)
     time_bytes: Mapped[int] = mapped_column(SmallInteger)
     times: Mapped[bytes] = mapped_column(LargeBinary)
     clock: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
@@ -59,7 +60,7 @@ class SpikeTrain(Base):
 
     __table_args__ = (
         CheckConstraint("end_ms > start_ms", name="window"),
-        CheckConstraint("time_bytes IN (4, 8)", name="time_bytes"),
+        CheckConstraint("time_bytes IN (2, 4, 8)", name="time_bytes"),
         CheckConstraint("array_ndims(n) = 1 AND array_position(n, NULL) IS NULL AND 0 <= ALL(n)", name="n"),
         CheckConstraint("jsonb_typeof(clock) = 'object'", name="clock"),
     )

@@ -5,9 +5,11 @@
     trains = load_spike_trains(engine, session_id)      # {presentation id: StoredTrain}
     trains[pid].unit_times_ns(0)                        # int64 ns after onset of the unit at position 0
 
-Spike times are integer ns after the presentation's rig onset, packed unit after unit in the session's
-unit order (see analysis_models.SpikeTrain). A re-sent batch is a duplicate (ON CONFLICT DO NOTHING);
-stored rows are never updated.
+Spike times are packed unit after unit in the session's unit order (see analysis_models.SpikeTrain): as
+the bridge sends them, either whole microseconds after the presentation's rig onset in 16-bit steps
+(``time_bytes`` 2, snslab_common.spike_codec; what bridges send since migration 0005) or int32/int64 ns
+(``time_bytes`` 4/8). Readers get int64 ns either way. A re-sent batch is a duplicate (ON CONFLICT DO
+NOTHING); stored rows are never updated.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.engine import Engine
 from server.db.analysis_models import Recording, SpikeTrain
 from server.db.bulk import ensure_temp_table
 from server.db.models import Presentation
+from snslab_common import spike_codec
 
 SPT = SpikeTrain.__table__
 REC = Recording.__table__
@@ -56,6 +59,7 @@ class StoredTrain:
     n: np.ndarray
     times_ns: np.ndarray  # all units, packed, int64
     clock: dict[str, Any]
+    resolution_ns: int = 1  # 1000 for rows stored as microsecond steps
 
     def unit_times_ns(self, position: int) -> np.ndarray:
         edges = np.concatenate([[0], np.cumsum(self.n)])
@@ -66,15 +70,28 @@ class StoredTrain:
         return [self.times_ns[a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
-def pack_times(per_unit: Sequence[np.ndarray], window_ms: tuple[float, float]) -> tuple[list[int], int, bytes]:
-    """(n per unit, bytes per time, packed little-endian) for int ns arrays; int32 while the span fits."""
+STEPS = 2  # time_bytes of a spike_codec blob
+
+
+def pack_times(per_unit: Sequence[np.ndarray], window_ms: tuple[float, float],
+               steps: bool = True) -> tuple[list[int], int, bytes]:
+    """(n per unit, time_bytes, blob) for int ns arrays: microsecond steps when every time is on a whole
+    microsecond (and ``steps``), else little-endian int32 ns while the span fits, else int64 ns."""
+    per_unit = [np.asarray(a, dtype=np.int64) for a in per_unit]
+    if steps:
+        us = [a // 1000 for a in per_unit]
+        if all(np.array_equal(a, b * 1000) for a, b in zip(per_unit, us)) and spike_codec.fits(us):
+            return [len(a) for a in per_unit], STEPS, spike_codec.encode_us(us, spike_codec.base_us(window_ms[0]))
     fits = max(abs(window_ms[0]), abs(window_ms[1])) * 1e6 < 2**31 - 1
     dtype = "<i4" if fits else "<i8"
     flat = np.concatenate([np.asarray(a, dtype=np.int64) for a in per_unit]) if len(per_unit) else np.empty(0)
     return [len(a) for a in per_unit], 4 if fits else 8, flat.astype(dtype).tobytes()
 
 
-def unpack_times(n: Sequence[int], time_bytes: int, times: bytes) -> np.ndarray:
+def unpack_times(n: Sequence[int], time_bytes: int, times: bytes, start_ms: float = 0.0) -> np.ndarray:
+    """All units' times as int64 ns (``start_ms``: the row's window start, the codec's reference)."""
+    if time_bytes == STEPS:
+        return spike_codec.decode_flat(n, times, spike_codec.base_us(start_ms)) * 1000
     flat = np.frombuffer(times, dtype="<i4" if time_bytes == 4 else "<i8").astype(np.int64)
     if len(flat) != int(np.sum(n)):
         raise ValueError(f"spike times: {len(flat)} values but the per-unit numbers add up to {int(np.sum(n))}")
@@ -138,28 +155,46 @@ _INT4_OID = 23
 
 
 def copy_stream(records: Sequence[SpikeTrainRecord]) -> bytes:
-    """The rows as PostgreSQL's binary COPY stream, packed with struct/numpy (psycopg's per-value dumpers
-    cost more than the database's own work on these rows)."""
-    parts = [_SIGNATURE]
+    """The rows as PostgreSQL's binary COPY stream. The fixed part of every row (ids, window, the int4[] of
+    spike numbers, time_bytes, the blob's length) is one numpy structured array for the whole batch, so the
+    cost per row is joining three byte strings (psycopg's per-value dumpers, or struct per field, cost more
+    than the database's own work on these rows)."""
+    if not records:
+        return _SIGNATURE + b"\xff\xff"
+    if len({len(r.n) for r in records}) > 1:  # rows with different numbers of units (never from one session)
+        return b"".join([copy_stream([r])[:-2] if i == 0 else copy_stream([r])[len(_SIGNATURE):-2]
+                         for i, r in enumerate(records)]) + b"\xff\xff"
+    n = np.array([np.asarray(r.n, dtype=np.int64) for r in records]).reshape(len(records), -1)
+    if n.size and (n.min() < 0 or n.max() > 2**31 - 1):
+        bad = int(np.flatnonzero((n < 0).any(1) | (n > 2**31 - 1).any(1))[0])
+        raise ValueError(f"presentation {records[bad].presentation_id}: spike numbers out of range")
+    units = n.shape[1]
+    row = np.zeros(len(records), dtype=[
+        ("nf", ">i2"), ("l0", ">i4"), ("pid", ">i8"), ("l1", ">i4"), ("onset", ">f8"), ("l2", ">i4"),
+        ("start", ">f8"), ("l3", ">i4"), ("end", ">f8"),
+        ("l4", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"), ("lbound", ">i4"),
+        ("n", ">i4", (units, 2)), ("l5", ">i4"), ("tb", ">i2"), ("l6", ">i4")])
+    row["nf"], row["l0"], row["l1"], row["l2"], row["l3"] = 8, 8, 8, 8, 8
+    row["l4"], row["ndim"], row["oid"], row["dim"], row["lbound"] = 20 + 8 * units, 1, _INT4_OID, units, 1
+    row["l5"] = 2
+    row["pid"] = [int(r.presentation_id) for r in records]
+    row["onset"] = [float(r.onset_rig_s) for r in records]
+    row["start"] = [float(r.start_ms) for r in records]
+    row["end"] = [float(r.end_ms) for r in records]
+    row["n"][:, :, 0] = 4
+    row["n"][:, :, 1] = n
+    row["tb"] = [int(r.time_bytes) for r in records]
+    row["l6"] = [len(r.times) for r in records]
+    fixed = memoryview(row.tobytes())
+    size = row.dtype.itemsize
     clocks: dict[int, bytes] = {}
-    head = struct.Struct(">hiqidid")  # nfields, (len, id), (len, onset), (len, start)
-    for r in records:
-        n = np.asarray(r.n, dtype=np.int64)
-        if n.size and (n.min() < 0 or n.max() > 2**31 - 1):
-            raise ValueError(f"presentation {r.presentation_id}: spike numbers out of range")
-        arr = np.empty(n.size, dtype=[("l", ">i4"), ("v", ">i4")])
-        arr["l"], arr["v"] = 4, n
+    parts = [_SIGNATURE]
+    for i, r in enumerate(records):
         clock = clocks.get(id(r.clock))
         if clock is None:
-            clock = clocks[id(r.clock)] = b"\x01" + json.dumps(r.clock, allow_nan=False).encode()
-        parts += [
-            head.pack(8, 8, int(r.presentation_id), 8, float(r.onset_rig_s), 8, float(r.start_ms)),
-            struct.pack(">id", 8, float(r.end_ms)),
-            struct.pack(">iiiiii", 20 + 8 * n.size, 1, 0, _INT4_OID, n.size, 1), arr.tobytes(),
-            struct.pack(">ih", 2, int(r.time_bytes)),
-            struct.pack(">i", len(r.times)), bytes(r.times),
-            struct.pack(">i", len(clock)), clock,
-        ]
+            body = b"\x01" + json.dumps(r.clock, allow_nan=False).encode()
+            clock = clocks[id(r.clock)] = struct.pack(">i", len(body)) + body
+        parts += [fixed[i * size:(i + 1) * size], r.times, clock]
     parts.append(b"\xff\xff")
     return b"".join(parts)
 
@@ -184,7 +219,8 @@ def load_spike_trains(engine: Engine, session_id: uuid.UUID) -> dict[int, Stored
             n = np.asarray(r.n, dtype=np.int64)
             out[int(r.presentation_id)] = StoredTrain(
                 int(r.presentation_id), float(r.onset_rig_s), float(r.start_ms), float(r.end_ms), n,
-                unpack_times(n, r.time_bytes, bytes(r.times)), dict(r.clock),
+                unpack_times(n, r.time_bytes, bytes(r.times), float(r.start_ms)), dict(r.clock),
+                1000 if r.time_bytes == STEPS else 1,
             )
     return out
 

@@ -330,24 +330,33 @@ class DeePSiMGenerator(ImageGenerator):
         """Render ``n`` zero codes (default: a full batch) once, outside any timed path."""
         torchpaths.warm_up(lambda: self.render(np.zeros((n or self.batch_size, self.code_size))), self.device)
 
-    def render(self, codes: np.ndarray) -> np.ndarray:
+    def _pass(self, codes: np.ndarray) -> np.ndarray:
+        """One forward pass of at most ``batch_size`` checked codes: images (b, H, W, 3) float32."""
         import torch
         import torch.nn.functional as F
 
+        with torchpaths.compute(self.device, self.precision):
+            z = torchpaths.upload(codes, self.device, torch.float32)
+            y = self.net(z).float()  # (b, 3, 256, 256) BGR (float32 already unless under bf16 autocast)
+            x = torch.clamp((y + self._mean) / 255.0, 0.0, 1.0)[:, [2, 1, 0]]
+            if x.shape[-2:] != self.image_shape[:2]:
+                x = F.interpolate(x, size=self.image_shape[:2], mode="bilinear", align_corners=False, antialias=True)
+                x = x.clamp(0.0, 1.0)
+            return x.permute(0, 2, 3, 1).cpu().numpy()
+
+    def render(self, codes: np.ndarray) -> np.ndarray:
         codes = self.check_codes(codes)
         out = np.empty((codes.shape[0], *self.image_shape), dtype=np.float32)
-        with torchpaths.compute(self.device, self.precision):
-            for start in range(0, codes.shape[0], self.batch_size):
-                z = torchpaths.upload(codes[start : start + self.batch_size], self.device, torch.float32)
-                y = self.net(z).float()  # (b, 3, 256, 256) BGR (float32 already unless under bf16 autocast)
-                x = torch.clamp((y + self._mean) / 255.0, 0.0, 1.0)[:, [2, 1, 0]]
-                if x.shape[-2:] != self.image_shape[:2]:
-                    x = F.interpolate(
-                        x, size=self.image_shape[:2], mode="bilinear", align_corners=False, antialias=True
-                    )
-                    x = x.clamp(0.0, 1.0)
-                out[start : start + len(z)] = x.permute(0, 2, 3, 1).cpu().numpy()
+        for start in range(0, codes.shape[0], self.batch_size):
+            out[start : start + self.batch_size] = self._pass(codes[start : start + self.batch_size])
         return out
+
+    def render_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """``render`` of several callers' codes in shared passes (probes run together). On the CPU in fp32
+        each caller's images come out bit for bit as from its own ``render`` call (torchpaths.pack_passes)."""
+        codes = [self.check_codes(c) for c in batches]
+        exact = torchpaths.exact_pass_min(self.device, self.precision, 4)
+        return torchpaths.run_passes(self._pass, codes, self.batch_size, exact)
 
 
 class DeePSiMFc6Generator(DeePSiMGenerator):

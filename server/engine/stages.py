@@ -296,21 +296,29 @@ class CNNStage(Stage):
             raise RuntimeError(f"layer {self.layer!r} was not called in the forward pass of {self.architecture}")
         return captured[0]
 
+    def _pass(self, x: np.ndarray) -> np.ndarray:
+        """One forward pass of at most ``batch_size`` images: the layer output as float32 numpy."""
+        with torchpaths.compute(self.device, self.precision):
+            return self._run(self._prepare(x)).detach().float().cpu().numpy()
+
     def activations(self, images: np.ndarray):
         """Unflattened layer output as a float32 numpy array (B, *feature_shape)."""
         x = as_image_batch(images)
-        chunks = []
-        with torchpaths.compute(self.device, self.precision):
-            for start in range(0, x.shape[0], self.batch_size):
-                out = self._run(self._prepare(x[start : start + self.batch_size]))
-                chunks.append(out.detach().float().cpu().numpy())
-        acts = np.concatenate(chunks, axis=0)
+        acts = np.concatenate([self._pass(x[start : start + self.batch_size])
+                               for start in range(0, x.shape[0], self.batch_size)], axis=0)
         self._shape = acts.shape[1:]
         return acts
 
     def features(self, images: np.ndarray) -> np.ndarray:
         a = self.activations(images)
         return a.reshape(a.shape[0], -1)
+
+    def features_many(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """``features`` of several callers' batches in shared passes (probes run together). On the CPU in fp32
+        each caller's rows come out bit for bit as from its own ``features`` call (torchpaths.pack_passes)."""
+        xs = [as_image_batch(b) for b in batches]
+        exact = torchpaths.exact_pass_min(self.device, self.precision, 2)
+        return torchpaths.run_passes(lambda x: self._pass(x).reshape(len(x), -1), xs, self.batch_size, exact)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

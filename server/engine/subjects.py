@@ -58,6 +58,17 @@ class CNNUnit(Subject):
             normalize=normalize, device=device, batch_size=batch_size, seed=seed, precision=precision,
             _field="subject",
         )
+        self._bind(unit, baseline, gain)
+
+    @classmethod
+    def on_stage(cls, stage: Any, unit: int | Sequence[int] = 0, baseline: float = 0.0, gain: float = 1.0) -> "CNNUnit":
+        """A unit read from an existing network (a ``CNNStage``, or one shared by probes run together)."""
+        self = cls.__new__(cls)
+        self.stage = stage
+        self._bind(unit, baseline, gain)
+        return self
+
+    def _bind(self, unit, baseline, gain) -> None:
         self.baseline = number(baseline, "subject.baseline")
         self.gain = number(gain, "subject.gain")
         shape = self.stage.feature_shape

@@ -128,3 +128,63 @@ def warm_up(fn: Callable[[], Any], device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+# -- several callers' batches in shared forward passes (probes run together: server/engine/lockstep.py) --
+def exact_pass_min(device: str, precision: str, measured: int) -> int:
+    """Rows per pass from which a row's result no longer depends on the pass's size or other rows.
+
+    Measured on the CPU in fp32 (tests/test_sweep_batching.py): oneDNN computes a row alike in every pass of
+    at least ``measured`` rows (2 for ResNet convolutions, 4 for DeePSiM's linear layers); smaller passes
+    take other kernels and differ at float32 rounding. Elsewhere (CUDA, bf16) nothing is bitwise anyway: 1.
+    """
+    return measured if device == "cpu" and precision == "fp32" else 1
+
+
+def pack_passes(sizes: list[int], batch: int, exact_min: int = 1) -> list[list[tuple[int, int, int]]]:
+    """Forward passes for several callers' batches: each pass a list of (caller, start, stop) row ranges.
+
+    A caller's own pass of fewer than ``exact_min`` rows (its last chunk of ``batch``) runs alone, as that
+    caller alone would run it; every other row is packed with the other callers' into passes of at most
+    ``batch`` rows, split evenly so that none is smaller than ``exact_min`` when the rows allow it.
+    """
+    alone: list[list[tuple[int, int, int]]] = []
+    shared: list[tuple[int, int]] = []  # (caller, row)
+    for i, n in enumerate(sizes):
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            if stop - start < exact_min:
+                alone.append([(i, start, stop)])
+            else:
+                shared += [(i, r) for r in range(start, stop)]
+    passes = []
+    n_pass = -(-len(shared) // batch)
+    bounds = [round(k * len(shared) / n_pass) for k in range(n_pass + 1)] if n_pass else [0]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        ranges: list[tuple[int, int, int]] = []
+        for i, r in shared[a:b]:  # consecutive rows of one caller become one range
+            if ranges and ranges[-1][0] == i and ranges[-1][2] == r:
+                ranges[-1] = (i, ranges[-1][1], r + 1)
+            else:
+                ranges.append((i, r, r + 1))
+        passes.append(ranges)
+    return passes + alone
+
+
+def run_passes(one_pass: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], batch: int,
+               exact_min: int = 1) -> list[np.ndarray]:
+    """``one_pass`` (rows -> outputs, one forward pass) over several callers' inputs packed by
+    ``pack_passes``; returns each caller's outputs in its own row order."""
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    for ranges in pack_passes([len(x) for x in inputs], batch, exact_min):
+        # a caller's own pass gets its rows as its own call would (a slice: the same strides, the same kernels)
+        x = inputs[ranges[0][0]][ranges[0][1]:ranges[0][2]] if len(ranges) == 1 else \
+            np.concatenate([inputs[i][a:b] for i, a, b in ranges])
+        y = one_pass(x)
+        k = 0
+        for i, a, b in ranges:
+            if out[i] is None:
+                out[i] = np.empty((len(inputs[i]), *y.shape[1:]), dtype=y.dtype)
+            out[i][a:b] = y[k : k + b - a]
+            k += b - a
+    return [o if o is not None else np.empty((0,)) for o in out]

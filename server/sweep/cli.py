@@ -12,7 +12,8 @@ from server.sweep.spec import __doc__ as SPEC_DOC
 
 SWEEP_HELP = f"""Run many in-silico probes as one sweep on Ray, stored in PostgreSQL and a Parquet table.
 
-Each probe is a Ray task (its CPU/GPU needs from [resources]) running exactly what `snslab insilico` runs;
+Each probe is a Ray task (its CPU/GPU needs from [resources]; with batch_probes, a group of probes sharing
+torch models) running exactly what `snslab insilico` runs;
 its sessions are stored like any in-silico run (DATABASE_URL, or the embedded PostgreSQL in ./.snslab)
 and grouped under the sweep. Local Ray by default (nothing to set up); `--address` joins a cluster
 (then DATABASE_URL must be reachable from every node). Re-running the same file resumes the sweep: finished

@@ -72,6 +72,7 @@ def _run_tasks(spec, todo, url, engine, outcome, address, num_cpus, num_gpus, te
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from server.sweep.group import group_probes, run_group_task
     from server.sweep.task import run_probe_task
 
     _ray_init(address, num_cpus, temp_dir, num_gpus)
@@ -81,10 +82,19 @@ def _run_tasks(spec, todo, url, engine, outcome, address, num_cpus, num_gpus, te
             if not address and need > have.get(res, 0):  # a local instance never grows: tasks would wait forever
                 from server.engine.base import ConfigError
 
-                raise ConfigError(f"resources.num_{res.lower()}s", f"each probe needs {need:g} {res}s but the "
+                each = "task" if spec.batch_probes > 1 else "probe"
+                raise ConfigError(f"resources.num_{res.lower()}s", f"each {each} needs {need:g} {res}s but the "
                                   f"local Ray instance has {have.get(res, 0):g}", f"at most {have.get(res, 0):g}")
-        task = ray.remote(run_probe_task).options(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=0)
-        refs = {task.remote(url, p.id, p.attempt, p.config): p for p in todo}
+        opts = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_retries=0)
+        task = ray.remote(run_probe_task).options(**opts)
+        group_task = ray.remote(run_group_task).options(**opts)
+        refs = {}
+        for group in group_probes(todo, spec.batch_probes):
+            if len(group) == 1:
+                p = group[0]
+                refs[task.remote(url, p.id, p.attempt, p.config)] = group
+            else:
+                refs[group_task.remote(url, [(p.id, p.attempt, p.config) for p in group])] = group
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("done {task.fields[done]}  failed {task.fields[failed]}"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not progress)
@@ -94,19 +104,23 @@ def _run_tasks(spec, todo, url, engine, outcome, address, num_cpus, num_gpus, te
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=5.0)
                 for ref in ready:
-                    probe = refs[ref]
+                    group = refs[ref]
                     try:
-                        res = ray.get(ref)
+                        results = ray.get(ref)
+                        results = [results] if len(group) == 1 else results
                     except Exception as exc:  # the task's process died (out of memory, killed): record it
                         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                        store.finish(engine, probe.id, probe.attempt, status="failed", seconds=0.0,
-                                     error=error[:2000])
-                        res = {"status": "failed", "error": error}
-                    if res["status"] == "completed":
-                        outcome.completed += 1
-                    elif res["status"] == "failed":
-                        outcome.failed += 1
-                        outcome.errors.append((probe.labels, res["error"]))
-                    bar.update(tid, advance=1, done=outcome.completed, failed=outcome.failed)
+                        results = [{"status": "failed", "error": error[:2000], "seconds": 0.0}] * len(group)
+                    for probe, res in zip(group, results):
+                        if res["status"] == "failed" and not store.finish(
+                                engine, probe.id, probe.attempt, status="failed", seconds=res.get("seconds", 0.0),
+                                error=res["error"]):  # recorded by the task already (before its process died)
+                            res = store.outcome(engine, probe.id, probe.attempt) or res
+                        if res["status"] == "completed":
+                            outcome.completed += 1
+                        elif res["status"] == "failed":
+                            outcome.failed += 1
+                            outcome.errors.append((probe.labels, res["error"]))
+                    bar.update(tid, advance=len(group), done=outcome.completed, failed=outcome.failed)
     finally:
         ray.shutdown()

@@ -3,9 +3,11 @@
     name = "resnet50-invariance"        # re-running a file with the same name resumes that sweep
     output = "runs/sweeps/resnet50"     # the Parquet table (probes.parquet) and the report go here
 
-    [resources]                         # what each probe (a Ray task) needs
+    [resources]                         # what each Ray task needs (one probe, or a group: batch_probes)
     num_cpus = 1
-    num_gpus = 0                        # e.g. 0.25: four probes share one GPU
+    num_gpus = 0                        # e.g. 0.25: four tasks share one GPU, each with its own passes
+    batch_probes = 1                    # e.g. 8 with num_gpus = 1: up to 8 probes with the same torch
+                                        # models in one task, their generations batched on the device
 
     [base]                              # a probe config exactly as for `snslab insilico` (see its --help)
     mode = "invariance"
@@ -26,6 +28,14 @@ Axes (each optional): ``networks`` a string (subject.architecture) or a table me
 ``seeds`` integers. A ``label`` key in a table names that value in outputs. Instead of [grid], ``[[probe]]``
 tables list the probes one by one (each merged into [base]; ``label`` names it). A ``cnn`` stage without an
 ``architecture`` measures distances in the subject's own network (its architecture, weights and seed).
+
+``batch_probes = N`` (default 1) runs up to N probes that use the same torch models (DeePSiM generator,
+``cnn`` stages, a ``cnn-unit``'s network, same weights) in one task: each probe runs as it runs alone, but
+their generations go through the shared models in one batch; [resources] is then what each such task needs.
+Results stay each probe's own (on the CPU in fp32 bit for bit those of `snslab insilico`). It is meant for
+GPUs (several probes share one, e.g. num_gpus = 1, batch_probes = 8) where the network dominates a probe's
+time: a group's probes share one process, so their own CPU work (optimizer, scoring, database writes) runs
+one at a time. On the CPU it does not pay.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ class SweepSpec:
     num_gpus: float
     probes: list[ProbeSpec]
     raw: dict[str, Any] = field(default_factory=dict)
+    batch_probes: int = 1  # probes per Ray task, their torch model calls batched (server/sweep/group.py)
 
 
 def merge(base: dict, patch: dict) -> dict:
@@ -154,8 +165,12 @@ def expand(raw: dict, default_name: str = "sweep") -> SweepSpec:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("name", f"bad value {name!r}", "a non-empty string")
     res = raw.get("resources", {})
-    if not isinstance(res, dict) or set(res) - {"num_cpus", "num_gpus"}:
-        raise ConfigError("resources", f"bad value {res!r}", "num_cpus, num_gpus")
+    if not isinstance(res, dict) or set(res) - {"num_cpus", "num_gpus", "batch_probes"}:
+        raise ConfigError("resources", f"bad value {res!r}", "num_cpus, num_gpus, batch_probes")
+    batch_probes = res.get("batch_probes", 1)
+    if isinstance(batch_probes, bool) or not isinstance(batch_probes, int) or batch_probes < 1:
+        raise ConfigError("resources.batch_probes", f"bad value {batch_probes!r}",
+                          "a positive integer (1: no batching)")
     num_cpus, num_gpus = res.get("num_cpus", 1), res.get("num_gpus", 0)
     for f, v in (("resources.num_cpus", num_cpus), ("resources.num_gpus", num_gpus)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -211,4 +226,4 @@ def expand(raw: dict, default_name: str = "sweep") -> SweepSpec:
         labels.setdefault("seed", probe.seed)
         labels.setdefault("mode", probe.mode)
         probes.append(ProbeSpec(i, labels, config, key))
-    return SweepSpec(name, output, float(num_cpus), float(num_gpus), probes, raw)
+    return SweepSpec(name, output, float(num_cpus), float(num_gpus), probes, raw, batch_probes)

@@ -105,6 +105,14 @@ def finish(engine, probe_id: int, attempt: int, *, status: str, seconds: float, 
     return n == 1
 
 
+def outcome(engine, probe_id: int, attempt: int) -> dict[str, Any] | None:
+    """A probe's recorded {"status", "error", "seconds"} while ``attempt`` is its current one."""
+    with engine.connect() as conn:
+        r = conn.execute(sa.select(P.c.status, P.c.error, P.c.seconds)
+                         .where(P.c.id == probe_id, P.c.attempt == attempt)).first()
+    return None if r is None else {"status": r.status, "error": r.error, "seconds": r.seconds}
+
+
 def close_sweep(engine, sweep_id: uuid.UUID) -> dict[str, int]:
     """Counts by status; the sweep is 'completed' once no probe is pending or running."""
     with engine.begin() as conn:

@@ -33,8 +33,9 @@ def summarize(result) -> dict[str, Any]:
     return ev
 
 
-def run_probe_task(db_url: str, probe_id: int, attempt: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Run one probe and record its outcome; returns {"status", "error", "seconds"}."""
+def run_probe_task(db_url: str, probe_id: int, attempt: int, config: dict[str, Any], models=None) -> dict[str, Any]:
+    """Run one probe and record its outcome; returns {"status", "error", "seconds"}. ``models``: shared with
+    the other probes of its group (server/sweep/group.py)."""
     from server.config import parse_config
     from server.db import encode_png
     from server.insilico import DatabaseRecorder, run_probe
@@ -57,7 +58,7 @@ def run_probe_task(db_url: str, probe_id: int, attempt: int, config: dict[str, A
         cfg = parse_config(config)
         if cfg.noise.kind == "poisson":
             recorder = Recorder(db.repository(), operator="sweep")
-        result = run_probe(cfg, recorder=recorder)
+        result = run_probe(cfg, recorder=recorder, models=models)
         if recorder is not None:
             recorder.finish()
         summary = summarize(result)
