@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .batches import Batch, OpenGeneration, PlannedPresentation
 from .engine.reference_check import ReferenceCheck, judge_reference
 
 REFERENCE_CHECK, BLANK = "reference-check", "blank"
@@ -144,7 +145,6 @@ class CheckSteps:
 
     def _begin_check(self):
         """Commit the check's generation (reference, blank, reference, ...) and return it to dispatch."""
-        from .session_runner import Batch, PlannedPresentation, _Open
 
         g = self.search.generation
         code, image = self._check_image()
@@ -168,7 +168,7 @@ class CheckSteps:
         shown = [PlannedPresentation(pid, i, k, None, image if k == REFERENCE_CHECK else blank, 0, g)
                  for pid, (i, k) in zip(ids, enumerate(kinds))]
         self._checking = True
-        self.open = _Open(Batch(g, shown), np.zeros((0, len(code))), np.zeros((0, *image.shape), np.float32))
+        self.open = OpenGeneration(Batch(g, shown), np.zeros((0, len(code))), np.zeros((0, *image.shape), np.float32))
         return Batch(g, list(shown))
 
     def _judge(self) -> None:
@@ -186,7 +186,6 @@ class CheckSteps:
     def _resume_check(self, point, propose: bool = True):
         """After a crash once the search was done: re-open the check with its committed answers, judge a
         check whose answers were all committed, or plan it when it was never begun."""
-        from .session_runner import Batch, PlannedPresentation, _Open
 
         g = self.search.generation
         data = None
@@ -205,7 +204,7 @@ class CheckSteps:
             if p.counts is not None:
                 answered[p.id] = np.asarray(p.counts, dtype=np.float64)
         self._checking = True
-        self.open = _Open(Batch(g, shown), np.zeros((0, len(ref.code))), np.zeros((0, *image.shape), np.float32),
+        self.open = OpenGeneration(Batch(g, shown), np.zeros((0, len(ref.code))), np.zeros((0, *image.shape), np.float32),
                           answered)
         if len(answered) < len(shown):
             return self._in_flight()

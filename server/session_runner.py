@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from .engine.search import GenerationReport, Proposal, SnSSearch
+from .batches import Batch, Counts, OpenGeneration, PlannedPresentation
 from .reference_phase import CheckSteps
 
 log = logging.getLogger("snslab.runner")
@@ -35,53 +36,6 @@ log = logging.getLogger("snslab.runner")
 def _writer() -> ThreadPoolExecutor:
     """One thread for database writes that overlap the loop's own work (see ``SessionRunner._score``)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="snslab-db")
-
-
-@dataclass
-class PlannedPresentation:
-    presentation_id: int
-    order: int
-    kind: str  # "candidate" | "reference"
-    code_index: int | None  # row in the generation's code matrix (candidates)
-    image: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    attempt: int
-    generation: int
-
-
-@dataclass
-class Batch:
-    """What to dispatch now, in display order: generation ``generation``'s presentations, then (when
-    planned) the next generation's lead-in. Each presentation carries its own generation."""
-
-    generation: int
-    presentations: list[PlannedPresentation]
-
-    @property
-    def ids(self) -> list[int]:
-        return [p.presentation_id for p in self.presentations]
-
-
-@dataclass
-class Counts:
-    """A presentation's spike counts (one per unit) in the response window, and in the baseline window."""
-
-    presentation_id: int
-    counts: np.ndarray
-    baseline: np.ndarray | None = None
-    valid: bool = True
-    qc_reasons: tuple[str, ...] = ()
-    window_ms: tuple[float, float] = (50.0, 200.0)
-    baseline_window_ms: tuple[float, float] = (-50.0, 0.0)
-
-
-@dataclass
-class _Open:
-    batch: Batch  # every presentation of the open generation (its lead-in included)
-    codes: np.ndarray
-    images: np.ndarray
-    answered: dict[int, np.ndarray] = field(default_factory=dict)
-    t_proposed: float = 0.0
-    told: tuple | None = None  # (report, state, score records, timings) once told, until committed
 
 
 @dataclass
@@ -135,7 +89,7 @@ class SessionRunner(CheckSteps):
         self.repo = repository
         self.session_id = session_id
         self.target_positions = target_positions  # units the probe targets (all stored, these scored)
-        self.open: _Open | None = None
+        self.open: OpenGeneration | None = None
         self.ahead: _Ahead | None = None
         self._prepared: _Prepared | None = None
         self.reports: list[GenerationReport] = []
@@ -218,7 +172,7 @@ class SessionRunner(CheckSteps):
                for pid, (k, (kind, _)) in zip(ids[len(body):], ahead_plan)]
         self._prepared = None
         self.ahead = _Ahead(g + 1, nxt) if nxt else None
-        self.open = _Open(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0)
+        self.open = OpenGeneration(Batch(g, lead + mine), proposal.codes, proposal.images, answered, t_proposed=t0)
         return Batch(g, mine + nxt)
 
     def _in_flight(self) -> Batch:
@@ -432,7 +386,7 @@ class SessionRunner(CheckSteps):
             if not np.array_equal(stored, proposal.codes):
                 raise RuntimeError(f"generation {flight.index}: the restored optimizer proposes different codes")
             presentations, answered = self._stored(flight.data, proposal.images)
-            self.open = _Open(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
+            self.open = OpenGeneration(Batch(flight.index, presentations), proposal.codes, proposal.images, answered,
                               time.perf_counter())
             if self.ahead is not None and self.ahead.generation != flight.index + 1:
                 self.ahead = None  # a lead-in not following the open generation cannot be shown in order

@@ -78,6 +78,15 @@ def check_length(n: Sequence[int], blob: bytes | memoryview) -> str | None:
     return None
 
 
+def blob_problem(dtype: str, n: Sequence[int], blob: bytes | memoryview) -> str | None:
+    """None when ``blob`` holds exactly ``sum(n)`` times in ``dtype`` (this codec, or plain ``<i4``/``<i8``)."""
+    if dtype == CODEC:
+        return check_length(n, blob)
+    total = int(np.sum(n)) if len(n) else 0
+    need = int(np.dtype(dtype).itemsize) * total
+    return None if len(blob) == need else f"{len(blob)} bytes but {total} times as {dtype} need {need}"
+
+
 def decode_flat(n: Sequence[int], blob: bytes | memoryview, base: int) -> np.ndarray:
     """Blob -> all units' times (int64 microseconds), unit after unit."""
     problem = check_length(n, blob)

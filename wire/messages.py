@@ -353,16 +353,9 @@ class SpikesBatch(Payload):
         for i, item in enumerate(self.items):
             if item.blob >= len(blobs):
                 raise ProtocolError(f"payload.items[{i}].blob", f"index {item.blob} but only {len(blobs)} frames")
-            if item.dtype == spike_codec.CODEC:
-                problem = spike_codec.check_length(item.n, blobs[item.blob])
-                if problem:
-                    raise ProtocolError(f"blob[{item.blob}]", problem)
-                continue
-            need = int(np.dtype(item.dtype).itemsize) * sum(item.n)
-            if len(blobs[item.blob]) != need:
-                raise ProtocolError(
-                    f"blob[{item.blob}]", f"{len(blobs[item.blob])} bytes but {sum(item.n)} times as {item.dtype} need {need}"
-                )
+            problem = spike_codec.blob_problem(item.dtype, item.n, blobs[item.blob])
+            if problem:
+                raise ProtocolError(f"blob[{item.blob}]", problem)
 
 
 class Control(Payload):
