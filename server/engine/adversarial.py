@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import ConfigError
-from .optimizers import OPTIMIZERS, Optimizer, _generator_from_state, _new_generator
+from .optimizer_base import OPTIMIZERS, Optimizer, _generator_from_state, _new_generator
 
 
 class ShellSearch(Optimizer):
