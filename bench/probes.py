@@ -11,6 +11,7 @@ whether each probe's claim held, then the shares the issue names:
 
     .venv/bin/python -m bench.probes                      # the default small budget
     .venv/bin/python -m bench.probes --generations 60 --population 24 --seeds 3
+    .venv/bin/python -m bench.probes --modes adversarial --reference-generations 40 --adversarial-generations 60
 
 Runs whose maximize never leaves baseline stop (the reference check) and are counted as such.
 """
@@ -57,17 +58,18 @@ def panel(image_size: int) -> list[tuple[str, dict, int]]:
 def run(args) -> dict:
     rows = []
     for label, subject, channels in panel(args.image_size):
-        for mode in args.modes.split(","):
+        for mode in args.modes:
             for seed in range(args.seeds):
                 cfg = {
                     "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
                     "stages": ["pixel"], "output": "runs/bench-probes",
                     "generator": {"name": "dct", "code_size": args.code_size, "image_size": args.image_size,
                                   "channels": channels},
-                    "subject": subject, "reference": {"source": "maximize", "generations": args.generations},
+                    "subject": subject, "reference": {"source": "maximize",
+                                                      "generations": args.reference_generations or args.generations},
                 }
-                if mode == "adversarial":
-                    cfg["optimizer"] = {"name": "sepcma", "sigma0": 0.3}
+                if mode == "adversarial":  # (the engine's default: the shell search, server/engine/adversarial.py)
+                    cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
                 try:
                     ev = run_probe(parse_config(cfg)).evaluation
@@ -79,7 +81,8 @@ def run(args) -> dict:
                 c = ev["controls"]
                 row |= {"claim_holds": ev["claim_holds"], "beats": c["beats"], "retention": ev["retention"],
                         "stretch": ev["stretch"], "ratio": c.get("contrast_to_probe_stretch_ratio"),
-                        "reached_target": c.get("reached_target")}
+                        "reached_target": c.get("reached_target"), "presentations": ev["presentations"],
+                        "verify_presentations": (ev.get("verification") or {}).get("presentations", 0)}
                 rows.append(row)
                 print(f"{label:<30} {mode:<11} seed {seed}: claim {'true ' if ev['claim_holds'] else 'false'} "
                       f"retention {ev['retention']:.2f} stretch {ev['stretch']:.3f} beats {c['beats']}", flush=True)
@@ -91,7 +94,7 @@ def report(res: dict) -> str:
     out = []
     for mode in ("adversarial", "invariance"):
         rs = [r for r in rows if r["mode"] == mode]
-        if not rs:  # (--modes left it out)
+        if not rs:
             continue
         ran = [r for r in rs if "stopped" not in r]
         share = np.mean([r["claim_holds"] for r in ran]) if ran else float("nan")
@@ -104,6 +107,12 @@ def report(res: dict) -> str:
             out.append(f"  median contrast/probe stretch ratio at the probe's change: "
                        f"{np.median(ratios) if ratios else float('nan'):.2f} over {len(ratios)} runs (goal >= 1.5); "
                        f"response halved in {len(halved)}/{len(ran)}")
+            halved_ratios = [r["ratio"] for r in halved if r["ratio"] is not None]
+            out.append(f"  median ratio over the runs that halved it: "
+                       f"{np.median(halved_ratios) if halved_ratios else float('nan'):.2f}")
+        if ran:
+            out.append(f"  presentations per probe (median): {np.median([r['presentations'] for r in ran]):.0f}, "
+                       f"plus {np.median([r['verify_presentations'] for r in ran]):.0f} to verify the reported image")
         for fam in ("contrast", "noise", "affine"):
             won = [r["beats"][fam] for r in ran]
             out.append(f"  beats {fam}: {sum(won)}/{len(won)}")
@@ -115,10 +124,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--generations", type=int, default=20, help="of the maximize run and of each probe")
     ap.add_argument("--population", type=int, default=12)
+    ap.add_argument("--modes", nargs="+", default=["invariance", "adversarial"],
+                    choices=["invariance", "adversarial"], help="which probes to run (e.g. --modes adversarial)")
+    ap.add_argument("--reference-generations", type=int, default=None,
+                    help="of the maximize run (default: --generations)")
+    ap.add_argument("--adversarial-generations", type=int, default=None,
+                    help="of each adversarial probe (default: --generations)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
-    ap.add_argument("--modes", default="invariance,adversarial", help="probes to run (comma-separated)")
     args = ap.parse_args()
     res = run(args)
     print(report(res))

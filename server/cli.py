@@ -89,6 +89,9 @@ def insilico(
             lost = [k for k, v in ev["controls"]["beats"].items() if not v]
             typer.echo(f"claim '{ev['claim']}': {'true' if ev['claim_holds'] else 'false'}"
                        + (f" (not beaten: {', '.join(lost)})" if lost else ""))
+            ratio = ev["controls"].get("contrast_to_probe_stretch_ratio")
+            if cfg.mode == "adversarial" and ratio is not None:
+                typer.echo(f"contrast reduction needs {ratio:.2f}x this stretch for the same change")
     else:
         typer.echo(f"most exciting image: {ev['selected_rate_hz']:.1f} Hz")
     typer.echo(f"outputs in {paths['summary.json'].parent}")

@@ -48,8 +48,13 @@ class SubjectConfig(_Named):
     )
 
 
+ADVERSARIAL_SIGMA0 = 0.7  # the shell search's perturbation angle scale (docs/benchmarks.md, issue 12)
+
+
 class OptimizerConfig(_Named):
-    name: str = Field("sepcma", description="optimizer: sepcma (default) | cma | genetic")
+    name: str = Field("sepcma", description="optimizer: sepcma (default) | cma | genetic | shell (the "
+                      "adversarial probe's default: shells around the reference, seeded along the contrast "
+                      "control, radius bisected toward the target change; sigma0 0.7 there)")
     sigma0: float = Field(1.0, gt=0, description="initial step size in code units")
 
 
@@ -163,6 +168,15 @@ class ProbeConfig(BaseModel):
         if self.early_stop.enabled and self.mode == "invariance" and self.start_from == "reference":
             raise ValueError("early_stop.enabled: the invariance early stop marks arrival from a noise start; "
                              "from the reference it fires at once (allowed: start_from = 'noise', or false)")
+        return self
+
+    @model_validator(mode="after")
+    def _adversarial_search(self) -> "ProbeConfig":
+        # The adversarial probe's default search is its own (server.engine.adversarial, issue 12); an
+        # [optimizer] that names its optimizer keeps it. Recorded explicitly, so stored sessions replay.
+        if self.mode == "adversarial" and "name" not in self.optimizer.model_fields_set:
+            sigma0 = self.optimizer.sigma0 if "sigma0" in self.optimizer.model_fields_set else ADVERSARIAL_SIGMA0
+            self.optimizer = OptimizerConfig(name="shell", sigma0=sigma0, **self.optimizer.params)
         return self
 
     @field_validator("stages", mode="before")

@@ -17,6 +17,7 @@ import numpy as np
 
 from .config import ProbeConfig, config_record
 from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, as_displayed, presentation_counts, presentation_rng
+from .engine.adversarial import verification_candidates
 from .engine.controls import control_table
 from .engine.evaluation import affine_control_table, max_pixel_distance, retention_and_stretch
 from .engine.reference_check import ReferenceAtBaseline, ReferenceCheck, judge_reference
@@ -276,9 +277,8 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
     if mode == "invariance":
         ids = ids[d_high[ids] <= config.retention_tolerance * ref_est]
         ids = ids[np.argsort(-d_low[ids], kind="stable")]  # farthest first
-    else:
-        ids = ids[d_high[ids] >= config.target_change * ref_est]
-        ids = ids[np.argsort(d_low[ids], kind="stable")]  # nearest first
+    else:  # the nearest plausible and the nearest established images (server.engine.adversarial)
+        ids = verification_candidates(conf, ids, config.target_change, config.verify_candidates)
     ids = ids[: config.verify_candidates]
     if ids.size == 0:
         return {"candidates": 0, "presentations": 0, "chosen": None}

@@ -65,7 +65,10 @@ def build_search(
     # A probe's reference search has its own optimizer settings: a probe's small steps (an adversarial
     # search from the reference) would keep the maximize run at baseline under spike noise.
     oc = config.maximize.optimizer if mode == "maximize" and config.mode != "maximize" else config.optimizer
-    opt = make_optimizer(oc.name, x0, oc.sigma0, config.population, seed=phase_seed, **oc.params)
+    options = dict(oc.params)
+    if oc.name == "shell":  # the adversarial search aims at the probe's own target change
+        options.setdefault("target_change", config.target_change)
+    opt = make_optimizer(oc.name, x0, oc.sigma0, config.population, seed=phase_seed, **options)
     if mode == "maximize":
         probe = Probe("maximize", ())
     else:

@@ -51,7 +51,7 @@ def run(opt, fitness, generations):
 
 
 def test_registry_and_default():
-    assert set(OPTIMIZERS) == {"sepcma", "cma", "genetic"}
+    assert set(OPTIMIZERS) == {"sepcma", "cma", "genetic", "shell"}  # shell: server.engine.adversarial
     assert DEFAULT_OPTIMIZER == "sepcma"
     for name in NAMES:
         opt = make_optimizer(name, np.zeros(12), 0.5, 8, 3)

@@ -173,8 +173,6 @@ def test_a_torch_module_factory_and_a_module_object_are_recorded_not_serialised(
 # Examples whose claim is false today, and why (issue 12 items 1 and 5 are open). The test insists they stay
 # false, so the day one meets its claim it says so and the entry goes.
 KNOWN_FALSE = {
-    # the adversarial search from a saturating reference does not beat contrast reduction at equal stretch
-    "adversarial-complex-cell.toml": "contrast",
     # the farthest images it finds drive the unit ~16% above the (not fully saturating) reference: outside
     # the two-sided +-10% band, so no image is both kept and farther than the controls
     "invariance-complex-cell.toml": "retention",

@@ -30,10 +30,10 @@ class GreyPixelStage(Stage):
         return x.reshape(len(x), -1)
 
 
-def engine_defaults() -> dict:
+def engine_defaults(probe: str = "invariance") -> dict:
     from server.config import ProbeConfig
 
-    cfg = ProbeConfig()
+    cfg = ProbeConfig(mode=probe)  # (the adversarial probe has its own default search: issue 12)
     return {"optimizer": cfg.optimizer.name, "sigma0": cfg.optimizer.sigma0, "popsize": cfg.population,
             "ordering": cfg.ordering, "confirm": int(cfg.confirm), "retests": cfg.retests,
             "kappa": cfg.confirm_kappa, "far_bands": cfg.far_reach, "far_per_band": cfg.far_population,
@@ -51,7 +51,7 @@ class SnSLab(Method):
     def __init__(self, inst, window_s, seed, name: str = "snslab", **overrides):
         super().__init__(inst, window_s, seed)
         self.name = name
-        cfg = engine_defaults()
+        cfg = engine_defaults(inst.probe)
         cfg.update(overrides)
         self.cfg = cfg
         gen = inst.space.generator

@@ -124,6 +124,9 @@ class SnSSearch:
         self._ref_sum: np.ndarray | None = None
         self._ref_count = 0
         self.pool = _Pool()
+        attach = getattr(optimizer, "attach", None)
+        if attach is not None and reference_image is not None:  # a search seeded from the reference image
+            attach(generator, reference_image, probe.mode)
         self.reference_features: dict[str, np.ndarray] = {}
         self.reference_norms: dict[str, float] = {}
         if reference_image is not None:
@@ -221,7 +224,12 @@ class SnSSearch:
                     self._keep(i, codes, r, distances, fitness)
 
         n_opt = self._n_opt or n_new
-        self.optimizer.tell(codes[:n_opt], fitness[:n_opt])
+        measured = getattr(self.optimizer, "tell_measured", None)
+        if measured is not None and self.probe.mode == "adversarial":  # (server.engine.adversarial)
+            ref_norm = float(np.linalg.norm(self.reference_response))
+            measured(codes, fitness, distances[UNIT] / max(ref_norm, 1e-12))
+        else:
+            self.optimizer.tell(codes[:n_opt], fitness[:n_opt])
         groups = [n_new]
         if self.far_reach is not None and n_opt < n_new:
             groups = [n_opt, *self.far_reach.groups()]
