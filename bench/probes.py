@@ -58,6 +58,8 @@ def panel(image_size: int) -> list[tuple[str, dict, int]]:
 def run(args) -> dict:
     rows = []
     for label, subject, channels in panel(args.image_size):
+        if args.units and not any(u.lower() in label.lower() for u in args.units):
+            continue
         for mode in args.modes:
             for seed in range(args.seeds):
                 cfg = {
@@ -68,6 +70,8 @@ def run(args) -> dict:
                     "subject": subject, "reference": {"source": "maximize",
                                                       "generations": args.reference_generations or args.generations},
                 }
+                if mode == "invariance" and args.far_restart:
+                    cfg["far_restart"] = args.far_restart
                 if mode == "adversarial":  # (the engine's default: the shell search, server/engine/adversarial.py)
                     cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
@@ -130,6 +134,11 @@ def main() -> None:
                     help="of the maximize run (default: --generations)")
     ap.add_argument("--adversarial-generations", type=int, default=None,
                     help="of each adversarial probe (default: --generations)")
+    ap.add_argument("--units", nargs="+", default=None,
+                    help="run only the units whose label contains one of these words (e.g. --units cnn)")
+    ap.add_argument("--far-restart", type=int, default=0,
+                    help="invariance: far-reach bands restart from the confirmed front after this many generations, "
+                         "with the reference's affine copies as seeds (server/engine/far_reach.py; 0: off, the default)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")

@@ -126,6 +126,9 @@ class ProbeConfig(BaseModel):
     far_generations: int = Field(60, ge=0, le=100_000, description="generations the far-reach bands search (then "
                                  "only the main search goes on: a band left at a partial response mostly adds "
                                  "noise impostors to the front)")
+    far_restart: int = Field(0, ge=0, le=100_000, description="invariance probes: after this many generations "
+                             "each far-reach band restarts from the confirmed (re-tested, conservative) front; the "
+                             "reference's affine copies are then also seeds (0: never)")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "

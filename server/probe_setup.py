@@ -84,7 +84,8 @@ def build_search(
     if mode == "invariance" and config.far_reach and reference_code is not None:
         far = FarReach.for_reference(generator, reference_code, reference_image, per_band=config.far_population,
                                      weights=band_weights(config.far_reach), sigma0=config.far_sigma0,
-                                     seed=phase_seed, generations=config.far_generations)
+                                     seed=phase_seed, generations=config.far_generations,
+                                     restart_at=config.far_restart, affine=config.far_restart > 0)
     search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
                        reference_image=reference_image if mode != "maximize" else None,
                        max_generations=generations or config.generations, early_stop=early,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from server.config import parse_config
-from server.engine.far_reach import FarReach, band_weights, reference_transforms
+from server.engine.far_reach import N_AFFINE_SEEDS, FarReach, band_weights, reference_transforms
 from server.insilico import DatabaseRecorder, run_probe
 from server.stored import replay
 from snslab_common.errors import ConfigError
@@ -46,6 +46,23 @@ def test_bands_seeds_and_weights():
     assert codes.shape == (4, 6)
     with pytest.raises(ValueError, match="far reach"):
         FarReach(np.zeros(6), per_band=1)
+
+
+def test_affine_seeds_and_restart_from_the_confirmed_front():
+    """With ``far_restart`` the reference's affine copies are seeds too, and each band restarts from the
+    candidate that scores best for its own weight (confirmed change: heavier weight, nearer candidate)."""
+    img = np.random.default_rng(1).random((16, 16, 3)).astype(np.float32)
+    names = [n for n, _ in reference_transforms(img, affine=True)]
+    assert len(names) == 4 + N_AFFINE_SEEDS == len(set(names)) and "scale:0.2" in names and "rotation:0" not in names
+    far = FarReach(np.zeros(3), per_band=4, weights=(3.0, 1.0), seed=2, restart_at=2)
+    codes = np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]])
+    for _ in range(2):
+        assert not far.wants_restart
+        far.tell(np.vstack([far.ask()]), np.full(8, 0.1), np.full(8, 10.0), 10.0, 0.0)
+    assert far.wants_restart
+    far.restart_from(codes, np.array([0.6, 0.8, 1.0]), np.array([0.0, 0.1, 0.35]))
+    # band 0 (w 3): 0.6 | 0.8 - 0.3 | 1 - 1.05 -> the first; band 1 (w 1): 0.6 | 0.7 | 0.65 -> the second
+    assert np.allclose(far.bands[0].mean, codes[0]) and np.allclose(far.bands[1].mean, codes[1])
 
 
 INVARIANCE = {

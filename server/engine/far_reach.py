@@ -24,30 +24,40 @@ from __future__ import annotations
 
 import numpy as np
 
+from .affine import affine_controls
 from .base import ImageGenerator
 from .optimizers import Optimizer, make_optimizer
 
 
 TRANSFORMS = ("contrast:-1", "rotation:180", "mirror:horizontal", "mirror:vertical")
+IDENTITIES = ("rotation:0", "translation:0", "scale:1")  # affine controls equal to the reference itself
+N_AFFINE_SEEDS = 23  # the 27 affine controls less the 3 identities and rotation:180 (already a seed)
 
 
-def reference_transforms(image: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Transforms of the reference image that are candidate invariances of visual units."""
+def reference_transforms(image: np.ndarray, affine: bool = False) -> list[tuple[str, np.ndarray]]:
+    """Transforms of the reference image that are candidate invariances of visual units: contrast
+    inversion, the 180-degree rotation, mirror images and (``affine``) every affine control of
+    server/engine/controls.py that differs from the reference (black padding, as the controls)."""
     img = np.asarray(image, dtype=np.float32)
     m = float(img.mean())
-    return [
+    out = [
         ("contrast:-1", np.clip(2 * m - img, 0, 1)),
         ("rotation:180", np.ascontiguousarray(np.rot90(img, 2))),
         ("mirror:horizontal", np.ascontiguousarray(img[:, ::-1])),
         ("mirror:vertical", np.ascontiguousarray(img[::-1])),
     ]
+    if affine:
+        have = {name for name, _ in out} | set(IDENTITIES)
+        out += [(name, a) for name, a in affine_controls(img, fill=0.0) if name not in have]
+    return out
 
 
 def far_candidates(config) -> int:
     """Most new far-reach candidates per generation of a probe config (``ProbeConfig``), for sizing checks."""
     if config.mode != "invariance" or not config.far_reach:
         return 0
-    return config.far_reach * config.far_population + len(TRANSFORMS)
+    seeds = len(TRANSFORMS) + (N_AFFINE_SEEDS if getattr(config, "far_restart", 0) else 0)
+    return config.far_reach * config.far_population + seeds
 
 
 def band_weights(bands: int) -> tuple[float, ...]:
@@ -57,7 +67,8 @@ def band_weights(bands: int) -> tuple[float, ...]:
 
 class FarReach:
     def __init__(self, x0: np.ndarray, *, per_band: int = 5, weights=(3.0, 1.0), sigma0: float = 0.2,
-                 seed: int = 0, seeds: np.ndarray | None = None, generations: int | None = None):
+                 seed: int = 0, seeds: np.ndarray | None = None, generations: int | None = None,
+                 restart_at: int = 0):
         if not weights or per_band < 2:
             raise ValueError("far reach: needs at least one band of at least 2 candidates")
         self.weights = tuple(float(w) for w in weights)
@@ -73,15 +84,17 @@ class FarReach:
         self._asked_seeds = False
         self.generations = generations  # the bands stop after this many (None: never)
         self.generation = 0
+        self.restart_at = int(restart_at)  # after this many generations, restart from the confirmed front (0: never)
 
     @classmethod
     def for_reference(cls, generator: ImageGenerator, reference_code: np.ndarray,
                       reference_image: np.ndarray | None, transforms: tuple[str, ...] | None = None,
-                      **kw) -> "FarReach":
+                      affine: bool = False, **kw) -> "FarReach":
         """Bands started at the reference code, seeded with the reference's transforms (``transforms``:
-        labels of ``reference_transforms`` to use, default all) when the generator can encode images."""
+        labels of ``reference_transforms`` to use, default all; ``affine``: also every affine control) when the
+        generator can encode images."""
         seeds = None
-        chosen = [t for name, t in reference_transforms(reference_image) if transforms is None or name in transforms] \
+        chosen = [t for name, t in reference_transforms(reference_image, affine) if transforms is None or name in transforms] \
             if reference_image is not None else []
         if chosen:
             try:
@@ -137,6 +150,27 @@ class FarReach:
                 if fit[best] > 0.0:  # better than the band's start, the reference (stretch 0, no change)
                     self.bands[j] = make_optimizer("sepcma", s_codes[best], self.sigma0, self.per_band,
                                                    seed=self.bands[j].seed + 1)
+
+    @property
+    def wants_restart(self) -> bool:
+        at = getattr(self, "restart_at", 0)  # (states stored before restarts existed)
+        return at > 0 and self.generation == at and self.active
+
+    def restart_from(self, codes: np.ndarray, stretch: np.ndarray, change: np.ndarray) -> None:
+        """Restart each band from the candidate that scores best for it by confirmed (re-tested, conservative)
+        estimates: ``change`` is |r - r_ref| / r_ref plus its standard errors. A seed's single first
+        measurement is a lottery under spike noise (a relative error of ~0.4 at 20 Hz in a short window);
+        by now the confirmation's re-tests have measured the far seeds several times."""
+        if len(codes) == 0:
+            return
+        stretch = np.asarray(stretch, dtype=np.float64)
+        scale = max(self.scale, float(stretch.max()), 1e-12)
+        for j, w in enumerate(self.weights):
+            fit = stretch / scale - w * np.asarray(change, dtype=np.float64)
+            best = int(np.argmax(fit))
+            if fit[best] > 0.0:
+                self.bands[j] = make_optimizer("sepcma", np.asarray(codes[best], dtype=np.float64), self.sigma0,
+                                               self.per_band, seed=self.bands[j].seed + 2)
 
     # -- persistence: cmaes drops its random state on pickling, so bands travel as their own snapshots
     def __getstate__(self):

@@ -242,6 +242,8 @@ class SnSSearch:
                 ids.extend(self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0))
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
             self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))
+            if self.far_reach is not None and self.far_reach.wants_restart:
+                self._restart_far_reach()
         stop = False
         if self.early_stop is not None and self.probe.mode != "maximize":
             stop = self.early_stop.should_stop(self.generation, r)
@@ -253,6 +255,17 @@ class SnSSearch:
         self.generation += 1
         self.stopped = self.stopped or stop
         return report
+
+    def _restart_far_reach(self) -> None:
+        """Bands restart from the conservative confirmed front (far_reach.restart_at; server/engine/far_reach.py)."""
+        conf = self.confirmation
+        ids = np.array([i for i in conf.front() if int(i) in conf.codes], dtype=np.int64)
+        if ids.size == 0:
+            return
+        d_low, d_high, se = conf._estimates()
+        ref = max(conf.reference_rate, 1e-12)
+        self.far_reach.restart_from(np.stack([conf.codes[int(i)] for i in ids]), d_low[ids],
+                                    (d_high[ids] + conf.kappa * se[ids]) / ref)
 
     def _keep(self, i, codes, r, distances, fitness):
         self.add_to_pool(self.generation, i, codes[i], r[i], {k: float(v[i]) for k, v in distances.items()},
