@@ -72,6 +72,8 @@ def run(args) -> dict:
                 }
                 if mode == "invariance" and args.far_restart:
                     cfg["far_restart"] = args.far_restart
+                if mode == "invariance" and args.far_seed_repeats > 1:
+                    cfg["far_seed_repeats"] = args.far_seed_repeats
                 if mode == "adversarial":  # (the engine's default: the shell search, server/engine/adversarial.py)
                     cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
@@ -139,6 +141,8 @@ def main() -> None:
     ap.add_argument("--far-restart", type=int, default=0,
                     help="invariance: far-reach bands restart from the confirmed front after this many generations, "
                          "with the reference's affine copies as seeds (server/engine/far_reach.py; 0: off, the default)")
+    ap.add_argument("--far-seed-repeats", type=int, default=1,
+                    help="invariance: showings of each far-reach seed in the first generation (default 1)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")

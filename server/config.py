@@ -129,6 +129,8 @@ class ProbeConfig(BaseModel):
     far_restart: int = Field(0, ge=0, le=100_000, description="invariance probes: after this many generations "
                              "each far-reach band restarts from the confirmed (re-tested, conservative) front; the "
                              "reference's affine copies are then also seeds (0: never)")
+    far_seed_repeats: int = Field(1, ge=1, le=100, description="invariance probes: showings of each far-reach "
+                                  "seed in the first generation (a single noisy count makes a lottery of the seeds)")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "

@@ -85,7 +85,8 @@ def build_search(
         far = FarReach.for_reference(generator, reference_code, reference_image, per_band=config.far_population,
                                      weights=band_weights(config.far_reach), sigma0=config.far_sigma0,
                                      seed=phase_seed, generations=config.far_generations,
-                                     restart_at=config.far_restart, affine=config.far_restart > 0)
+                                     restart_at=config.far_restart, affine=config.far_restart > 0,
+                                     seed_repeats=config.far_seed_repeats)
     search = SnSSearch(generator, stages if mode != "maximize" else {}, probe, opt, seed=phase_seed,
                        reference_image=reference_image if mode != "maximize" else None,
                        max_generations=generations or config.generations, early_stop=early,

@@ -31,7 +31,8 @@ from .optimizers import Optimizer, make_optimizer
 
 TRANSFORMS = ("contrast:-1", "rotation:180", "mirror:horizontal", "mirror:vertical")
 IDENTITIES = ("rotation:0", "translation:0", "scale:1")  # affine controls equal to the reference itself
-N_AFFINE_SEEDS = 23  # the 27 affine controls less the 3 identities and rotation:180 (already a seed)
+WINDOWS = (0.1, 0.15, 0.2, 0.25, 0.3)  # half-widths of the windows, as fractions of the image side
+N_AFFINE_SEEDS = 23 + len(WINDOWS)  # the 27 affine controls less the 3 identities and rotation:180, and windows
 
 
 def reference_transforms(image: np.ndarray, affine: bool = False) -> list[tuple[str, np.ndarray]]:
@@ -49,6 +50,26 @@ def reference_transforms(image: np.ndarray, affine: bool = False) -> list[tuple[
     if affine:
         have = {name for name, _ in out} | set(IDENTITIES)
         out += [(name, a) for name, a in affine_controls(img, fill=0.0) if name not in have]
+        out += windows(img)
+    return out
+
+
+def windows(image: np.ndarray, fill: float = 0.0) -> list[tuple[str, np.ndarray]]:
+    """The reference kept only inside square windows about its contrast centroid (where its structure, and
+    so usually the unit's receptive field, is), filled outside like the affine controls: a unit that ignores
+    its surround keeps its response far from the reference (the scale controls' invariance, without
+    shrinking what the unit sees)."""
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape[:2]
+    wt = np.abs(img - img.mean()).reshape(h, w, -1).sum(-1).astype(np.float64) + 1e-12
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = float((wt * yy).sum() / wt.sum()), float((wt * xx).sum() / wt.sum())
+    out = []
+    for f in WINDOWS:
+        inside = (np.abs(yy - cy) <= f * h) & (np.abs(xx - cx) <= f * w)
+        if img.ndim == 3:
+            inside = inside[..., None]
+        out.append((f"window:{f:g}", np.where(inside, img, np.float32(fill)).astype(np.float32)))
     return out
 
 
@@ -56,7 +77,8 @@ def far_candidates(config) -> int:
     """Most new far-reach candidates per generation of a probe config (``ProbeConfig``), for sizing checks."""
     if config.mode != "invariance" or not config.far_reach:
         return 0
-    seeds = len(TRANSFORMS) + (N_AFFINE_SEEDS if getattr(config, "far_restart", 0) else 0)
+    seeds = (len(TRANSFORMS) + (N_AFFINE_SEEDS if getattr(config, "far_restart", 0) else 0)) \
+        * getattr(config, "far_seed_repeats", 1)
     return config.far_reach * config.far_population + seeds
 
 
@@ -68,7 +90,7 @@ def band_weights(bands: int) -> tuple[float, ...]:
 class FarReach:
     def __init__(self, x0: np.ndarray, *, per_band: int = 5, weights=(3.0, 1.0), sigma0: float = 0.2,
                  seed: int = 0, seeds: np.ndarray | None = None, generations: int | None = None,
-                 restart_at: int = 0):
+                 restart_at: int = 0, seed_repeats: int = 1):
         if not weights or per_band < 2:
             raise ValueError("far reach: needs at least one band of at least 2 candidates")
         self.weights = tuple(float(w) for w in weights)
@@ -84,6 +106,7 @@ class FarReach:
         self._asked_seeds = False
         self.generations = generations  # the bands stop after this many (None: never)
         self.generation = 0
+        self.seed_repeats = max(int(seed_repeats), 1)  # each seed shown this many times in the first generation
         self.restart_at = int(restart_at)  # after this many generations, restart from the confirmed front (0: never)
 
     @classmethod
@@ -118,12 +141,21 @@ class FarReach:
         """Sizes of this generation's groups (each band, then the seeds): each is its own prior for the
         shrunk rate estimates of front confirmation, as a generation is for the main search."""
         return [self.per_band] * (len(self.bands) if self.active else 0) + (
-            [] if self._asked_seeds or self.seeds is None else [len(self.seeds)])
+            [] if self._asked_seeds or self.seeds is None else [len(self.seeds)] * self.repeats)
+
+    @property
+    def repeats(self) -> int:
+        return getattr(self, "seed_repeats", 1)  # (states stored before seed repeats existed)
+
+    @property
+    def pending_seed_repeats(self) -> int:
+        """Extra showings of the seeds in this generation (the last groups): re-tests of the first showing."""
+        return 0 if self._asked_seeds or self.seeds is None else self.repeats - 1
 
     def ask(self) -> np.ndarray:
         rows = [b.ask() for b in self.bands] if self.active else [np.zeros((0, self.bands[0].n))]
         if not self._asked_seeds and self.seeds is not None:
-            rows.append(self.seeds)
+            rows.append(np.tile(self.seeds, (self.repeats, 1)))
         return np.concatenate(rows)
 
     def tell(self, codes: np.ndarray, stretch: np.ndarray, rates: np.ndarray, reference_rate: float,
@@ -141,9 +173,10 @@ class FarReach:
             band.tell(codes[sl], fit)
         if not self._asked_seeds and self.seeds is not None:
             self._asked_seeds = True
-            s_codes = codes[len(self.bands) * k:]
-            s_fit_base = stretch[len(self.bands) * k:] / max(self.scale, 1e-12)
-            dev = np.abs(rates[len(self.bands) * k:] - ref) / ref
+            ns, a = len(self.seeds), len(self.bands) * k
+            s_codes = codes[a:a + ns]
+            s_fit_base = stretch[a:a + ns] / max(self.scale, 1e-12)
+            dev = np.abs(rates[a:].reshape(self.repeats, ns).mean(axis=0) - ref) / ref
             for j, w in enumerate(self.weights):
                 fit = s_fit_base - w * dev
                 best = int(np.argmax(fit))

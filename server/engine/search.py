@@ -230,16 +230,22 @@ class SnSSearch:
             measured(codes, fitness, distances[UNIT] / max(ref_norm, 1e-12))
         else:
             self.optimizer.tell(codes[:n_opt], fitness[:n_opt])
-        groups = [n_new]
+        groups, seed_repeats = [n_new], 0
         if self.far_reach is not None and n_opt < n_new:
             groups = [n_opt, *self.far_reach.groups()]
+            seed_repeats = self.far_reach.pending_seed_repeats
             self.far_reach.tell(codes[n_opt:], distances[self.probe.stages[0]][n_opt:], r[n_opt:].mean(axis=1),
                                 float(self.reference_response.mean()),
                                 self.confirmation.dispersion if self.confirmation is not None else 0.0)
         if self.confirmation is not None:
             d_low, rates, ids = distances[self.probe.stages[0]], r.mean(axis=1), []
+            first_repeat = len(groups) - seed_repeats  # far-reach seeds shown again: re-tests of their first showing
             for k, (a, b) in enumerate(zip(np.cumsum([0, *groups[:-1]]), np.cumsum(groups))):  # far-reach apart
-                ids.extend(self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0))
+                if k >= first_repeat:
+                    self.confirmation.update(seed_ids, rates[a:b])
+                    continue
+                seed_ids = self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0)
+                ids.extend(seed_ids)
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
             self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))
             if self.far_reach is not None and self.far_reach.wants_restart:
