@@ -174,7 +174,9 @@ def test_a_torch_module_factory_and_a_module_object_are_recorded_not_serialised(
 # maximises distance in the Gabor-energy stage, the claim compares pixel distances). The test insists they stay
 # false, so the day one meets its claim it says so and the entry goes.
 KNOWN_FALSE = {
-    # it stretches a Gabor-energy stage; in pixels it stays nearer than the 180-degree rotation
+    # it stretches a Gabor-energy stage; in pixels it stays nearer than the 180-degree rotation. Measured in
+    # its own stage it is farther than every kept control (seeds 1-3: 102/86/61 against affine 44/54/59):
+    # the fix is controls measured in the probe's stretch stage, not yet done
     "invariance-gabor-stage.toml": "affine",
 }
 
