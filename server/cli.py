@@ -87,6 +87,10 @@ def insilico(
                      f"{ev['best_affine_stretch_at_90']:.3f})")
         typer.echo(line)
         if "claim" in ev:
+            c = ev["controls"]
+            if c.get("stretch_stage", "pixel") != "pixel":  # the claim compares the probe's own stage
+                typer.echo(f"in stage '{c['stretch_stage']}': stretch {c['probe']['stretch']:.3f} of the "
+                           f"reference's norm, retention {c['probe']['retention']:.1%}")
             lost = [k for k, v in ev["controls"]["beats"].items() if not v]
             typer.echo(f"claim '{ev['claim']}': {'true' if ev['claim_holds'] else 'false'}"
                        + (f" (not beaten: {', '.join(lost)})" if lost else ""))
