@@ -81,11 +81,16 @@ def insilico(
         typer.echo(f"reference: {rc['reference_rate_hz']:.1f} Hz re-measured ({rc['presentations']} fresh "
                    f"presentations), blank screen {rc['baseline_rate_hz']:.1f} Hz")
     if "retention" in ev:
-        typer.echo(
-            f"selected image: retention {ev['retention']:.1%}, stretch {ev['stretch']:.3f} of max pixel distance "
-            f"(best affine control within +-{cfg.retention_tolerance:.0%}: {ev['best_affine_stretch_at_90']:.3f})"
-        )
+        line = f"selected image: retention {ev['retention']:.1%}, stretch {ev['stretch']:.3f} of max pixel distance"
+        if cfg.mode == "invariance":  # the affine control kept within the band: an invariance quantity only
+            line += (f" (best affine control within +-{cfg.retention_tolerance:.0%}: "
+                     f"{ev['best_affine_stretch_at_90']:.3f})")
+        typer.echo(line)
         if "claim" in ev:
+            c = ev["controls"]
+            if c.get("stretch_stage", "pixel") != "pixel":  # the claim compares the probe's own stage
+                typer.echo(f"in stage '{c['stretch_stage']}': stretch {c['probe']['stretch']:.3f} of the "
+                           f"reference's norm, retention {c['probe']['retention']:.1%}")
             lost = [k for k, v in ev["controls"]["beats"].items() if not v]
             typer.echo(f"claim '{ev['claim']}': {'true' if ev['claim_holds'] else 'false'}"
                        + (f" (not beaten: {', '.join(lost)})" if lost else ""))

@@ -341,9 +341,12 @@ def _evaluate(config, subject, reference_image, selected_image, final: Phase) ->
     )
     if config.mode == "maximize":
         return out
+    name = final.search.probe.stages[0]  # the claim compares distances where the probe stretched
+    pixels = any(s.key == name and s.name == "pixel" for s in config.stages)
+    stage = None if pixels else final.search.stages[name]
     out["controls"] = control_table(subject, reference_image, selected_image, config.mode,
                                     tolerance=config.retention_tolerance, target_change=config.target_change,
-                                    seed=config.seed)
+                                    seed=config.seed, stage=stage, stage_name=name)
     out["claim"] = out["controls"]["claim"]
     out["claim_holds"] = out["controls"]["claim_holds"]
     return out
@@ -456,7 +459,9 @@ def _plot_controls(plt, c: dict, path: Path) -> Path:
         ax.axhspan(1 - c["tolerance"], 1 + c["tolerance"], color="green", alpha=0.12, label="kept (two-sided)")
     else:
         ax.axvline(p["stretch"], color="red", lw=0.8, ls=":")
-    ax.set_xlabel("stretch (pixel distance / max pixel distance)")
+    stage = c.get("stretch_stage", "pixel")
+    ax.set_xlabel("stretch (pixel distance / max pixel distance)" if stage == "pixel"
+                  else f"stretch (distance in stage '{stage}' / the reference's norm there)")
     ax.set_ylabel("retention r(x) / r(reference)")
     ax.set_title(f"claim '{c['claim']}': {'true' if c['claim_holds'] else 'false'}", fontsize=9)
     ax.legend(fontsize=7)

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+import sqlalchemy as sa
+
 from server_process import ROOT, clean_env, free_port
 
 
@@ -83,3 +85,9 @@ class Rig:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(15)
+
+
+def session_status(engine, sid) -> str:
+    """The stored session's status ("running", "completed", "failed", ...)."""
+    with engine.connect() as c:
+        return c.execute(sa.text("SELECT status FROM sessions WHERE id = :s"), {"s": sid}).scalar_one()

@@ -8,15 +8,15 @@ import json
 import pickle
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from api_fixtures import api_db_url, url_text  # noqa: F401  (fixture)
-from live_rig import Rig
+from live_rig import Rig, session_status
 from server_process import ROOT
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 
@@ -28,20 +28,6 @@ WINDOW = (10.0, 60.0)  # ms
 def _spec(probe: dict, **extra) -> dict:
     return {"operator": "ana", "subject_id": "m12", "rig": "rig-adv", "units": ["sim:0"], "on_ms": 20,
             "off_ms": 20, "response_window_ms": list(WINDOW), "compute_check": "off", "probe": probe, **extra}
-
-
-def _until(cond, timeout=240.0, step=0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
-
-
-def _status(engine, sid) -> str:
-    with engine.connect() as c:
-        return c.execute(sa.text("SELECT status FROM sessions WHERE id = :s"), {"s": sid}).scalar_one()
 
 
 @pytest.mark.slow
@@ -57,8 +43,8 @@ def test_a_live_adversarial_session_runs_the_shell_search_and_replays(api_db_url
         made = rig.create(_spec(maximize), "max")
         assert made.returncode == 0, made.stderr
         mid = json.loads(made.stdout)["id"]
-        assert _until(lambda: _status(engine, mid) in ("failed", "completed")), rig.logs()
-        assert _status(engine, mid) == "completed", rig.logs()
+        assert wait_for(lambda: session_status(engine, mid) in ("failed", "completed"), 240, 0.05), rig.logs()
+        assert session_status(engine, mid) == "completed", rig.logs()
 
         probe = {"mode": "adversarial", "seed": 4, "population": 6, "generations": 7, "generator": GEN,
                  "stages": ["pixel"], "reference_repeats": 2}  # no [optimizer]: the adversarial default
@@ -66,8 +52,8 @@ def test_a_live_adversarial_session_runs_the_shell_search_and_replays(api_db_url
         assert made.returncode == 0, made.stderr
         pid = json.loads(made.stdout)["id"]
         assert json.loads(made.stdout)["config"]["probe"]["optimizer"]["name"] == "shell"  # recorded explicitly
-        assert _until(lambda: _status(engine, pid) in ("failed", "completed")), rig.logs()
-        assert _status(engine, pid) == "completed", rig.logs()
+        assert wait_for(lambda: session_status(engine, pid) in ("failed", "completed"), 240, 0.05), rig.logs()
+        assert session_status(engine, pid) == "completed", rig.logs()
         with engine.connect() as c:
             states = c.execute(sa.text("SELECT optimizer_state_after FROM generations WHERE session_id = :s"
                                        " ORDER BY index"), {"s": pid}).scalars().all()

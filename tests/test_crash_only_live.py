@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from display_fixtures import display_env, requires_display_stack, xvfb  # noqa: F401
 from twins import sim_twin, stored_slots
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = [requires_display_stack, pytest.mark.slow]
@@ -73,15 +74,6 @@ class Proc:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
-def _until(cond, timeout=60.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
-
-
 def _state(engine, sid):
     with engine.connect() as c:
         r = c.execute(text(
@@ -122,7 +114,7 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         else:
             procs[kind] = Proc(cli + args[kind], env, tmp_path / f"{kind}{n[kind]}.log")
         if kind == "server":
-            assert _until(lambda: _healthy(base), 240), procs[kind].log()
+            assert wait_for(lambda: _healthy(base), 240, 0.05), procs[kind].log()
 
     # the reference code the invariance probe keeps the response of, uploaded to the server below
     ref = tmp_path / "ref.npy"
@@ -148,8 +140,8 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         def progressing(timeout=60.0):
             """Wait until the session answered more presentations than now (or completed)."""
             _, _, answered = _state(db_engine, sid)
-            ok = _until(lambda: _state(db_engine, sid)[2] > answered or _state(db_engine, sid)[0] == "completed",
-                        timeout)
+            ok = wait_for(lambda: _state(db_engine, sid)[2] > answered or _state(db_engine, sid)[0] == "completed",
+                        timeout, 0.05)
             assert ok, f"no progress after {kills}\n{procs['server'].log()}\n{procs['bridge'].log()}"
 
         plan = ["random"] * 7 + ["boundary"] * 3 + ["paused"] * 2
@@ -162,7 +154,7 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
                 time.sleep(float(rng.uniform(0.0, 1.5)))  # presentations in flight, counting, scoring
             elif point == "boundary":  # right after a generation's scores and state were committed
                 done = _state(db_engine, sid)[1]
-                _until(lambda: _state(db_engine, sid)[1] > done, 30, 0.005)
+                wait_for(lambda: _state(db_engine, sid)[1] > done, 30, 0.005)
                 kills["boundary"] += 1
             else:
                 assert httpx.post(f"{base}/api/sessions/{sid}/pause", headers=auth, timeout=30).status_code == 200
@@ -199,7 +191,7 @@ def test_live_session_survives_kill9_of_server_bridge_and_display(db_url, db_eng
         kills["real display"] += 1
         real.close()
         real = Proc(disp, env, tmp_path / "real2.log")
-        assert _until(lambda: _state(db_engine, sid)[0] == "completed", 240), (
+        assert wait_for(lambda: _state(db_engine, sid)[0] == "completed", 240, 0.05), (
             f"{_state(db_engine, sid)} {kills}\n{procs['server'].log()}\n{real.log()}")
     finally:
         for p in [*procs.values(), real]:

@@ -18,7 +18,6 @@ import json
 import pickle
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -26,8 +25,9 @@ import pytest
 import sqlalchemy as sa
 
 from api_fixtures import api_db_url, url_text  # noqa: F401  (fixture)
-from live_rig import Rig
+from live_rig import Rig, session_status
 from server_process import ROOT
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 
@@ -55,20 +55,6 @@ def rig(api_db_url, tmp_path):
         "--baseline-window=-20,0"]).start()
     yield r
     r.stop()
-
-
-def _until(cond, timeout=180.0, step=0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
-
-
-def _status(engine, sid) -> str:
-    with engine.connect() as c:
-        return c.execute(sa.text("SELECT status FROM sessions WHERE id = :s"), {"s": sid}).scalar_one()
 
 
 def _check_rows(engine, sid) -> list:
@@ -99,8 +85,8 @@ def test_a_live_maximize_stuck_at_baseline_fails_with_the_message(rig, api_db_ur
     made = rig.create(_spec(_maximize(1e-4, 3)), "stuck")
     assert made.returncode == 0, made.stderr
     sid = json.loads(made.stdout)["id"]
-    assert _until(lambda: _status(engine, sid) in ("failed", "completed")), rig.logs()
-    assert _status(engine, sid) == "failed"
+    assert wait_for(lambda: session_status(engine, sid) in ("failed", "completed"), 180, 0.05), rig.logs()
+    assert session_status(engine, sid) == "failed"
     # the check's presentations: one more generation (index 3), reference and blank alternating, all answered
     rows = _check_rows(engine, sid)
     active = [r for r in rows if not r.superseded]
@@ -166,12 +152,12 @@ def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(ri
         return sum(r.counts is not None and not r.superseded for r in _check_rows(engine, sid))
 
     # SIGKILL the server in the middle of the check (some of its presentations answered), then start it again
-    assert _until(lambda: answered_checks() >= 3 or _status(engine, sid) != "running"), rig.logs()
-    assert _status(engine, sid) == "running" and answered_checks() < 2 * REPEATS
+    assert wait_for(lambda: answered_checks() >= 3 or session_status(engine, sid) != "running", 180, 0.05), rig.logs()
+    assert session_status(engine, sid) == "running" and answered_checks() < 2 * REPEATS
     rig.kill_server()
     rig.start_server()
-    assert _until(lambda: _status(engine, sid) in ("failed", "completed")), rig.logs()
-    assert _status(engine, sid) == "completed", _events(engine, sid)
+    assert wait_for(lambda: session_status(engine, sid) in ("failed", "completed"), 180, 0.05), rig.logs()
+    assert session_status(engine, sid) == "completed", _events(engine, sid)
     rows = _check_rows(engine, sid)
     slots: dict[int, list] = {}
     for r in rows:
@@ -200,8 +186,8 @@ def test_the_check_survives_a_server_kill_and_the_probe_starts_from_its_rates(ri
     stored = json.loads(made.stdout)["config"]
     assert stored["reference_rates"] == [[c / window_s] for c in ref_counts]
     assert stored["reference_check"]["session_id"] == sid and stored["reference_check"]["passed"]
-    assert _until(lambda: _status(engine, pid) in ("failed", "completed")), rig.logs()
-    assert _status(engine, pid) == "completed"
+    assert wait_for(lambda: session_status(engine, pid) in ("failed", "completed"), 180, 0.05), rig.logs()
+    assert session_status(engine, pid) == "completed"
     with engine.connect() as c:
         state0 = c.execute(sa.text("SELECT optimizer_state_after FROM generations WHERE session_id = :s AND"
                                    " index = 0"), {"s": pid}).scalar_one()

@@ -117,6 +117,30 @@ def test_contrast_and_noise_controls_are_at_the_stated_distance():
     assert np.allclose(d, 3.0, atol=1e-4) and imgs.min() >= 0 and imgs.max() <= 1
 
 
+def test_controls_in_a_stage_use_its_feature_distances():
+    from server.engine.stages import make_stage
+    from server.engine.controls import control_table
+    from server.engine.evaluation import max_pixel_distance
+
+    cell = make_model_neuron("complex-cell", image_size=16)
+    g = np.repeat(cell.g0.reshape(16, 16, 1), 3, axis=-1)
+    ref = np.clip(0.5 + 0.5 * g / np.abs(g).max(), 0, 1).astype(np.float32)
+    img = np.clip(1.0 - ref, 0, 1)  # contrast-inverted: the complex cell keeps its response exactly
+    pix = control_table(cell, ref, img, "invariance", seed=3)
+    # The pixel stage's features are the pixels: the same table with distances over ||ref|| instead of the
+    # max pixel distance.
+    st = control_table(cell, ref, img, "invariance", seed=3, stage=make_stage("pixel"), stage_name="raw")
+    k = max_pixel_distance(ref) / np.linalg.norm(ref.astype(np.float64))
+    assert pix["stretch_stage"] == "pixel" and st["stretch_stage"] == "raw"
+    assert st["probe"]["stretch"] == pytest.approx(pix["probe"]["stretch"] * k)
+    assert [a["stretch"] for a in st["affine"]] == pytest.approx([a["stretch"] * k for a in pix["affine"]])
+    assert st["farthest_kept"] == pytest.approx({n: v * k for n, v in pix["farthest_kept"].items()})
+    # In the Gabor-energy stage the phase-inverted image is at distance ~0: no claim to be farther.
+    gab = control_table(cell, ref, img, "invariance", seed=3, stage=make_stage("gabor-energy"),
+                        stage_name="gabor-energy")
+    assert pix["probe"]["stretch"] > 0.5 and gab["probe"]["stretch"] < 0.05 and not gab["claim_holds"]
+
+
 # -- a user's own model neuron -------------------------------------------------------------------
 def test_python_factory_from_toml_via_the_cli(tmp_path):
     data = tomllib.loads((ROOT / "examples" / "invariance-colour-opponent.toml").read_text())
@@ -170,17 +194,6 @@ def test_a_torch_module_factory_and_a_module_object_are_recorded_not_serialised(
 
 
 # -- every shipped example meets its own claim ---------------------------------------------------
-# Examples whose claim is false today, and why (issue 12 items 1 and 5 are open). The test insists they stay
-# false, so the day one meets its claim it says so and the entry goes.
-KNOWN_FALSE = {
-    # the farthest images it finds drive the unit ~16% above the (not fully saturating) reference: outside
-    # the two-sided +-10% band, so no image is both kept and farther than the controls
-    "invariance-complex-cell.toml": "retention",
-    # it stretches a Gabor-energy stage; in pixels it stays nearer than the 180-degree rotation
-    "invariance-gabor-stage.toml": "affine",
-}
-
-
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_every_example_meets_its_claim(example, tmp_path):
     data = tomllib.loads(example.read_text())
@@ -203,14 +216,11 @@ def test_every_example_meets_its_claim(example, tmp_path):
         beats = {k: p["change"] > v["change"] for k, v in c["at_probe_stretch"].items()}
     assert beats == c["beats"] and ev["claim_holds"] == all(beats.values())
     assert set(beats) == {"contrast", "noise", "affine"} and "black" in c["padding"]
-    if example.name in KNOWN_FALSE:
-        why = KNOWN_FALSE[example.name]
-        assert not ev["claim_holds"], f"{example.name} now meets its claim: drop it from KNOWN_FALSE"
-        if why == "retention":
-            assert abs(p["retention"] - 1) > c["tolerance"]
-        else:
-            assert not c["beats"][why]
-        return
+    # The claim compares distances in the stage the probe stretched (pixels unless it names another).
+    stages = data.get("stages", ["pixel"])
+    assert c["stretch_stage"] == (stages[0] if isinstance(stages[0], str) else stages[0]["name"])
+    if c["stretch_stage"] == "pixel":
+        assert p["stretch"] == pytest.approx(ev["stretch"])
     assert ev["claim_holds"], f"{example.name}: claim '{c['claim']}' false: {c['beats']}, {p}"
 
 

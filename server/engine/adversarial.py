@@ -38,10 +38,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import ConfigError
-from .optimizer_base import OPTIMIZERS, Optimizer, _generator_from_state, _new_generator
+from .optimizer_base import OPTIMIZERS, Optimizer, OwnRandomState, _new_generator
 
 
-class ShellSearch(Optimizer):
+class ShellSearch(OwnRandomState, Optimizer):
     """Adversarial search on shells around the reference code (see the module docstring).
 
     ``sigma0`` is the angle scale of the perturbations (tan of their typical angle to the mean direction);
@@ -166,17 +166,6 @@ class ShellSearch(Optimizer):
     def _directions_of(self, codes: np.ndarray) -> np.ndarray:
         d = np.asarray(codes, dtype=np.float64) - self.centre[None]
         return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-300)
-
-    def _snapshot(self) -> dict[str, Any]:
-        attrs = super()._snapshot()
-        attrs["_rng"] = self._rng.bit_generator.state
-        return attrs
-
-    def _load(self, attrs: dict[str, Any]) -> None:
-        attrs = dict(attrs)
-        rng_state = attrs.pop("_rng")
-        super()._load(attrs)
-        self._rng = _generator_from_state(rng_state)
 
 
 def verification_candidates(confirmation, ids: np.ndarray, target_change: float, k: int) -> np.ndarray:

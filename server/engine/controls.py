@@ -10,7 +10,10 @@ as well. Three control families, each a path of images moving away from the refe
 - affine: the reference's rotations, translations and scalings (server.engine.affine), padded with black
   (fill 0, torchvision's default as in the published code); each has one fixed stretch.
 
-Stretch is pixel distance / max_pix_dist; retention r(x) / r(ref). Claims:
+Stretch is pixel distance / max_pix_dist; retention r(x) / r(ref). A probe that stretches another stage
+(e.g. Gabor energy) is compared where it stretched: every image's stretch is then its feature distance from
+the reference in that stage / the reference's feature norm, and the noise and contrast controls at the
+probe's stretch are interpolated along their paths. Claims:
 - invariance, "farther than every control at equal retention": the probe's image keeps the response
   (|retention - 1| <= tolerance, two-sided) and its stretch exceeds the farthest stretch at which every
   control still keeps it (contrast and noise: the first point of their path that leaves the band);
@@ -27,6 +30,7 @@ import numpy as np
 from .affine import affine_controls
 from .base import Subject
 from .evaluation import max_pixel_distance
+from .probes import stage_distances
 
 AFFINE_FILL = 0.0
 PADDING = "affine controls are padded with black (0.0), as torchvision's defaults in the published code"
@@ -64,19 +68,20 @@ def noise_at(reference: np.ndarray, distance: float, rng: np.random.Generator, d
 
 
 def _first_exit(stretch: np.ndarray, keep: np.ndarray) -> float:
-    """The farthest stretch of a path (sorted by stretch) before its first point outside the band."""
+    """The farthest stretch of a path (in the order it moves away) before its first point outside the band."""
     out = 0.0
     for s, k in zip(stretch, keep):
         if not k:
             break
-        out = float(s)
+        out = max(out, float(s))
     return out
 
 
 def control_table(subject: Subject, reference: np.ndarray, image: np.ndarray, mode: str, *,
                   tolerance: float = 0.1, target_change: float = 0.5, seed: int = 0, steps: int = 41,
-                  noise_draws: int = 4) -> dict[str, Any]:
-    """Every control beside the probe's image, and whether the probe's claim holds (see the module doc)."""
+                  noise_draws: int = 4, stage=None, stage_name: str = "pixel") -> dict[str, Any]:
+    """Every control beside the probe's image, and whether the probe's claim holds (see the module doc).
+    ``stage``: the probe's stretch stage (``features(images)``), None for pixels."""
     ref = np.asarray(reference, dtype=np.float32)
     img = np.asarray(image, dtype=np.float32)
     mpd = max_pixel_distance(ref)
@@ -89,6 +94,13 @@ def control_table(subject: Subject, reference: np.ndarray, image: np.ndarray, mo
 
     def stretch_of(images):
         return np.linalg.norm((images.astype(np.float64) - ref[None]).reshape(len(images), -1), axis=1) / mpd
+
+    if stage is not None:
+        f_ref = np.asarray(stage.features(ref[None])[0], dtype=np.float64)
+        f_norm = max(float(np.linalg.norm(f_ref)), 1e-12)
+
+        def stretch_of(images):  # noqa: F811  (the probe's own stage)
+            return stage_distances(stage.features(np.asarray(images, dtype=np.float32)), f_ref) / f_norm
 
     probe_ret = float(retention(img[None])[0])
     probe_stretch = float(stretch_of(img[None])[0])
@@ -110,15 +122,24 @@ def control_table(subject: Subject, reference: np.ndarray, image: np.ndarray, mo
     affine = [{"control": lab, "retention": float(r), "stretch": float(s)} for lab, r, s in zip(labels, a_ret, a_str)]
 
     # The contrast and noise controls at exactly the probe's stretch (contrast: as far as it goes).
-    c_at = min(probe_stretch, float(c_str[-1]))
-    c_factor = 1.0 - c_at / c_str[-1] if c_str[-1] > 0 else 1.0
-    c_at_ret = float(retention(contrast_path(ref, np.array([c_factor])))[0])
-    n_imgs = noise_at(ref, probe_stretch * mpd, rng, noise_draws)
+    if stage is None:
+        c_at = min(probe_stretch, float(c_str[-1]))
+        c_factor = 1.0 - c_at / c_str[-1] if c_str[-1] > 0 else 1.0
+        n_pixels = probe_stretch * mpd
+    else:  # along each path, where its (running farthest) stage stretch reaches the probe's
+        c_factor = float(np.interp(probe_stretch, np.maximum.accumulate(c_str), factors))
+        n_pixels = float(np.interp(probe_stretch, np.maximum.accumulate(n_str), np.r_[0.0, n_levels] * mpd))
+    c_img = contrast_path(ref, np.array([c_factor]))
+    c_at_ret = float(retention(c_img)[0])
+    if stage is not None:
+        c_at = float(stretch_of(c_img)[0])
+    n_imgs = noise_at(ref, n_pixels, rng, noise_draws)
     n_at_ret = float(retention(n_imgs).mean())
 
     out: dict[str, Any] = {
         "mode": mode,
         "padding": PADDING,
+        "stretch_stage": stage_name if stage is not None else "pixel",
         "probe": {"retention": probe_ret, "stretch": probe_stretch, "change": probe_change},
         "curves": {
             "contrast": {"stretch": c_str.tolist(), "retention": c_ret.tolist()},

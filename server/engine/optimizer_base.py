@@ -173,4 +173,20 @@ class Optimizer(ABC):
         return fitness
 
 
+class OwnRandomState:
+    """Mixin for optimizers that draw from their own numpy Generator ``self._rng``: the snapshot carries its
+    state (a pickled Generator would not restore the same stream everywhere)."""
+
+    def _snapshot(self) -> dict[str, Any]:
+        attrs = super()._snapshot()
+        attrs["_rng"] = self._rng.bit_generator.state
+        return attrs
+
+    def _load(self, attrs: dict[str, Any]) -> None:
+        attrs = dict(attrs)
+        rng_state = attrs.pop("_rng")
+        super()._load(attrs)
+        self._rng = _generator_from_state(rng_state)
+
+
 OPTIMIZERS: dict[str, type[Optimizer]] = {}  # name -> class; filled by the modules that define them

@@ -32,6 +32,7 @@ import numpy as np
 from server.engine.base import ConfigError
 from server.engine.optimizer_base import (  # noqa: F401  (re-exported: one import for callers)
     OPTIMIZERS,
+    OwnRandomState,
     Optimizer,
     _generator_from_state,
     _new_generator,
@@ -185,7 +186,7 @@ def _rekey_solution_dicts(es: Any) -> None:
                 rekey(value)
 
 
-class GeneticOptimizer(Optimizer):
+class GeneticOptimizer(OwnRandomState, Optimizer):
     """The reference's genetic algorithm: elitism, softmax parent choice, gene-wise crossover, mutation.
 
     Each generation keeps the ``n_elite`` best codes unchanged; every other child takes each gene from
@@ -277,17 +278,6 @@ class GeneticOptimizer(Optimizer):
     def _tell(self, codes: np.ndarray, fitness: np.ndarray) -> None:
         self._codes = codes.copy()
         self._fitness = fitness.copy()
-
-    def _snapshot(self) -> dict[str, Any]:
-        attrs = super()._snapshot()
-        attrs["_rng"] = self._rng.bit_generator.state
-        return attrs
-
-    def _load(self, attrs: dict[str, Any]) -> None:
-        attrs = dict(attrs)
-        rng_state = attrs.pop("_rng")
-        super()._load(attrs)
-        self._rng = _generator_from_state(rng_state)
 
 
 OPTIMIZERS.update({
