@@ -74,10 +74,14 @@ INVARIANCE = {
 }
 
 
-def test_state_round_trip_continues_the_same_bands():
+RESTART = {"far_restart": 2, "far_seed_repeats": 2}
+
+
+@pytest.mark.parametrize("options", [{}, RESTART], ids=["default", "restart"])
+def test_state_round_trip_continues_the_same_bands(options):
     from server.probe_setup import build_generator, build_search, build_stages
 
-    cfg = parse_config(INVARIANCE)
+    cfg = parse_config(INVARIANCE | options)
     gen, stages = build_generator(cfg), build_stages(cfg)
     ref = gen.project(np.random.default_rng(1).normal(size=(1, 64)))[0] * 3
     image = gen.render(ref[None])[0]
@@ -90,8 +94,14 @@ def test_state_round_trip_continues_the_same_bands():
     rng = np.random.default_rng(2)
     for _ in range(3):
         p = a.ask()
-        assert p.n_new == 8 + 10 + (4 if p.generation == 0 else 0)
+        seeds = 4 + (N_AFFINE_SEEDS if options else 0)
+        assert p.n_new == 8 + 10 + (seeds * (2 if options else 1) if p.generation == 0 else 0)
         a.tell(rng.poisson(5.0, (len(p.codes), 1)).astype(float), reference_responses=np.array([[5.0], [6.0]]))
+        if options and p.generation == 0:  # the second showing of each seed is a re-test of its first
+            assert a.confirmation.shows[-seeds:] == [2] * seeds and len(a.confirmation.shows) == 18 + seeds
+        if options and p.generation == 1:  # restarted after 2 generations: the bands start at confirmed codes
+            codes = a.confirmation.codes.values()
+            assert [any(np.array_equal(b.mean, c) for c in codes) for b in a.far_reach.bands] == [True, True]
     b = fresh()
     b.load_state(a.state())
     pa, pb = a.ask(), b.ask()
@@ -104,9 +114,10 @@ def test_state_round_trip_continues_the_same_bands():
     assert np.array_equal(a.ask().codes, b.ask().codes)
 
 
-def test_stored_invariance_session_with_far_reach_replays_bit_for_bit(repo):
+@pytest.mark.parametrize("options", [{}, RESTART], ids=["default", "restart"])
+def test_stored_invariance_session_with_far_reach_replays_bit_for_bit(repo, options):
     rec = DatabaseRecorder(repo)
-    result = run_probe(parse_config(INVARIANCE), recorder=rec)
+    result = run_probe(parse_config(INVARIANCE | options), recorder=rec)
     rec.finish()
     sid = rec.sessions[-1][1]
     assert result.probe.search.far_reach is not None
@@ -116,7 +127,8 @@ def test_stored_invariance_session_with_far_reach_replays_bit_for_bit(repo):
         assert np.array_equal(x.fitness, y.fitness)
 
 
-@pytest.mark.parametrize("field,value", [("far_reach", -1), ("far_population", 1), ("far_sigma0", 0)])
+@pytest.mark.parametrize("field,value", [("far_reach", -1), ("far_population", 1), ("far_sigma0", 0),
+                                         ("far_restart", -1), ("far_seed_repeats", 0)])
 def test_bad_far_reach_settings_name_the_field(field, value):
     with pytest.raises(ConfigError) as e:
         parse_config(INVARIANCE | {field: value})
