@@ -87,7 +87,8 @@ def run(args) -> dict:
                 c = ev["controls"]
                 row |= {"claim_holds": ev["claim_holds"], "beats": c["beats"], "retention": ev["retention"],
                         "stretch": ev["stretch"], "ratio": c.get("contrast_to_probe_stretch_ratio"),
-                        "reached_target": c.get("reached_target"), "presentations": ev["presentations"],
+                        "reached_target": c.get("reached_target"), "tolerance": c.get("tolerance"),
+                        "presentations": ev["presentations"],
                         "verify_presentations": (ev.get("verification") or {}).get("presentations", 0)}
                 rows.append(row)
                 print(f"{label:<30} {mode:<11} seed {seed}: claim {'true ' if ev['claim_holds'] else 'false'} "
@@ -116,6 +117,12 @@ def report(res: dict) -> str:
             halved_ratios = [r["ratio"] for r in halved if r["ratio"] is not None]
             out.append(f"  median ratio over the runs that halved it: "
                        f"{np.median(halved_ratios) if halved_ratios else float('nan'):.2f}")
+        if mode == "invariance" and ran:
+            lost = [r for r in ran if not r["claim_holds"]]
+            outside = [r for r in lost if abs(r["retention"] - 1.0) > r.get("tolerance", 0.1)]
+            out.append(f"  lost: {len(outside)} with the reported image outside the band, "
+                       f"{len(lost) - len(outside)} in the band but nearer than a control "
+                       f"({', '.join(sorted({r['unit'] for r in lost if r not in outside})) or '-'})")
         if ran:
             out.append(f"  presentations per probe (median): {np.median([r['presentations'] for r in ran]):.0f}, "
                        f"plus {np.median([r['verify_presentations'] for r in ran]):.0f} to verify the reported image")
