@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from server.config import parse_config
+from server.engine.evaluation import max_pixel_distance
 from server.engine.reference_check import ReferenceAtBaseline
 from server.insilico import run_probe
 
@@ -55,6 +56,23 @@ def panel(image_size: int) -> list[tuple[str, dict, int]]:
     return units
 
 
+def presented_winner(result) -> bool:
+    """Whether any image the invariance probe presented (every candidate its confirmation remembers) beats
+    every control noise-free (pixel stretch, as the panel's probes), i.e. whether a perfect choice of the reported image would have won: tells a
+    search that never got there from a selection that missed what it found."""
+    conf = result.phases[-1].search.confirmation
+    if conf is None or not conf.codes:
+        return False
+    c = result.evaluation["controls"]
+    ref = np.asarray(result.reference_image, dtype=np.float32)
+    images = result.generator.render(np.stack(list(conf.codes.values())))
+    ret = result.subject.rate(images).mean(axis=1) / max(float(result.subject.rate(ref[None]).mean()), 1e-12)
+    stretch = np.linalg.norm((images.astype(np.float64) - ref[None]).reshape(len(images), -1), axis=1) \
+        / max_pixel_distance(ref)
+    ok = (np.abs(ret - 1.0) <= c["tolerance"]) & (stretch > max(c["farthest_kept"].values()))
+    return bool(ok.any())
+
+
 def run(args) -> dict:
     rows = []
     for label, subject, channels in panel(args.image_size):
@@ -78,7 +96,8 @@ def run(args) -> dict:
                     cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
                 try:
-                    ev = run_probe(parse_config(cfg)).evaluation
+                    result = run_probe(parse_config(cfg))
+                    ev = result.evaluation
                 except ReferenceAtBaseline:
                     row["stopped"] = "reference at baseline"
                     rows.append(row)
@@ -90,6 +109,8 @@ def run(args) -> dict:
                         "reached_target": c.get("reached_target"), "tolerance": c.get("tolerance"),
                         "presentations": ev["presentations"],
                         "verify_presentations": (ev.get("verification") or {}).get("presentations", 0)}
+                if mode == "invariance":
+                    row["presented_winner"] = presented_winner(result)
                 rows.append(row)
                 print(f"{label:<30} {mode:<11} seed {seed}: claim {'true ' if ev['claim_holds'] else 'false'} "
                       f"retention {ev['retention']:.2f} stretch {ev['stretch']:.3f} beats {c['beats']}", flush=True)
@@ -123,6 +144,9 @@ def report(res: dict) -> str:
             out.append(f"  lost: {len(outside)} with the reported image outside the band, "
                        f"{len(lost) - len(outside)} in the band but nearer than a control "
                        f"({', '.join(sorted({r['unit'] for r in lost if r not in outside})) or '-'})")
+            found = [r for r in ran if r.get("presented_winner")]
+            out.append(f"  some presented image beats every control (noise-free) in {len(found)}/{len(ran)}; "
+                       f"found but not reported in {sum(not r['claim_holds'] for r in found)}")
         if ran:
             out.append(f"  presentations per probe (median): {np.median([r['presentations'] for r in ran]):.0f}, "
                        f"plus {np.median([r['verify_presentations'] for r in ran]):.0f} to verify the reported image")
