@@ -175,6 +175,9 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
     from server.settings import Settings
     from wire.auth import ServerKeys
 
+    if threading.current_thread() is threading.main_thread():
+        # `kill` stops the demo as Ctrl-C does: the display, bridge and virtual rig it started go with it
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.data_dir / "demo-logs"
@@ -232,7 +235,7 @@ def run_demo(*, max_generations: int = 12, generations: int = 12, population: in
         summary = _summarise(service, sid_max, sid_inv)
         out(f"most exciting image: {summary['mei_rate_hz']:.1f} Hz (model rate); invariance probe selected an image "
             f"keeping {summary['retention']:.0%} of the response at {summary['stretch']:.2f} of the largest "
-            f"possible pixel distance (best affine control keeping >= 90%: {summary['best_affine_stretch_at_90']:.2f})")
+            f"possible pixel distance (best affine control within +-10%: {summary['best_affine_stretch_at_90']:.2f})")
         out(f"stored: {summary['presentations']} presentations; dashboard {url}?session={sid_inv}")
         if not exit_when_done:
             out("serving the dashboard; Ctrl-C to stop")
@@ -289,7 +292,7 @@ def _summarise(service, sid_max, sid_inv) -> dict:
     selected = search.generator.render(search.result().code[None])
     ref = runner.reference_image
     retention, stretch = retention_and_stretch(subject, ref, selected)
-    kept = [c["stretch"] for c in affine_control_table(subject, ref) if c["retention"] >= 0.9]
+    kept = [c["stretch"] for c in affine_control_table(subject, ref) if abs(c["retention"] - 1.0) <= 0.1]  # two-sided
     h = service.repo.load_history(sid_inv)
     return {
         "maximize_session": str(sid_max), "invariance_session": str(sid_inv),

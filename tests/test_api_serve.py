@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from api_fixtures import CREATE, url_text
+from waiting import wait_for
 from api_fixtures import api_db_url  # noqa: F401  (fixture)
 
 pytest_plugins = ["db_fixtures"]
@@ -89,3 +90,41 @@ def test_serve_prints_its_token_answers_and_stops_on_ctrl_c(api_db_url, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_stops_snslab_server_and_its_embedded_database(tmp_path):
+    """`kill`, systemd and `docker stop` send SIGTERM: the server closes its sessions and the embedded
+    PostgreSQL it started stops with it (uvicorn re-raises the signal, which used to kill the process before
+    anything was closed, leaving the database running)."""
+    import psutil
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SNSLAB_DATABASE_URL")}
+    env.update(SNSLAB_DATA_DIR=str(tmp_path / "data"), SNSLAB_OPERATOR_TOKEN="t" * 16)
+    env.pop("http_proxy", None), env.pop("HTTP_PROXY", None)
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "server", "--port", str(port), "--wire",
+                             "tcp://127.0.0.1:*"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    pid_file = tmp_path / "data" / "pgdata" / "postmaster.pid"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _request(f"http://127.0.0.1:{port}/api/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        postmaster = int(pid_file.read_text().split()[0])
+        assert psutil.pid_exists(postmaster)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        gone = wait_for(lambda: not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == "zombie", 30)
+        assert gone and not pid_file.exists(), (tmp_path / "server.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid_file.exists():  # never leave a database running behind a failed test
+            psutil.Process(int(pid_file.read_text().split()[0])).terminate()

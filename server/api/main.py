@@ -9,7 +9,9 @@ Without a service the app serves stored sessions read-only (the verbs answer 503
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import signal
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -93,6 +95,25 @@ def create_app(
     return app
 
 
+@contextmanager
+def _stopped_by_sigterm():
+    """uvicorn shuts down on SIGTERM and then raises the signal again; with the default action that kills the
+    process before the session service and the embedded PostgreSQL are closed (the database would outlive
+    the server). Here it becomes SystemExit, so `kill`, systemd and `docker stop` stop as cleanly as Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, *,
           wire_bind: str = "tcp://127.0.0.1:5555", log_level: str = "info", service_options: dict | None = None) -> None:
     """Open the database, start the session service (ZeroMQ on ``wire_bind``) and serve HTTP until stopped."""
@@ -116,7 +137,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         if settings.operator_token is None:
             print(f"operator token (set {TOKEN_ENV} to choose one): {app.state.operator_token.get_secret_value()}")
         # open dashboard streams end within a few seconds of Ctrl-C (browsers reconnect to the next server)
-        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+        with _stopped_by_sigterm():
+            uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
     finally:
         service.close()
         database.close()
