@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from api_fixtures import url_text
+from sweep_files import single_probe, sweep_base
 
 pytest_plugins = ["db_fixtures"]
 torch = pytest.importorskip("torch")
@@ -148,18 +149,7 @@ output = "{folder / 'out'}"
 num_cpus = 1
 batch_probes = 3
 [base]
-population = 12
-generations = 5
-retests = 2
-stages = ["pixel"]
-[base.generator]
-name = "dct"
-code_size = 64
-image_size = 16
-channels = 1
-[base.reference]
-source = "maximize"
-generations = 4
+{sweep_base()}
 [base.subject]
 name = "cnn-unit"
 gain = 20.0
@@ -177,27 +167,8 @@ seeds = [0, 1]
 def single_file(folder: Path, unit: str, mode: str, seed: int) -> Path:
     net = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in NETWORK.items())
     path = folder / f"{unit}-{mode}-{seed}.toml"
-    path.write_text(f'''mode = "{mode}"
-seed = {seed}
-population = 12
-generations = 5
-retests = 2
-stages = ["pixel"]
-output = "{folder / 'single'}"
-[generator]
-name = "dct"
-code_size = 64
-image_size = 16
-channels = 1
-[reference]
-source = "maximize"
-generations = 4
-[subject]
-name = "cnn-unit"
-gain = 20.0
-unit = {UNITS[unit]}
-{net}
-''')
+    path.write_text(single_probe(mode, seed, folder / "single",
+                                 f"[subject]\nname = \"cnn-unit\"\ngain = 20.0\nunit = {UNITS[unit]}\n{net}"))
     return path
 
 

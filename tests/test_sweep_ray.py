@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from api_fixtures import url_text
+from sweep_files import single_probe, sweep_base
 
 pytest_plugins = ["db_fixtures"]
 pytest.importorskip("ray")
@@ -29,20 +30,6 @@ pytest.importorskip("pyarrow")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = """
-population = 12
-generations = 5
-retests = 2
-stages = ["pixel"]
-[generator]
-name = "dct"
-code_size = 64
-image_size = 16
-channels = 1
-[reference]
-source = "maximize"
-generations = 4
-"""
 NETWORKS = {"complex": "complex-cell", "pooled": "pooled-unit"}  # units that leave baseline in 4 generations
 UNITS = {"u0": (0.0, 6.0), "u60": (60.0, 6.0), "u120": (120.0, 8.0), "bad": (0.0, -1.0)}
 PROBES = ("invariance", "adversarial")
@@ -50,7 +37,7 @@ SEEDS = (0, 1)
 
 
 def sweep_file(folder: Path) -> Path:
-    base = "\n".join(("[base." + ln[1:]) if ln.startswith("[") else ln for ln in BASE.strip().splitlines())
+    base = sweep_base()
     nets = ", ".join(f'{{name = "{n}", label = "{k}"}}' for k, n in NETWORKS.items())
     units = ", ".join(f'{{orientation = {o}, wavelength = {w}, label = "{k}"}}' for k, (o, w) in UNITS.items())
     text = (f'name = "ray-test"\noutput = "{folder / "out"}"\n[resources]\nnum_cpus = 1\n[base]\n{base}\n'
@@ -63,9 +50,8 @@ def sweep_file(folder: Path) -> Path:
 def single_probe_file(folder: Path, network: str, unit: str, mode: str, seed: int) -> Path:
     """The same probe written as a plain `snslab insilico` config, from the grid's meaning (not our expansion)."""
     o, w = UNITS[unit]
-    head, _, tables = BASE.strip().partition("[generator]")
-    text = (f'mode = "{mode}"\nseed = {seed}\n{head}\noutput = "{folder / "single"}"\n[generator]{tables}\n'
-            f'[subject]\nname = "{NETWORKS[network]}"\norientation = {o}\nwavelength = {w}\n')
+    text = single_probe(mode, seed, folder / "single",
+                        f'[subject]\nname = "{NETWORKS[network]}"\norientation = {o}\nwavelength = {w}')
     path = folder / f"{network}-{unit}-{mode}-{seed}.toml"
     path.write_text(text)
     return path
