@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from wire.messages import CountsBatch, CountsItem, SpikesBatch, SpikeTrains, blo
 from wire.transport import Peer
 from wire.units import unit_key
 
+from snslab_common.cli import stop_requested
 from snslab_common.seeds import SeedStreams, as_displayed
 
 from .adapters import make_adapter
@@ -278,17 +278,10 @@ def run(args: BridgeOptions, log_level: str = "INFO") -> int:
     except ValueError as err:  # ConfigError and friends: one line
         print(f"error: {err}")
         return 2
-    stop = False
-
-    def _stop(*_):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_requested()
     bridge.peer.start()
     log.info("bridge %s (%s) -> %s", args.client_id, args.adapter, args.server)
-    while not stop:
+    while not stop.is_set():
         bridge.step(0.02)  # blocks in the source for up to 20 ms: an idle bridge sleeps
     bridge.peer.close(flush_s=2.0)
     bridge.source.close()

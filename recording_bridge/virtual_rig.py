@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from snslab_common.cli import stop_requested
+
 log = logging.getLogger("snslab.virtual_rig")
 
 CLONE_NEWTIME, CLONE_NEWUTS = 0x00000080, 0x04000000
@@ -460,21 +462,14 @@ def run(args) -> int:
     inlet = None
     corr = 0.0
     corr_at = -math.inf
-    stop = False
-
-    def _stop(*_):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_requested()
     log.info("virtual rig %s: host %s, LSL clock %.3f s, units %s, publishing %s", args.client_id,
              socket.gethostname(), pylsl.local_clock(), ", ".join(rig.names),
              " and ".join(x for x in (args.lsl and f"LSL {args.lsl}", args.openephys) if x))
     print(f"virtual rig ready: host {socket.gethostname()}", flush=True)
     next_resolve = 0.0
     try:
-        while not stop:
+        while not stop.is_set():
             if pty_fds is not None:
                 ready, _, _ = select.select([pty_fds[0]], [], [], 0.005)
                 if ready:

@@ -20,6 +20,8 @@ Keys are the command's long options (dashes or underscores); options given on th
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -82,3 +84,11 @@ def config_option(section: str) -> Any:
         None, "--config", exists=True, dir_okay=False, is_eager=True, callback=config_callback(section),
         help=f"TOML file whose [{section}] table sets these options (the command line wins)",
     )
+
+
+def stop_requested() -> threading.Event:
+    """An event that SIGTERM (kill, systemd) or Ctrl-C sets: a rig process ends its loop and closes cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop

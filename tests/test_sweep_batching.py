@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from api_fixtures import url_text
 from sweep_files import single_probe, sweep_base
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 torch = pytest.importorskip("torch")
@@ -252,10 +253,7 @@ def test_batched_sweep_resumes_after_sigkill_and_matches_single_runs(db_url, db_
                 for col in ("generation", "order_in_batch", "kind", "codes", "counts"):
                     x, y = getattr(a, col), getattr(b, col)
                     assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
-        deadline = time.monotonic() + 30
-        while ray_processes(mark) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert ray_processes(mark) == []
+        assert wait_for(lambda: not ray_processes(mark), 30, 0.5), ray_processes(mark)
     finally:
         kill_ray(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)

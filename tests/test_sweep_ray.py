@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from api_fixtures import url_text
 from sweep_files import single_probe, sweep_base
+from waiting import wait_for
 
 pytest_plugins = ["db_fixtures"]
 pytest.importorskip("ray")
@@ -190,10 +191,7 @@ def test_sweep_on_local_ray_resumes_after_sigkill_and_matches_single_runs(db_url
             assert (folder / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         # 5. nothing of Ray is left running
-        deadline = time.monotonic() + 30
-        while ray_processes(mark) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert ray_processes(mark) == []
+        assert wait_for(lambda: not ray_processes(mark), 30, 0.5), ray_processes(mark)
     finally:
         kill_ray(mark)
         shutil.rmtree(temp_dir, ignore_errors=True)
