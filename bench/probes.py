@@ -92,6 +92,8 @@ def run(args) -> dict:
                     cfg["far_restart"] = args.far_restart
                 if mode == "invariance" and args.far_seed_repeats > 1:
                     cfg["far_seed_repeats"] = args.far_seed_repeats
+                if args.verify_repeats:
+                    cfg["verify_repeats"] = args.verify_repeats
                 if mode == "adversarial":  # (the engine's default: the shell search, server/engine/adversarial.py)
                     cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
@@ -108,7 +110,10 @@ def run(args) -> dict:
                         "stretch": ev["stretch"], "ratio": c.get("contrast_to_probe_stretch_ratio"),
                         "reached_target": c.get("reached_target"), "tolerance": c.get("tolerance"),
                         "presentations": ev["presentations"],
-                        "verify_presentations": (ev.get("verification") or {}).get("presentations", 0)}
+                        "verify_presentations": (ev.get("verification") or {}).get("presentations", 0),
+                        "verified": ((ev.get("verification") or {}).get("chosen") or {}),
+                        "reference_rate_hz": ev.get("reference_rate_hz"),
+                        "verify_reference_hz": (ev.get("verification") or {}).get("reference_rate_hz")}
                 if mode == "invariance":
                     row["presented_winner"] = presented_winner(result)
                 rows.append(row)
@@ -174,6 +179,8 @@ def main() -> None:
                          "with the reference's affine copies as seeds (server/engine/far_reach.py; 0: off, the default)")
     ap.add_argument("--far-seed-repeats", type=int, default=1,
                     help="invariance: showings of each far-reach seed in the first generation (default 1)")
+    ap.add_argument("--verify-repeats", type=int, default=None,
+                    help="showings per verified image (the engine's default: 32; server/engine/verify.py)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")

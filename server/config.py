@@ -135,10 +135,12 @@ class ProbeConfig(BaseModel):
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "
                                        "its rate is within +- this fraction of the reference's (two-sided)")
-    verify_candidates: int = Field(12, ge=0, le=200, description="in silico under noise: after the probe, this "
-                                   "many plausible front images are shown afresh and the reported image is chosen "
-                                   "by the same rule from these unbiased rates (0: report the search's own choice)")
-    verify_repeats: int = Field(32, ge=2, le=1000, description="fresh presentations of each verified image")
+    verify_candidates: int = Field(12, ge=0, le=200, description="in silico under noise: the reported image is "
+                                   "chosen again from fresh presentations, within verify_candidates x verify_repeats "
+                                   "showings; this many plausible candidates race in turn, the rest with doubling "
+                                   "gaps (server/engine/verify.py; 0: report the search's own choice)")
+    verify_repeats: int = Field(32, ge=2, le=1000, description="a verified image may fail after a quarter of this "
+                                "many fresh showings and pass only after twice this many")
     target_change: float = Field(0.5, gt=0, le=1, description="the change an adversarial image aims for, as a "
                                  "fraction of the reference's rate (0.5: halve the response)")
     output: Path = Field(Path("runs/insilico"), description="folder for summary.json and the plots")

@@ -17,12 +17,12 @@ import numpy as np
 
 from .config import ProbeConfig, config_record
 from .engine.base import ConfigError, ImageGenerator, SeedStreams, Subject, as_displayed, presentation_counts, presentation_rng
-from .engine.adversarial import verification_candidates
 from .engine.controls import control_table
 from .engine.evaluation import affine_control_table, max_pixel_distance, retention_and_stretch
 from .engine.reference_check import ReferenceAtBaseline, ReferenceCheck, judge_reference
 from .engine.probes import UNIT
 from .engine.search import GenerationReport, Selection, SnSSearch
+from .engine.verify import Race, doubling_looks
 from .probe_setup import (  # noqa: F401  (build_* stay importable from here)
     build_generator,
     build_search,
@@ -257,62 +257,70 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
 
 def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGenerator, final: Phase,
                      reference_image: np.ndarray) -> dict[str, Any] | None:
-    """Choose the reported image again from fresh measurements (in silico, under noise).
-
-    The search's choice is the farthest (invariance) or nearest (adversarial) of many noisy candidates that
-    pass a noisy test, so its measured rate is biased in its favour (the winner's curse: selected
-    invariance images were up to 17% above the reference). Here the ``verify_candidates`` most promising
-    images of the optimistic front (plausibly in the band, ordered by the claim's distance) and the
-    reference are each shown ``verify_repeats`` more times with fresh spike noise, and the same rule picks
-    the reported image from these unbiased rates, ``confirm_kappa`` standard errors conservative (when none
-    passes, the one closest to passing). When no candidate is plausible at all the search's own choice
-    stays. ``final.selection`` is replaced by the verified choice.
-    """
+    """Choose the reported image again from fresh measurements (in silico, under noise): the search's
+    established candidates give a floor, then the plausible better ones race for it
+    (server/engine/verify.py), within ``verify_candidates`` x ``verify_repeats`` presentations.
+    ``final.selection`` is replaced by the verified choice; when no candidate is plausible at all the
+    search's own choice stays."""
     conf = final.search.confirmation
     if conf is None or not conf.d_low:
         return None
     mode, ref_est = config.mode, max(conf.reference_rate, 1e-12)
-    d_low, d_high, _ = conf._estimates()  # (shrunk rate estimates)
+    d_low, d_high, se = conf._estimates()  # (shrunk rate estimates)
     ids = np.array([i for i in range(len(d_low)) if i in conf.codes], dtype=np.int64)
+    kappa = config.confirm_kappa
     if mode == "invariance":
-        ids = ids[d_high[ids] <= config.retention_tolerance * ref_est]
         ids = ids[np.argsort(-d_low[ids], kind="stable")]  # farthest first
-    else:  # the nearest plausible and the nearest established images (server.engine.adversarial)
-        ids = verification_candidates(conf, ids, config.target_change, config.verify_candidates)
-    ids = ids[: config.verify_candidates]
-    if ids.size == 0:
+        established = ids[d_high[ids] + kappa * se[ids] <= config.retention_tolerance * ref_est]
+        plausible = ids[d_high[ids] <= config.retention_tolerance * ref_est]
+    else:
+        ids = ids[np.argsort(d_low[ids], kind="stable")]  # nearest first
+        established = ids[d_high[ids] - kappa * se[ids] >= config.target_change * ref_est]
+        plausible = ids[d_high[ids] >= config.target_change * ref_est]
+    if plausible.size == 0 and established.size == 0:
         return {"candidates": 0, "presentations": 0, "chosen": None}
-    codes = np.stack([conf.codes[int(i)] for i in ids])
-    images = generator.render(codes)
-    rates = subject.rate(as_displayed(images)).astype(np.float64)
-    k, window = config.verify_repeats, config.noise.window_ms / 1000.0
+    sign = 1.0 if mode == "invariance" else -1.0
+
+    def racers(floor: int | None) -> list[int]:
+        better = plausible if floor is None else plausible[sign * d_low[plausible] > sign * d_low[floor]]
+        return [int(i) for i in better]
+
+    window = config.noise.window_ms / 1000.0
     seed = SeedStreams(config.seed).noise_seed("verify")
-    counts = np.array([[np.mean(presentation_counts(rates[j], window, presentation_rng(seed, 0, i * len(images) + j)))
-                        for i in range(k)] for j in range(len(images))]) / window
-    means = np.r_[0.0, counts.mean(1)]
-    se = np.r_[0.0, counts.std(1, ddof=1) / np.sqrt(k)]
-    # The reference: the probe's own running mean, from fresh presentations every generation (unbiased).
-    ref = conf.reference_rate
-    se[0] = np.sqrt(conf.dispersion * ref / max(conf.ref_n, 1))
-    diff = np.abs(means[1:] - ref)
-    margin = config.confirm_kappa * np.hypot(se[1:], se[0])
-    ok = (diff + margin <= config.retention_tolerance * ref) if mode == "invariance" else \
-        (diff - margin >= config.target_change * ref)
-    d = np.asarray(conf.d_low)[ids]
-    if ok.any():
-        pick = int(np.flatnonzero(ok)[np.argmax(d[ok]) if mode == "invariance" else np.argmin(d[ok])])
-    else:  # none passes conservatively: the one closest to passing (its rate is at least measured fairly)
-        pick = int(np.argmin(diff + margin) if mode == "invariance" else np.argmax(diff - margin))
-    if True:  # noqa: SIM108
-        cid = int(ids[pick])
-        g, i = final.search._confirm_where[cid]
+    rates_of: dict[int, float] = {}
+
+    def measure(cid: int, first: int, n: int) -> np.ndarray:
+        if cid not in rates_of:
+            image = generator.render(conf.codes[cid][None])
+            rates_of[cid] = subject.rate(as_displayed(image)).astype(np.float64)[0]
+        return np.array([np.mean(presentation_counts(rates_of[cid], window, presentation_rng(seed, cid + 1, first + s)))
+                         for s in range(n)]) / window
+
+    race = Race(mode, reference_rate=conf.reference_rate, dispersion=conf.dispersion,
+                reference_se=float(np.sqrt(conf.dispersion * conf.reference_rate / max(conf.ref_n, 1))),
+                tolerance=config.retention_tolerance, target_change=config.target_change,
+                kappa=kappa)
+    verdict = race.run([int(i) for i in established], racers, measure,
+                          budget=config.verify_candidates * config.verify_repeats, pass_after=2 * config.verify_repeats,
+                          looks=doubling_looks(config.verify_repeats, 2 * config.verify_repeats),
+                       consecutive=config.verify_candidates)
+
+    def where(rung):
+        g, i = final.search._confirm_where[rung.cid]
+        return {"generation": g, "index": i, "role": rung.role, "shows": rung.shows,
+                "rate_hz": float(rung.mean), "verdict": rung.verdict}
+    chosen = None
+    if verdict.chosen is not None:
+        rung = verdict.chosen
+        g, i = final.search._confirm_where[rung.cid]
         stage = final.search.probe.stages[0]
-        final.selection = Selection(g, i, codes[pick].copy(), np.array([means[pick + 1]]),
-                                    {stage: float(conf.d_low[cid]), UNIT: float(diff[pick])})
-        chosen = {"generation": g, "index": i, "rate_hz": float(means[pick + 1]), "se_hz": float(se[pick + 1]),
-                  "passed": bool(ok[pick])}
-    return {"candidates": int(len(ids)), "repeats": k, "presentations": int(k * len(images)),
-            "reference_rate_hz": float(ref), "chosen": chosen}
+        final.selection = Selection(g, i, conf.codes[rung.cid].copy(), np.array([rung.mean]),
+                                    {stage: float(conf.d_low[rung.cid]), UNIT: float(abs(rung.mean - race.ref))})
+        chosen = where(rung) | {"se_hz": race.se(rung),
+                                "passed": rung.verdict == "passed"}
+    return {"candidates": len(verdict.rungs), "repeats": config.verify_repeats,
+            "presentations": verdict.presentations, "reference_rate_hz": float(conf.reference_rate),
+            "tested": [where(r) for r in verdict.rungs], "chosen": chosen}
 
 
 def _evaluate(config, subject, reference_image, selected_image, final: Phase) -> dict[str, Any]:

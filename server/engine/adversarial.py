@@ -24,8 +24,8 @@ it) is just reached:
   margin: their few lucky low counts near the reference drew re-tests and verification.)
 
 The reported image is chosen by the probe's front confirmation (server.engine.confirm) and, in silico,
-re-measured (``verification_candidates``, server.insilico.verify_selection): the nearest image whose
-change of rate is established. Per-stage ``bounds`` limit the front and the reported image, not this
+re-measured (server.engine.verify): the nearest image whose change of rate is established on fresh
+presentations. Per-stage ``bounds`` limit the front and the reported image, not this
 search's ranking (use ``sepcma`` to rank by bounded fronts). All state is plain arrays and one numpy
 Generator: ``state()`` and ``restore()`` are exact. Measured on 12 model units x 3 seeds and in the
 sample-efficiency study: docs/benchmarks.md (issue 12).
@@ -166,25 +166,6 @@ class ShellSearch(OwnRandomState, Optimizer):
     def _directions_of(self, codes: np.ndarray) -> np.ndarray:
         d = np.asarray(codes, dtype=np.float64) - self.centre[None]
         return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-300)
-
-
-def verification_candidates(confirmation, ids: np.ndarray, target_change: float, k: int) -> np.ndarray:
-    """Which adversarial images to re-measure before one is reported (server.insilico.verify_selection).
-
-    The nearest ``k`` whose conservative rate estimate (shrunk toward its generation, minus ``kappa``
-    standard errors) changed by at least ``target_change``; when fewer are established, the nearest whose
-    plain estimate did fill the list. The nearest merely plausible images are mostly lucky draws from
-    generations that did not change the response (they fail on re-measurement), and a reported image that
-    did not reach the target is worth less than one a little farther that did.
-    """
-    d_low, d_high, se = confirmation._estimates()
-    ref = max(confirmation.reference_rate, 1e-12)
-    ids = np.asarray(ids, dtype=np.int64)
-    ids = ids[np.argsort(d_low[ids], kind="stable")]
-    established = ids[d_high[ids] - confirmation.kappa * se[ids] >= target_change * ref][:k]
-    plausible = ids[(d_high[ids] >= target_change * ref) & ~np.isin(ids, established)]
-    out = np.concatenate([established, plausible[: k - len(established)]])
-    return out[np.argsort(d_low[out], kind="stable")]
 
 
 OPTIMIZERS.setdefault(ShellSearch.name, ShellSearch)

@@ -31,8 +31,9 @@ from .optimizers import Optimizer, make_optimizer
 
 TRANSFORMS = ("contrast:-1", "rotation:180", "mirror:horizontal", "mirror:vertical")
 IDENTITIES = ("rotation:0", "translation:0", "scale:1")  # affine controls equal to the reference itself
-WINDOWS = (0.1, 0.15, 0.2, 0.25, 0.3)  # half-widths of the windows, as fractions of the image side
-N_AFFINE_SEEDS = 23 + len(WINDOWS)  # the 27 affine controls less the 3 identities and rotation:180, and windows
+WINDOWS = (0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3)  # half-widths of the windows, as fractions of the image side
+WINDOW_FILLS = (0.0, 1.0)  # black and white outside
+N_AFFINE_SEEDS = 23 + len(WINDOWS) * len(WINDOW_FILLS)  # the 27 affine controls less the 3 identities and rotation:180, and windows
 
 
 def reference_transforms(image: np.ndarray, affine: bool = False) -> list[tuple[str, np.ndarray]]:
@@ -50,7 +51,7 @@ def reference_transforms(image: np.ndarray, affine: bool = False) -> list[tuple[
     if affine:
         have = {name for name, _ in out} | set(IDENTITIES)
         out += [(name, a) for name, a in affine_controls(img, fill=0.0) if name not in have]
-        out += windows(img)
+        out += [w for fill in WINDOW_FILLS for w in windows(img, fill)]
     return out
 
 
@@ -69,7 +70,7 @@ def windows(image: np.ndarray, fill: float = 0.0) -> list[tuple[str, np.ndarray]
         inside = (np.abs(yy - cy) <= f * h) & (np.abs(xx - cx) <= f * w)
         if img.ndim == 3:
             inside = inside[..., None]
-        out.append((f"window:{f:g}", np.where(inside, img, np.float32(fill)).astype(np.float32)))
+        out.append((f"window:{f:g}" + (f":fill{fill:g}" if fill else ""), np.where(inside, img, np.float32(fill)).astype(np.float32)))
     return out
 
 

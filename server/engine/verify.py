@@ -1,0 +1,181 @@
+"""Choosing the reported image from fresh measurements: a floor, then a race down the ladder.
+
+After a probe under noise, the search's own pick is the farthest (invariance) or nearest (adversarial) of
+many noisy candidates that pass a noisy test, so its measured rate is biased in its favour (the winner's
+curse). Re-measuring a fixed set of candidates a fixed number of times each (the first design: 12 x 32)
+had two faults, found on the probe panel (docs/benchmarks.md, bench/probes.py):
+
+- when none of the far candidates passed, the fallback ("the one closest to passing") was a far image
+  outside the band (retention 0.83-0.89 or 1.25), although the search had established nearer in-band ones;
+- every candidate got the same showings: clear impostors wasted them, and the one that mattered (the
+  farthest plausible one, near the band's edge) got too few to be told apart from its neighbours.
+
+Here, within the same budget of presentations:
+
+1. **Floor**: the search's *established* candidates (conservatively passing on its own measurements),
+   best first, are re-measured until one passes on fresh presentations alone; it is the fallback.
+2. **Race**: the *plausible* candidates better than the floor (farther for invariance, nearer for the
+   adversarial probe), best first: the first ``consecutive`` in turn, then with doubling gaps down the
+   list (``race_ranks``: a far band that lost the response leaves a long run of impostors at the top).
+   Each is shown in doubling looks (``doubling_looks``) and may fail at any look (impostors cost a few
+   showings) but pass only after ``pass_after``: a pass ends the race (nothing left is better), and many
+   early looks at many candidates would otherwise pass a lucky one (seen on the panel: images at true
+   retention 0.85-0.89 passed after 32 showings).
+
+A pass and a fail are both ``kappa`` standard errors clear of the threshold, with the noise model of front
+confirmation (var(rate) = phi * rate, phi from the reference's repeats) for the candidate and the probe's
+own running reference mean (fresh presentations every generation: unbiased). Few, doubling looks keep the
+inflation of repeated testing small. Pure: the caller measures (``measure(candidate id, first show, n)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Rung:
+    """One candidate's fresh measurements."""
+
+    cid: int  # confirmation id
+    role: str  # "floor", or "race k/n" (its rank among the racers)
+    shows: int = 0
+    total: float = 0.0
+    verdict: str = "untested"  # passed / failed / undecided / untested
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.shows, 1)
+
+
+@dataclass
+class Verdict:
+    rungs: list[Rung] = field(default_factory=list)
+    chosen: Rung | None = None
+    reference_rate: float = 0.0
+    reference_se: float = 0.0
+
+    @property
+    def presentations(self) -> int:
+        return sum(r.shows for r in self.rungs)
+
+
+class Race:
+    def __init__(self, mode: str, *, reference_rate: float, reference_se: float, dispersion: float,
+                 tolerance: float = 0.1, target_change: float = 0.5, kappa: float = 1.0):
+        if mode not in ("invariance", "adversarial"):
+            raise ValueError(f"mode: {mode!r} (allowed: invariance, adversarial)")
+        self.mode = mode
+        self.ref = max(float(reference_rate), 1e-12)
+        self.ref_se = float(reference_se)
+        self.phi = max(float(dispersion), 0.0)
+        self.tolerance, self.target_change, self.kappa = float(tolerance), float(target_change), float(kappa)
+
+    def se(self, rung: Rung) -> float:
+        """Standard error of the candidate's fresh mean (a rate of zero is not certain after a few showings)."""
+        return float(np.sqrt(self.phi * max(rung.mean, 0.05 * self.ref) / max(rung.shows, 1)))
+
+    def margin(self, rung: Rung) -> float:
+        return self.kappa * float(np.hypot(self.se(rung), self.ref_se))
+
+    def closeness(self, rung: Rung) -> float:
+        """How far the conservative estimate is from passing (<= 0: passes)."""
+        diff = abs(rung.mean - self.ref)
+        if self.mode == "invariance":
+            return diff + self.margin(rung) - self.tolerance * self.ref
+        return self.target_change * self.ref - (diff - self.margin(rung))
+
+    def judge(self, rung: Rung) -> str:
+        diff, m = abs(rung.mean - self.ref), self.margin(rung)
+        if self.mode == "invariance":
+            if diff + m <= self.tolerance * self.ref:
+                return "passed"
+            return "failed" if diff - m > self.tolerance * self.ref else "undecided"
+        if diff - m >= self.target_change * self.ref:
+            return "passed"
+        return "failed" if diff + m < self.target_change * self.ref else "undecided"
+
+    def test(self, rung: Rung, measure: Callable[[int, int, int], np.ndarray], looks: tuple[int, ...],
+             budget: int, pass_after: int) -> int:
+        """Show ``rung`` in ``looks`` until it is decided; returns the presentations spent. It may fail at
+        any look (futility: impostors cost little) but pass only after ``pass_after`` showings."""
+        spent = 0
+        for n in looks:
+            add = min(n - rung.shows, budget - spent)
+            if add <= 0:
+                break
+            rung.total += float(np.asarray(measure(rung.cid, rung.shows, add), dtype=np.float64).sum())
+            rung.shows += add
+            spent += add
+            rung.verdict = self.judge(rung)
+            if rung.verdict == "passed" and rung.shows < pass_after:
+                rung.verdict = "undecided"
+            elif rung.verdict != "undecided":
+                break
+        return spent
+
+    def run(self, floors: list[int], racers: Callable[[int | None], list[int]],
+            measure: Callable[[int, int, int], np.ndarray], *, budget: int, looks: tuple[int, ...],
+            pass_after: int, consecutive: int = 12, max_floors: int = 3) -> Verdict:
+        """``floors``: established ids, best first (farthest for invariance, nearest for the adversarial
+        probe); ``racers(floor id or None)``: plausible ids better than that floor, best first, of which
+        the first ``consecutive`` are tested in turn and the rest with doubling gaps (``race_ranks``);
+        ``measure(cid, first, n)``: n fresh rates of candidate ``cid`` from its showing ``first`` on."""
+        out = Verdict(reference_rate=self.ref, reference_se=self.ref_se)
+        left = int(budget)
+
+        def test(cid: int, role: str) -> Rung:
+            nonlocal left
+            rung = Rung(cid, role)
+            out.rungs.append(rung)
+            left -= self.test(rung, measure, looks, left, pass_after)
+            return rung
+
+        floor = None
+        for cid in floors[:max_floors]:
+            if left <= 0:
+                break
+            if test(cid, "floor").verdict == "passed":
+                floor = out.rungs[-1]
+                break
+        ladder = racers(None if floor is None else floor.cid)
+        for rank in race_ranks(len(ladder), consecutive):
+            if left <= 0:
+                break
+            if test(ladder[rank], f"race {rank + 1}/{len(ladder)}").verdict == "passed":
+                out.chosen = out.rungs[-1]
+                return out
+        if floor is not None:
+            out.chosen = floor
+        elif out.rungs:  # none passes: the one closest to passing, not failed if any (measured fairly)
+            tested = [r for r in out.rungs if r.shows > 0 and r.verdict != "failed"] or \
+                [r for r in out.rungs if r.shows > 0]
+            out.chosen = min(tested, key=self.closeness) if tested else None
+        return out
+
+
+def race_ranks(n: int, consecutive: int):
+    """Ranks 0 .. consecutive-1, then with doubling gaps (+1, +2, +4, ...) to the end of a ladder of n:
+    when the best-ranked candidates are all impostors (a far band that lost the response), the race reaches
+    the nearer, established ones in a few steps instead of never."""
+    rank, gap = 0, 1
+    while rank < n:
+        yield rank
+        if rank < consecutive - 1:
+            rank += 1
+        else:
+            rank, gap = rank + gap, gap * 2
+
+
+def doubling_looks(repeats: int, max_shows: int) -> tuple[int, ...]:
+    """Showings after which a candidate is judged: repeats/4, repeats/2, repeats, 2 x repeats, ... <= max."""
+    first = max(int(repeats) // 4, 2)
+    out = []
+    n = first
+    while n < max_shows:
+        out.append(n)
+        n *= 2
+    return tuple(out) + (int(max_shows),)
