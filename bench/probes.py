@@ -83,7 +83,7 @@ def run(args) -> dict:
                 cfg = {
                     "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
                     "stages": ["pixel"], "output": "runs/bench-probes",
-                    "generator": {"name": "dct", "code_size": args.code_size, "image_size": args.image_size,
+                    "generator": {"name": "dct", "code_size": args.code_size * (channels if args.per_channel else 1), "image_size": args.image_size,
                                   "channels": channels},
                     "subject": subject, "reference": {"source": "maximize",
                                                       "generations": args.reference_generations or args.generations},
@@ -183,6 +183,9 @@ def main() -> None:
                     help="showings per verified image (the engine's default: 32; server/engine/verify.py)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
+    ap.add_argument("--per-channel", action="store_true",
+                    help="--code-size per generator channel (colour units get 3x the coefficients: the same spatial "
+                         "resolution as grey ones)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
     args = ap.parse_args()
     res = run(args)
