@@ -303,7 +303,7 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
     verdict = race.run([int(i) for i in established], racers, measure,
                           budget=config.verify_candidates * config.verify_repeats, pass_after=2 * config.verify_repeats,
                           looks=doubling_looks(config.verify_repeats, 2 * config.verify_repeats),
-                       consecutive=config.verify_candidates)
+                       consecutive=config.verify_candidates, family=conf.family_of)
 
     def where(rung):
         g, i = final.search._confirm_where[rung.cid]

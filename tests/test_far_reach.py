@@ -97,6 +97,8 @@ def test_state_round_trip_continues_the_same_bands(options):
         seeds = 4 + (N_AFFINE_SEEDS if options else 0)
         assert p.n_new == 8 + 10 + (seeds * (2 if options else 1) if p.generation == 0 else 0)
         a.tell(rng.poisson(5.0, (len(p.codes), 1)).astype(float), reference_responses=np.array([[5.0], [6.0]]))
+        if p.generation == 0:  # each candidate knows the band that proposed it (-1: main search, seeds)
+            assert a.confirmation.family == [-1] * 8 + [0] * 5 + [1] * 5 + [-1] * seeds
         if options and p.generation == 0:  # the second showing of each seed is a re-test of its first
             assert a.confirmation.shows[-seeds:] == [2] * seeds and len(a.confirmation.shows) == 18 + seeds
         if options and p.generation == 1:  # restarted after 2 generations: the bands start at confirmed codes
@@ -111,6 +113,7 @@ def test_state_round_trip_continues_the_same_bands(options):
     rb = b.tell(r, reference_responses=np.array([[5.0]]))
     assert np.array_equal(ra.fitness, rb.fitness)
     assert all(np.array_equal(x.mean, y.mean) for x, y in zip(a.far_reach.bands, b.far_reach.bands))
+    assert a.confirmation.family == b.confirmation.family and a.confirmation.family[-10:] == [0] * 5 + [1] * 5
     assert np.array_equal(a.ask().codes, b.ask().codes)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine.verify import Race, doubling_looks, race_ranks
+from server.engine.verify import Race, doubling_looks
 
 T = 1.0
 REF = 50.0
@@ -31,12 +31,30 @@ def race(mode="invariance"):
     return Race(mode, reference_rate=REF, reference_se=0.5, dispersion=PHI, tolerance=0.1, target_change=0.5)
 
 
-def test_ranks_are_consecutive_then_gallop_and_looks_double():
-    assert list(race_ranks(100, 12)) == [*range(12), 12, 14, 18, 26, 42, 74]
-    assert list(race_ranks(20, 1)) == [0, 1, 3, 7, 15]
-    assert list(race_ranks(3, 12)) == [0, 1, 2]
+def test_racers_are_tested_in_turn_then_with_doubling_gaps_and_looks_double():
+    ladder = list(range(100))
+    measure, _ = measurer({i: 0.5 * REF for i in ladder})  # every one fails at its first look
+    v = race().run([], lambda floor: ladder, measure, budget=10_000, looks=(8, 16, 32, 64), pass_after=32,
+                   consecutive=12)
+    assert [r.cid for r in v.rungs] == [*range(12), 12, 14, 18, 26, 42, 74]
+    assert all(r.shows == 8 and r.verdict == "failed" for r in v.rungs)
     assert doubling_looks(32, 64) == (8, 16, 32, 64)
     assert doubling_looks(4, 8) == (2, 4, 8)
+
+
+def test_a_band_whose_candidates_do_not_pass_is_skipped_after_two_strikes():
+    # the top of the list: 30 look-alikes from far-reach band 1 at 85% of the reference (band edge, outside
+    # the +-10% band), then band 0's in-band candidates: the race reaches them after two strikes of band 1
+    ladder = list(range(40))
+    rates = {i: (0.85 if i < 30 else 0.99) * REF for i in ladder}
+    measure, _ = measurer(rates)
+    v = race().run([], lambda floor: ladder, measure, budget=384, looks=(8, 16, 32, 64), pass_after=32,
+                   family=lambda cid: 1 if cid < 30 else 0)
+    assert [r.cid for r in v.rungs][:2] == [0, 1] and v.rungs[2].cid == 30
+    assert v.chosen.cid == 30 and v.chosen.verdict == "passed"
+    # without families the same budget ends among the look-alikes
+    v = race().run([], lambda floor: ladder, measure, budget=384, looks=(8, 16, 32, 64), pass_after=32)
+    assert v.chosen.cid < 30 and v.chosen.verdict != "passed"
 
 
 def test_invariance_picks_the_farthest_candidate_that_truly_keeps_the_response():

@@ -38,6 +38,7 @@ class FrontConfirmation:
         self.rate_sum: list[float] = []
         self.shows: list[int] = []
         self.codes: dict[int, np.ndarray] = {}
+        self.family: list[int] = []  # per candidate: the far-reach band that proposed it (-1: none)
         self.ref_sum = 0.0
         self.ref_n = 0
         self._ref_var_sum = 0.0  # sum over generations of (k-1) * within-generation variance
@@ -52,10 +53,16 @@ class FrontConfirmation:
             self._ref_var_sum += float(np.var(r, ddof=1) * (len(r) - 1))
             self._ref_var_dof += len(r) - 1
 
-    def add(self, codes: np.ndarray, d_low: np.ndarray, rates: np.ndarray, small_group: bool = False) -> np.ndarray:
+    def add(self, codes: np.ndarray, d_low: np.ndarray, rates: np.ndarray, small_group: bool = False,
+            family: int = -1) -> np.ndarray:
         """New candidates, each measured once; returns their ids. ``small_group``: the prior's spread also
-        covers the noise of the group's own mean (a few far-reach candidates: server/engine/far_reach.py)."""
+        covers the noise of the group's own mean (a few far-reach candidates: server/engine/far_reach.py).
+        ``family``: the far-reach band that proposed them (-1: none); a band's candidates share its fate
+        (one band settles at a partial response), which verification uses (server/engine/verify.py)."""
         start = len(self.d_low)
+        if not hasattr(self, "family"):  # (states stored before families existed)
+            self.family = [-1] * start
+        self.family.extend([int(family)] * len(d_low))
         self.d_low.extend(np.asarray(d_low, dtype=np.float64).tolist())
         self.rate_sum.extend(np.asarray(rates, dtype=np.float64).tolist())
         self.shows.extend([1] * len(d_low))
@@ -75,6 +82,10 @@ class FrontConfirmation:
         for i, r in zip(ids, np.asarray(rates, dtype=np.float64)):
             self.rate_sum[int(i)] += float(r)
             self.shows[int(i)] += 1
+
+    def family_of(self, i: int) -> int:
+        fam = getattr(self, "family", [])
+        return fam[i] if i < len(fam) else -1
 
     # -- estimates ---------------------------------------------------------------------------------
     @property

@@ -230,9 +230,10 @@ class SnSSearch:
             measured(codes, fitness, distances[UNIT] / max(ref_norm, 1e-12))
         else:
             self.optimizer.tell(codes[:n_opt], fitness[:n_opt])
-        groups, seed_repeats = [n_new], 0
+        groups, seed_repeats, bands = [n_new], 0, 0
         if self.far_reach is not None and n_opt < n_new:
             groups = [n_opt, *self.far_reach.groups()]
+            bands = len(self.far_reach.bands) if self.far_reach.active else 0
             seed_repeats = self.far_reach.pending_seed_repeats
             self.far_reach.tell(codes[n_opt:], distances[self.probe.stages[0]][n_opt:], r[n_opt:].mean(axis=1),
                                 float(self.reference_response.mean()),
@@ -244,7 +245,8 @@ class SnSSearch:
                 if k >= first_repeat:
                     self.confirmation.update(seed_ids, rates[a:b])
                     continue
-                seed_ids = self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0)
+                seed_ids = self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0,
+                                                 family=k - 1 if 1 <= k <= bands else -1)
                 ids.extend(seed_ids)
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
             self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))

@@ -16,7 +16,10 @@ Here, within the same budget of presentations:
    best first, are re-measured until one passes on fresh presentations alone; it is the fallback.
 2. **Race**: the *plausible* candidates better than the floor (farther for invariance, nearer for the
    adversarial probe), best first: the first ``consecutive`` in turn, then with doubling gaps down the
-   list (``race_ranks``: a far band that lost the response leaves a long run of impostors at the top).
+   list (galloping: a long run of impostors at the top is crossed in a few tests). A far-reach band's
+   candidates are skipped once ``strikes`` of them did not pass: a band that settled at a partial
+   response (retention 0.80-0.87, seen on the panel) otherwise fills the top of the list with look-alikes
+   that neither pass nor fail, and the budget is spent before the in-band candidates below are reached.
    Each is shown in doubling looks (``doubling_looks``) and may fail at any look (impostors cost a few
    showings) but pass only after ``pass_after``: a pass ends the race (nothing left is better), and many
    early looks at many candidates would otherwise pass a lucky one (seen on the panel: images at true
@@ -119,11 +122,13 @@ class Race:
 
     def run(self, floors: list[int], racers: Callable[[int | None], list[int]],
             measure: Callable[[int, int, int], np.ndarray], *, budget: int, looks: tuple[int, ...],
-            pass_after: int, consecutive: int = 12, max_floors: int = 3) -> Verdict:
+            pass_after: int, consecutive: int = 12, max_floors: int = 3,
+            family: Callable[[int], int] | None = None, strikes: int = 2) -> Verdict:
         """``floors``: established ids, best first (farthest for invariance, nearest for the adversarial
-        probe); ``racers(floor id or None)``: plausible ids better than that floor, best first, of which
-        the first ``consecutive`` are tested in turn and the rest with doubling gaps (``race_ranks``);
-        ``measure(cid, first, n)``: n fresh rates of candidate ``cid`` from its showing ``first`` on."""
+        probe); ``racers(floor id or None)``: plausible ids better than that floor, best first;
+        ``measure(cid, first, n)``: n fresh rates of candidate ``cid`` from its showing ``first`` on;
+        ``family(cid)``: the far-reach band that proposed it (-1: none), skipped after ``strikes`` of its
+        candidates did not pass."""
         out = Verdict(reference_rate=self.ref, reference_se=self.ref_se)
         left = int(budget)
 
@@ -142,32 +147,32 @@ class Race:
                 floor = out.rungs[-1]
                 break
         ladder = racers(None if floor is None else floor.cid)
-        for rank in race_ranks(len(ladder), consecutive):
+        struck: dict[int, int] = {}
+        tested, skip, gap = 0, 0, 1
+        for rank, cid in enumerate(ladder):
+            fam = family(cid) if family is not None else -1
+            if fam >= 0 and struck.get(fam, 0) >= strikes:
+                continue  # its band settled where its candidates do not pass
+            if skip > 0:  # galloping: a long run of impostors is crossed in a few tests
+                skip -= 1
+                continue
             if left <= 0:
                 break
-            if test(ladder[rank], f"race {rank + 1}/{len(ladder)}").verdict == "passed":
+            if test(cid, f"race {rank + 1}/{len(ladder)}").verdict == "passed":
                 out.chosen = out.rungs[-1]
                 return out
+            if fam >= 0:
+                struck[fam] = struck.get(fam, 0) + 1
+            tested += 1
+            if tested >= consecutive:
+                skip, gap = gap - 1, gap * 2
         if floor is not None:
             out.chosen = floor
         elif out.rungs:  # none passes: the one closest to passing, not failed if any (measured fairly)
-            tested = [r for r in out.rungs if r.shows > 0 and r.verdict != "failed"] or \
+            fair = [r for r in out.rungs if r.shows > 0 and r.verdict != "failed"] or \
                 [r for r in out.rungs if r.shows > 0]
-            out.chosen = min(tested, key=self.closeness) if tested else None
+            out.chosen = min(fair, key=self.closeness) if fair else None
         return out
-
-
-def race_ranks(n: int, consecutive: int):
-    """Ranks 0 .. consecutive-1, then with doubling gaps (+1, +2, +4, ...) to the end of a ladder of n:
-    when the best-ranked candidates are all impostors (a far band that lost the response), the race reaches
-    the nearer, established ones in a few steps instead of never."""
-    rank, gap = 0, 1
-    while rank < n:
-        yield rank
-        if rank < consecutive - 1:
-            rank += 1
-        else:
-            rank, gap = rank + gap, gap * 2
 
 
 def doubling_looks(repeats: int, max_shows: int) -> tuple[int, ...]:
