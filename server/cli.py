@@ -86,6 +86,14 @@ def insilico(
             line += (f" (best affine control within +-{cfg.retention_tolerance:.0%}: "
                      f"{ev['best_affine_stretch_at_90']:.3f})")
         typer.echo(line)
+        v = ev.get("verification")
+        if v and v.get("chosen"):  # (server/engine/verify.py)
+            ch = v["chosen"]
+            typer.echo(f"verified on {v['presentations']} fresh presentations of {v['candidates']} candidates: the "
+                       f"reported image measured {ch['rate_hz']:.1f} +- {ch['se_hz']:.1f} Hz against the reference's "
+                       f"{v['reference_rate_hz']:.1f} Hz, "
+                       + ("established" if ch["passed"] else "not established within the budget (the closest "
+                          "to passing)"))
         if "claim" in ev:
             c = ev["controls"]
             if c.get("stretch_stage", "pixel") != "pixel":  # the claim compares the probe's own stage

@@ -53,6 +53,18 @@ def test_insilico_command_writes_summary_and_plots(tmp_path):
     assert 0 < summary["evaluation"]["stretch"] <= 1.0
     for name in ("front.png", "grid.png", "selected.png", "reference.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # under spike noise the reported image was chosen again on fresh presentations (server/engine/verify.py)
+    v = summary["evaluation"]["verification"]
+    assert 0 < v["presentations"] <= 12 * 32 and v["candidates"] == len(v["tested"]) >= 1
+    assert v["presentations"] == sum(t["shows"] for t in v["tested"])
+    assert v["chosen"] in [t | {"se_hz": v["chosen"]["se_hz"], "passed": v["chosen"]["passed"]} for t in v["tested"]]
+    said = re.search(r"verified on (\d+) fresh presentations of (\d+) candidates: the reported image measured "
+                     r"([\d.]+) \+- [\d.]+ Hz against the reference's ([\d.]+) Hz, (established|not established)",
+                     result.output)
+    assert said is not None, result.output
+    assert (int(said[1]), int(said[2])) == (v["presentations"], v["candidates"])
+    assert float(said[3]) == pytest.approx(v["chosen"]["rate_hz"], abs=0.05)
+    assert (said[5] == "established") == v["chosen"]["passed"]
 
 
 def test_help_explains_every_field():
