@@ -79,7 +79,7 @@ def run(args) -> dict:
         if args.units and not any(u.lower() in label.lower() for u in args.units):
             continue
         for mode in args.modes:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = {
                     "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
                     "stages": ["pixel"], "output": "runs/bench-probes",
@@ -163,7 +163,8 @@ def report(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per unit and probe")
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--generations", type=int, default=20, help="of the maximize run and of each probe")
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--modes", nargs="+", default=["invariance", "adversarial"],
