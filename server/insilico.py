@@ -287,7 +287,7 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
 
     window = config.noise.window_ms / 1000.0
     seed = SeedStreams(config.seed).noise_seed("verify")
-    rates_of: dict[int, float] = {}
+    rates_of: dict[int, np.ndarray] = {}  # noise-free rates of each shown candidate
 
     def measure(cid: int, first: int, n: int) -> np.ndarray:
         if cid not in rates_of:

@@ -228,6 +228,8 @@ def test_live_session_pushes_pauses_resumes_and_warns(browser, srv, rig, engine)
         n_before = page.locator("#neuron-plot circle.pt-refresp").count()
         bridge.gain = 0.05
         page.wait_for_selector("#neuron-warning:not([hidden])")
+        # the running estimate passes through "drifted" (half the window low) before "collapsed"
+        page.wait_for_function("document.querySelector('#neuron-warning').innerText.includes('collapsed')")
         warning = page.locator("#neuron-warning").inner_text()
         assert "collapsed" in warning and "unit sim:0" in warning
         assert page.locator("#neuron-plot circle.pt-refresp").count() >= n_before + 1
