@@ -22,7 +22,7 @@ from .engine.evaluation import affine_control_table, max_pixel_distance, retenti
 from .engine.reference_check import ReferenceAtBaseline, ReferenceCheck, judge_reference
 from .engine.probes import UNIT
 from .engine.search import GenerationReport, Selection, SnSSearch
-from .engine.verify import Race, doubling_looks
+from .engine.verify import Race, candidates, doubling_looks
 from .probe_setup import (  # noqa: F401  (build_* stay importable from here)
     build_generator,
     build_search,
@@ -244,7 +244,7 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
     final = phases[-1]
     verification = None
     if config.mode != "maximize" and config.noise.kind == "poisson" and config.verify_candidates > 0:
-        verification = verify_selection(config, subject, generator, final, reference_image)
+        verification = verify_selection(config, subject, generator, final)
     selected_image = generator.render(final.selection.code[None])[0]
     evaluation = _evaluate(config, subject, reference_image, selected_image, final)
     if verification is not None:
@@ -255,8 +255,8 @@ def run_probe(config: ProbeConfig, *, progress: bool = False, recorder: RunRecor
                      check)
 
 
-def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGenerator, final: Phase,
-                     reference_image: np.ndarray) -> dict[str, Any] | None:
+def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGenerator,
+                     final: Phase) -> dict[str, Any] | None:
     """Choose the reported image again from fresh measurements (in silico, under noise): the search's
     established candidates give a floor, then the plausible better ones race for it
     (server/engine/verify.py), within ``verify_candidates`` x ``verify_repeats`` presentations.
@@ -265,25 +265,11 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
     conf = final.search.confirmation
     if conf is None or not conf.d_low:
         return None
-    mode, ref_est = config.mode, max(conf.reference_rate, 1e-12)
-    d_low, d_high, se = conf._estimates()  # (shrunk rate estimates)
-    ids = np.array([i for i in range(len(d_low)) if i in conf.codes], dtype=np.int64)
-    kappa = config.confirm_kappa
-    if mode == "invariance":
-        ids = ids[np.argsort(-d_low[ids], kind="stable")]  # farthest first
-        established = ids[d_high[ids] + kappa * se[ids] <= config.retention_tolerance * ref_est]
-        plausible = ids[d_high[ids] <= config.retention_tolerance * ref_est]
-    else:
-        ids = ids[np.argsort(d_low[ids], kind="stable")]  # nearest first
-        established = ids[d_high[ids] - kappa * se[ids] >= config.target_change * ref_est]
-        plausible = ids[d_high[ids] >= config.target_change * ref_est]
-    if plausible.size == 0 and established.size == 0:
+    mode, kappa = config.mode, config.confirm_kappa
+    established, racers = candidates(conf, mode, tolerance=config.retention_tolerance,
+                                     target_change=config.target_change, kappa=kappa)
+    if not established and not racers(None):
         return {"candidates": 0, "presentations": 0, "chosen": None}
-    sign = 1.0 if mode == "invariance" else -1.0
-
-    def racers(floor: int | None) -> list[int]:
-        better = plausible if floor is None else plausible[sign * d_low[plausible] > sign * d_low[floor]]
-        return [int(i) for i in better]
 
     window = config.noise.window_ms / 1000.0
     seed = SeedStreams(config.seed).noise_seed("verify")
@@ -300,7 +286,7 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
                 reference_se=float(np.sqrt(conf.dispersion * conf.reference_rate / max(conf.ref_n, 1))),
                 tolerance=config.retention_tolerance, target_change=config.target_change,
                 kappa=kappa)
-    verdict = race.run([int(i) for i in established], racers, measure,
+    verdict = race.run(established, racers, measure,
                           budget=config.verify_candidates * config.verify_repeats, pass_after=2 * config.verify_repeats,
                           looks=doubling_looks(config.verify_repeats, 2 * config.verify_repeats),
                        consecutive=config.verify_candidates, family=conf.family_of)

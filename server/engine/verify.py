@@ -175,6 +175,30 @@ class Race:
         return out
 
 
+def candidates(confirmation, mode: str, *, tolerance: float, target_change: float, kappa: float
+               ) -> tuple[list[int], Callable[[int | None], list[int]]]:
+    """From the probe's front confirmation (server/engine/confirm.py): the *established* candidates
+    (passing the rule ``kappa`` standard errors clear on the search's shrunk estimates) best first, and
+    ``racers(floor)``: the *plausible* ones (passing on the estimate itself) better than the floor, best first.
+    Only candidates whose codes are still kept can be shown again."""
+    d_low, d_high, se = confirmation._estimates()
+    ref = max(confirmation.reference_rate, 1e-12)
+    ids = np.array([i for i in range(len(d_low)) if i in confirmation.codes], dtype=np.int64)
+    sign = 1.0 if mode == "invariance" else -1.0  # best first: farthest (invariance), nearest (adversarial)
+    ids = ids[np.argsort(-sign * d_low[ids], kind="stable")]
+    if mode == "invariance":
+        established = ids[d_high[ids] + kappa * se[ids] <= tolerance * ref]
+        plausible = ids[d_high[ids] <= tolerance * ref]
+    else:
+        established = ids[d_high[ids] - kappa * se[ids] >= target_change * ref]
+        plausible = ids[d_high[ids] >= target_change * ref]
+
+    def racers(floor: int | None) -> list[int]:
+        better = plausible if floor is None else plausible[sign * d_low[plausible] > sign * d_low[floor]]
+        return [int(i) for i in better]
+    return [int(i) for i in established], racers
+
+
 def doubling_looks(repeats: int, max_shows: int) -> tuple[int, ...]:
     """Showings after which a candidate is judged: repeats/4, repeats/2, repeats, 2 x repeats, ... <= max."""
     first = max(int(repeats) // 4, 2)
