@@ -9,9 +9,12 @@ whether each probe's claim held, then the shares the issue names:
   the contrast control's stretch to the probe's at the probe's change (goal >= 1.5);
 - invariance: share of runs beating every control at two-sided 90% retention (goal 100%).
 
-    .venv/bin/python -m bench.probes                      # the default small budget
-    .venv/bin/python -m bench.probes --generations 60 --population 24 --seeds 3
-    .venv/bin/python -m bench.probes --modes adversarial --reference-generations 40 --adversarial-generations 60
+    .venv/bin/python -m bench.probes                      # 60 probe generations, 40 for the maximize run
+    .venv/bin/python -m bench.probes --first-seed 3       # three more seeds
+    .venv/bin/python -m bench.probes --generations 20 --reference-generations 20   # the small budget
+
+The DCT generator gets --code-size coefficients per channel (--shared-code: over all channels, the colour
+units then get a third of the grey units' resolution).
 
 Runs whose maximize never leaves baseline stop (the reference check) and are counted as such.
 """
@@ -83,17 +86,14 @@ def run(args) -> dict:
                 cfg = {
                     "mode": mode, "seed": seed, "population": args.population, "generations": args.generations,
                     "stages": ["pixel"], "output": "runs/bench-probes",
-                    "generator": {"name": "dct", "code_size": args.code_size * (channels if args.per_channel else 1), "image_size": args.image_size,
-                                  "channels": channels},
+                    "generator": {"name": "dct", "code_size": args.code_size * (1 if args.shared_code else channels),
+                                  "image_size": args.image_size, "channels": channels},
                     "subject": subject, "reference": {"source": "maximize",
                                                       "generations": args.reference_generations or args.generations},
                 }
-                if mode == "invariance" and args.far_restart:
-                    cfg["far_restart"] = args.far_restart
-                if mode == "invariance" and args.far_seed_repeats > 1:
-                    cfg["far_seed_repeats"] = args.far_seed_repeats
-                if args.verify_repeats:
-                    cfg["verify_repeats"] = args.verify_repeats
+                for key in ("far_restart", "far_seed_repeats", "verify_repeats", "verify_budget"):
+                    if getattr(args, key) is not None and (mode == "invariance" or not key.startswith("far")):
+                        cfg[key] = getattr(args, key)
                 if mode == "adversarial":  # (the engine's default: the shell search, server/engine/adversarial.py)
                     cfg["generations"] = args.adversarial_generations or args.generations
                 row = {"unit": label, "mode": mode, "seed": seed}
@@ -165,28 +165,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per unit and probe")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--generations", type=int, default=20, help="of the maximize run and of each probe")
+    ap.add_argument("--generations", type=int, default=60,
+                    help="of each probe (about 1,500-1,800 presentations; 20: the small budget)")
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--modes", nargs="+", default=["invariance", "adversarial"],
                     choices=["invariance", "adversarial"], help="which probes to run (e.g. --modes adversarial)")
-    ap.add_argument("--reference-generations", type=int, default=None,
-                    help="of the maximize run (default: --generations)")
+    ap.add_argument("--reference-generations", type=int, default=40, help="of the maximize run")
     ap.add_argument("--adversarial-generations", type=int, default=None,
                     help="of each adversarial probe (default: --generations)")
     ap.add_argument("--units", nargs="+", default=None,
                     help="run only the units whose label contains one of these words (e.g. --units cnn)")
-    ap.add_argument("--far-restart", type=int, default=0,
+    ap.add_argument("--far-restart", type=int, default=None,
                     help="invariance: far-reach bands restart from the confirmed front after this many generations, "
-                         "with the reference's affine copies as seeds (server/engine/far_reach.py; 0: off, the default)")
-    ap.add_argument("--far-seed-repeats", type=int, default=1,
-                    help="invariance: showings of each far-reach seed in the first generation (default 1)")
+                         "with the reference's affine copies and windows as seeds (server/engine/far_reach.py; "
+                         "the engine's default: 6; 0: only the four transforms as seeds, no restart)")
+    ap.add_argument("--far-seed-repeats", type=int, default=None,
+                    help="invariance: showings of each far-reach seed in the first generation "
+                         "(the engine's default: 3)")
     ap.add_argument("--verify-repeats", type=int, default=None,
-                    help="showings per verified image (the engine's default: 32; server/engine/verify.py)")
+                    help="fresh showings a verified image needs to pass (the engine's default: 128; "
+                         "server/engine/verify.py)")
+    ap.add_argument("--verify-budget", type=int, default=None,
+                    help="fresh showings the verification may spend in all (the engine's default: 768)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--code-size", type=int, default=256)
-    ap.add_argument("--per-channel", action="store_true",
-                    help="--code-size per generator channel (colour units get 3x the coefficients: the same spatial "
-                         "resolution as grey ones)")
+    ap.add_argument("--shared-code", action="store_true",
+                    help="--code-size coefficients over all generator channels (the colour units then get a third of "
+                         "the grey units' spatial resolution; the default gives --code-size per channel)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
     args = ap.parse_args()
     res = run(args)

@@ -126,21 +126,23 @@ class ProbeConfig(BaseModel):
     far_generations: int = Field(60, ge=0, le=100_000, description="generations the far-reach bands search (then "
                                  "only the main search goes on: a band left at a partial response mostly adds "
                                  "noise impostors to the front)")
-    far_restart: int = Field(0, ge=0, le=100_000, description="invariance probes: after this many generations "
-                             "each far-reach band restarts from the confirmed (re-tested, conservative) front; the "
-                             "reference's affine copies are then also seeds (0: never)")
-    far_seed_repeats: int = Field(1, ge=1, le=100, description="invariance probes: showings of each far-reach "
+    far_restart: int = Field(6, ge=0, le=100_000, description="invariance probes: the reference's affine copies "
+                             "and windows are also seeds, and after this many generations each far-reach band "
+                             "restarts from the confirmed (re-tested, conservative) front (0: neither)")
+    far_seed_repeats: int = Field(3, ge=1, le=100, description="invariance probes: showings of each far-reach "
                                   "seed in the first generation (a single noisy count makes a lottery of the seeds)")
     ordering: str | None = Field(None, description="within-front order: onevar | random | crowding")
     bounds: dict[str, str] = Field(default_factory=dict, description="per-stage bounds, e.g. {unit = '<10%'}")
     retention_tolerance: float = Field(0.1, gt=0, lt=1, description="an invariance image keeps the response when "
                                        "its rate is within +- this fraction of the reference's (two-sided)")
     verify_candidates: int = Field(12, ge=0, le=200, description="in silico under noise: the reported image is "
-                                   "chosen again from fresh presentations, within verify_candidates x verify_repeats "
-                                   "showings; this many plausible candidates race in turn, the rest with doubling "
-                                   "gaps (server/engine/verify.py; 0: report the search's own choice)")
-    verify_repeats: int = Field(32, ge=2, le=1000, description="a verified image may fail after a quarter of this "
-                                "many fresh showings and pass only after twice this many")
+                                   "chosen again from fresh presentations; this many plausible candidates race in "
+                                   "turn, the rest with doubling gaps (server/engine/verify.py; 0: report the "
+                                   "search's own choice)")
+    verify_repeats: int = Field(128, ge=2, le=10_000, description="fresh showings a verified image needs to pass; "
+                                "it may fail after each doubling look from a sixteenth of this many")
+    verify_budget: int = Field(768, ge=0, le=1_000_000, description="fresh showings the verification may spend in "
+                               "all (it stops at the first candidate that passes)")
     target_change: float = Field(0.5, gt=0, le=1, description="the change an adversarial image aims for, as a "
                                  "fraction of the reference's rate (0.5: halve the response)")
     output: Path = Field(Path("runs/insilico"), description="folder for summary.json and the plots")

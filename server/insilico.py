@@ -22,7 +22,7 @@ from .engine.evaluation import affine_control_table, max_pixel_distance, retenti
 from .engine.reference_check import ReferenceAtBaseline, ReferenceCheck, judge_reference
 from .engine.probes import UNIT
 from .engine.search import GenerationReport, Selection, SnSSearch
-from .engine.verify import Race, candidates, doubling_looks
+from .engine.verify import Race, candidates, doubling_looks, lineages
 from .probe_setup import (  # noqa: F401  (build_* stay importable from here)
     build_generator,
     build_search,
@@ -259,7 +259,7 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
                      final: Phase) -> dict[str, Any] | None:
     """Choose the reported image again from fresh measurements (in silico, under noise): the search's
     established candidates give a floor, then the plausible better ones race for it
-    (server/engine/verify.py), within ``verify_candidates`` x ``verify_repeats`` presentations.
+    (server/engine/verify.py), within ``verify_budget`` presentations.
     ``final.selection`` is replaced by the verified choice; when no candidate is plausible at all the
     search's own choice stays."""
     conf = final.search.confirmation
@@ -287,9 +287,9 @@ def verify_selection(config: ProbeConfig, subject: Subject, generator: ImageGene
                 tolerance=config.retention_tolerance, target_change=config.target_change,
                 kappa=kappa)
     verdict = race.run(established, racers, measure,
-                          budget=config.verify_candidates * config.verify_repeats, pass_after=2 * config.verify_repeats,
-                          looks=doubling_looks(config.verify_repeats, 2 * config.verify_repeats),
-                       consecutive=config.verify_candidates, family=conf.family_of)
+                       budget=config.verify_budget, pass_after=config.verify_repeats,
+                       looks=doubling_looks(config.verify_repeats), consecutive=config.verify_candidates,
+                       lineage=lineages(conf, final.search._confirm_where))
 
     def where(rung):
         g, i = final.search._confirm_where[rung.cid]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from server.config import parse_config
+from server.engine.confirm import SEED
 from server.engine.far_reach import N_AFFINE_SEEDS, FarReach, band_weights, reference_transforms
 from server.insilico import DatabaseRecorder, run_probe
 from server.stored import replay
@@ -75,9 +76,10 @@ INVARIANCE = {
 
 
 RESTART = {"far_restart": 2, "far_seed_repeats": 2}
+NO_RESTART = {"far_restart": 0, "far_seed_repeats": 1}  # the reference's four transforms shown once
 
 
-@pytest.mark.parametrize("options", [{}, RESTART], ids=["default", "restart"])
+@pytest.mark.parametrize("options", [NO_RESTART, RESTART], ids=["no-restart", "restart"])
 def test_state_round_trip_continues_the_same_bands(options):
     from server.probe_setup import build_generator, build_search, build_stages
 
@@ -94,14 +96,15 @@ def test_state_round_trip_continues_the_same_bands(options):
     rng = np.random.default_rng(2)
     for _ in range(3):
         p = a.ask()
-        seeds = 4 + (N_AFFINE_SEEDS if options else 0)
-        assert p.n_new == 8 + 10 + (seeds * (2 if options else 1) if p.generation == 0 else 0)
+        restart = options is RESTART
+        seeds = 4 + (N_AFFINE_SEEDS if restart else 0)
+        assert p.n_new == 8 + 10 + (seeds * (2 if restart else 1) if p.generation == 0 else 0)
         a.tell(rng.poisson(5.0, (len(p.codes), 1)).astype(float), reference_responses=np.array([[5.0], [6.0]]))
         if p.generation == 0:  # each candidate knows the band that proposed it (-1: main search, seeds)
-            assert a.confirmation.family == [-1] * 8 + [0] * 5 + [1] * 5 + [-1] * seeds
-        if options and p.generation == 0:  # the second showing of each seed is a re-test of its first
+            assert a.confirmation.family == [-1] * 8 + [0] * 5 + [1] * 5 + [SEED] * seeds
+        if restart and p.generation == 0:  # the second showing of each seed is a re-test of its first
             assert a.confirmation.shows[-seeds:] == [2] * seeds and len(a.confirmation.shows) == 18 + seeds
-        if options and p.generation == 1:  # restarted after 2 generations: the bands start at confirmed codes
+        if restart and p.generation == 1:  # restarted after 2 generations: the bands start at confirmed codes
             codes = a.confirmation.codes.values()
             assert [any(np.array_equal(b.mean, c) for c in codes) for b in a.far_reach.bands] == [True, True]
     b = fresh()
@@ -117,7 +120,7 @@ def test_state_round_trip_continues_the_same_bands(options):
     assert np.array_equal(a.ask().codes, b.ask().codes)
 
 
-@pytest.mark.parametrize("options", [{}, RESTART], ids=["default", "restart"])
+@pytest.mark.parametrize("options", [NO_RESTART, RESTART], ids=["no-restart", "restart"])
 def test_stored_invariance_session_with_far_reach_replays_bit_for_bit(repo, options):
     rec = DatabaseRecorder(repo)
     result = run_probe(parse_config(INVARIANCE | options), recorder=rec)

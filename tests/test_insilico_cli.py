@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from server.cli import app
 from server.config import parse_config
 from server.engine.base import ConfigError
+from server.engine.far_reach import N_AFFINE_SEEDS, TRANSFORMS
 from server.insilico import run_probe
 from server.probe_setup import build_generator, build_stages, build_subject
 
@@ -42,10 +43,12 @@ def test_insilico_command_writes_summary_and_plots(tmp_path):
     cfg.write_text(SMALL.replace('stages = ["pixel"]', f'stages = ["pixel"]\noutput = "{tmp_path / "out"}"'))
     result = CliRunner().invoke(app, ["insilico", str(cfg), "--quiet", "--no-store"])
     assert result.exit_code == 0, result.output
-    # 6 x (12 new candidates + 2 x 5 far-reach candidates + 4 reference repeats) + 4 far-reach seeds, plus the
-    # re-tests of front candidates (at most 10 a generation)
+    # 6 x (12 new candidates + 2 x 5 far-reach candidates + 4 reference repeats) + the far-reach seeds (4
+    # transforms, the affine copies and windows) shown 3 times each, plus the re-tests of front candidates (at
+    # most 10 a generation)
+    seeds = 3 * (len(TRANSFORMS) + N_AFFINE_SEEDS)
     shown = int(re.search(r"invariance: 6 generations, (\d+) presentations", result.output).group(1))
-    assert 160 <= shown <= 160 + 5 * 10
+    assert 156 + seeds <= shown <= 156 + seeds + 5 * 10
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluation"]["generations"] == 6
@@ -55,7 +58,7 @@ def test_insilico_command_writes_summary_and_plots(tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # under spike noise the reported image was chosen again on fresh presentations (server/engine/verify.py)
     v = summary["evaluation"]["verification"]
-    assert 0 < v["presentations"] <= 12 * 32 and v["candidates"] == len(v["tested"]) >= 1
+    assert 0 < v["presentations"] <= parse_config({}).verify_budget and v["candidates"] == len(v["tested"]) >= 1
     assert v["presentations"] == sum(t["shows"] for t in v["tested"])
     assert v["chosen"] in [t | {"se_hz": v["chosen"]["se_hz"], "passed": v["chosen"]["passed"]} for t in v["tested"]]
     said = re.search(r"verified on (\d+) fresh presentations of (\d+) candidates: the reported image measured "

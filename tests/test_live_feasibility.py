@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.engine.far_reach import N_AFFINE_SEEDS, TRANSFORMS
+
 from api_fixtures import url_text
 from api_fixtures import api_db_url  # noqa: F401  (fixture)
 
@@ -92,8 +94,11 @@ def test_a_session_the_server_cannot_keep_up_with_is_refused_with_a_clear_messag
         detail = body["detail"]
         assert "\n" not in detail
         assert detail.startswith("probe.stages: this server (cpu) needs ~")
-        # 20 candidates + 10 re-tests + 4 references + far reach's 2 x 5 candidates and 4 seeds
-        assert "but the display shows a generation in 0.0048 s (48 presentations x (on + off))" in detail
+        # 20 candidates + 10 re-tests + 4 references + far reach's 2 x 5 candidates, and its seeds (the reference's
+        # 4 transforms, affine copies and windows) shown 3 times each in the first generation
+        shown = 20 + 10 + 4 + 2 * 5 + 3 * (len(TRANSFORMS) + N_AFFINE_SEEDS)
+        assert f"but the display shows a generation in {shown * 0.0001:.3g} s ({shown} presentations x (on + off))" \
+            in detail
         assert "cannot keep up" in detail and "lighter stage than stage 'cnn'" in detail and "GPU" in detail
         assert "compute_check = 'warn'" in detail
         needed = float(detail.split("needs ~")[1].split(" s")[0])

@@ -38,8 +38,8 @@ def test_racers_are_tested_in_turn_then_with_doubling_gaps_and_looks_double():
                    consecutive=12)
     assert [r.cid for r in v.rungs] == [*range(12), 12, 14, 18, 26, 42, 74]
     assert all(r.shows == 8 and r.verdict == "failed" for r in v.rungs)
-    assert doubling_looks(32, 64) == (8, 16, 32, 64)
-    assert doubling_looks(4, 8) == (2, 4, 8)
+    assert doubling_looks(128) == (8, 16, 32, 64, 128)
+    assert doubling_looks(8) == (2, 4, 8)
 
 
 def test_a_band_whose_candidates_do_not_pass_is_skipped_after_two_strikes():
@@ -49,7 +49,7 @@ def test_a_band_whose_candidates_do_not_pass_is_skipped_after_two_strikes():
     rates = {i: (0.85 if i < 30 else 0.99) * REF for i in ladder}
     measure, _ = measurer(rates)
     v = race().run([], lambda floor: ladder, measure, budget=384, looks=(8, 16, 32, 64), pass_after=32,
-                   family=lambda cid: 1 if cid < 30 else 0)
+                   lineage=lambda cid: 1 if cid < 30 else 0)
     assert [r.cid for r in v.rungs][:2] == [0, 1] and v.rungs[2].cid == 30
     assert v.chosen.cid == 30 and v.chosen.verdict == "passed"
     # without families the same budget ends among the look-alikes

@@ -37,7 +37,8 @@ def engine_defaults(probe: str = "invariance") -> dict:
     return {"optimizer": cfg.optimizer.name, "sigma0": cfg.optimizer.sigma0, "popsize": cfg.population,
             "ordering": cfg.ordering, "confirm": int(cfg.confirm), "retests": cfg.retests,
             "kappa": cfg.confirm_kappa, "far_bands": cfg.far_reach, "far_per_band": cfg.far_population,
-            "far_sigma0": cfg.far_sigma0, "far_generations": cfg.far_generations}
+            "far_sigma0": cfg.far_sigma0, "far_generations": cfg.far_generations,
+            "far_restart": cfg.far_restart, "far_seed_repeats": cfg.far_seed_repeats}
 
 
 # The engine as it was before this study (popsize 40, raw single measurements, the published orderings).
@@ -74,11 +75,13 @@ class SnSLab(Method):
                 weights = [float(w) for w in str(cfg["far_weights"]).split("/")][: int(cfg["far_bands"])]
             gens = cfg.get("far_generations")
             kw = dict(per_band=int(cfg["far_per_band"]), weights=weights, sigma0=float(cfg["far_sigma0"]),
-                      seed=int(seed), generations=None if gens in (None, "none") else int(gens))
+                      seed=int(seed), generations=None if gens in (None, "none") else int(gens),
+                      restart_at=int(cfg.get("far_restart", 0)), seed_repeats=int(cfg.get("far_seed_repeats", 1)))
             if int(cfg.get("far_seeds", 1)):
                 names = cfg.get("far_transforms")
                 far = FarReach.for_reference(gen, inst.z_ref, ref_image,
-                                             None if names is None else tuple(str(names).split("/")), **kw)
+                                             None if names is None else tuple(str(names).split("/")),
+                                             affine=int(cfg.get("far_restart", 0)) > 0, **kw)
             else:
                 far = FarReach(inst.z_ref, **kw)
         self.search = SnSSearch(gen, {"pixel": GreyPixelStage()}, probe, opt, seed=int(seed),

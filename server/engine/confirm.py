@@ -22,6 +22,8 @@ import numpy as np
 
 from .pareto import first_front
 
+SEED = -2  # the family of the far-reach seeds (the reference's transforms): none shares another's fate
+
 
 class FrontConfirmation:
     def __init__(self, mode: str, retests: int = 10, kappa: float = 1.0, max_shows: int = 16, shrink: bool = True):
@@ -38,7 +40,7 @@ class FrontConfirmation:
         self.rate_sum: list[float] = []
         self.shows: list[int] = []
         self.codes: dict[int, np.ndarray] = {}
-        self.family: list[int] = []  # per candidate: the far-reach band that proposed it (-1: none)
+        self.family: list[int] = []  # per candidate: the far-reach band that proposed it (-1: none, SEED: a seed)
         self.ref_sum = 0.0
         self.ref_n = 0
         self._ref_var_sum = 0.0  # sum over generations of (k-1) * within-generation variance
@@ -57,7 +59,8 @@ class FrontConfirmation:
             family: int = -1) -> np.ndarray:
         """New candidates, each measured once; returns their ids. ``small_group``: the prior's spread also
         covers the noise of the group's own mean (a few far-reach candidates: server/engine/far_reach.py).
-        ``family``: the far-reach band that proposed them (-1: none); a band's candidates share its fate
+        ``family``: the far-reach band that proposed them (-1: the main search; ``SEED``: the reference's
+        transforms shown as seeds, each a lineage of its own); a band's candidates share its fate
         (one band settles at a partial response), which verification uses (server/engine/verify.py)."""
         start = len(self.d_low)
         if not hasattr(self, "family"):  # (states stored before families existed)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .base import ImageGenerator, Stage
-from .confirm import FrontConfirmation
+from .confirm import SEED, FrontConfirmation
 from .far_reach import FarReach
 from .optimizers import Optimizer
 from .pareto import first_front, newest_of_global_front, nondominated_sort, scalar_fitness, within_front_key
@@ -246,7 +246,7 @@ class SnSSearch:
                     self.confirmation.update(seed_ids, rates[a:b])
                     continue
                 seed_ids = self.confirmation.add(codes[a:b], d_low[a:b], rates[a:b], small_group=k > 0,
-                                                 family=k - 1 if 1 <= k <= bands else -1)
+                                                 family=k - 1 if 1 <= k <= bands else (-1 if k == 0 else SEED))
                 ids.extend(seed_ids)
             self._confirm_where.extend((self.generation, int(i)) for i in range(len(ids)))
             self.confirmation.update(self._retest_ids, r_all[n_new:].mean(axis=1))

@@ -10,20 +10,22 @@ had two faults, found on the probe panel (docs/benchmarks.md, bench/probes.py):
 - every candidate got the same showings: clear impostors wasted them, and the one that mattered (the
   farthest plausible one, near the band's edge) got too few to be told apart from its neighbours.
 
-Here, within the same budget of presentations:
+Here, within a budget of fresh presentations (``verify_budget``), stopping at the first pass:
 
 1. **Floor**: the search's *established* candidates (conservatively passing on its own measurements),
    best first, are re-measured until one passes on fresh presentations alone; it is the fallback.
 2. **Race**: the *plausible* candidates better than the floor (farther for invariance, nearer for the
    adversarial probe), best first: the first ``consecutive`` in turn, then with doubling gaps down the
-   list (galloping: a long run of impostors at the top is crossed in a few tests). A far-reach band's
-   candidates are skipped once ``strikes`` of them did not pass: a band that settled at a partial
-   response (retention 0.80-0.87, seen on the panel) otherwise fills the top of the list with look-alikes
-   that neither pass nor fail, and the budget is spent before the in-band candidates below are reached.
+   list (galloping: a long run of impostors at the top is crossed in a few tests). A *lineage* (a far-reach
+   band, or one generation of the main search: ``lineages``) is skipped once ``strikes`` of its candidates
+   did not pass: candidates of one search distribution share its fate, and one or two generations (or a
+   band settled at a partial response) of band-edge look-alikes otherwise fill the top of the list, so the
+   budget is spent before the in-band candidates below are reached (seen on the panel: retention 0.80-0.87
+   or 1.14-1.30 at the top, the winners at ranks 14-40).
    Each is shown in doubling looks (``doubling_looks``) and may fail at any look (impostors cost a few
    showings) but pass only after ``pass_after``: a pass ends the race (nothing left is better), and many
    early looks at many candidates would otherwise pass a lucky one (seen on the panel: images at true
-   retention 0.85-0.89 passed after 32 showings).
+   retention 0.85-0.89 passed after 32 showings, and at 0.896 and 1.153 after 64; after 128 none did).
 
 A pass and a fail are both ``kappa`` standard errors clear of the threshold, with the noise model of front
 confirmation (var(rate) = phi * rate, phi from the reference's repeats) for the candidate and the probe's
@@ -34,9 +36,11 @@ inflation of repeated testing small. Pure: the caller measures (``measure(candid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
+
+from .confirm import SEED
 
 
 @dataclass
@@ -123,12 +127,12 @@ class Race:
     def run(self, floors: list[int], racers: Callable[[int | None], list[int]],
             measure: Callable[[int, int, int], np.ndarray], *, budget: int, looks: tuple[int, ...],
             pass_after: int, consecutive: int = 12, max_floors: int = 3,
-            family: Callable[[int], int] | None = None, strikes: int = 2) -> Verdict:
+            lineage: Callable[[int], Hashable] | None = None, strikes: int = 2) -> Verdict:
         """``floors``: established ids, best first (farthest for invariance, nearest for the adversarial
         probe); ``racers(floor id or None)``: plausible ids better than that floor, best first;
         ``measure(cid, first, n)``: n fresh rates of candidate ``cid`` from its showing ``first`` on;
-        ``family(cid)``: the far-reach band that proposed it (-1: none), skipped after ``strikes`` of its
-        candidates did not pass."""
+        ``lineage(cid)``: what proposed it (a far-reach band, or one generation of the main search; None:
+        unknown); a lineage is skipped after ``strikes`` of its candidates did not pass."""
         out = Verdict(reference_rate=self.ref, reference_se=self.ref_se)
         left = int(budget)
 
@@ -139,20 +143,28 @@ class Race:
             left -= self.test(rung, measure, looks, left, pass_after)
             return rung
 
+        struck: dict[Hashable, int] = {}
+
+        def strike(rung: Rung) -> None:
+            fam = lineage(rung.cid) if lineage is not None else None
+            if fam is not None and rung.verdict != "passed":
+                struck[fam] = struck.get(fam, 0) + 1
+
         floor = None
         for cid in floors[:max_floors]:
             if left <= 0:
                 break
-            if test(cid, "floor").verdict == "passed":
+            strike(test(cid, "floor"))
+            if out.rungs[-1].verdict == "passed":
                 floor = out.rungs[-1]
                 break
         ladder = racers(None if floor is None else floor.cid)
-        struck: dict[int, int] = {}
+        seen = {r.cid for r in out.rungs}
         tested, skip, gap = 0, 0, 1
         for rank, cid in enumerate(ladder):
-            fam = family(cid) if family is not None else -1
-            if fam >= 0 and struck.get(fam, 0) >= strikes:
-                continue  # its band settled where its candidates do not pass
+            fam = lineage(cid) if lineage is not None else None
+            if cid in seen or (fam is not None and struck.get(fam, 0) >= strikes):
+                continue  # measured as a floor already, or what proposed it sits where its candidates do not pass
             if skip > 0:  # galloping: a long run of impostors is crossed in a few tests
                 skip -= 1
                 continue
@@ -161,8 +173,7 @@ class Race:
             if test(cid, f"race {rank + 1}/{len(ladder)}").verdict == "passed":
                 out.chosen = out.rungs[-1]
                 return out
-            if fam >= 0:
-                struck[fam] = struck.get(fam, 0) + 1
+            strike(out.rungs[-1])
             tested += 1
             if tested >= consecutive:
                 skip, gap = gap - 1, gap * 2
@@ -199,9 +210,25 @@ def candidates(confirmation, mode: str, *, tolerance: float, target_change: floa
     return [int(i) for i in established], racers
 
 
-def doubling_looks(repeats: int, max_shows: int) -> tuple[int, ...]:
-    """Showings after which a candidate is judged: repeats/4, repeats/2, repeats, 2 x repeats, ... <= max."""
-    first = max(int(repeats) // 4, 2)
+def lineages(confirmation, where: list) -> Callable[[int], Hashable]:
+    """What proposed each candidate: its far-reach band, else its generation of the main search (``where``:
+    (generation, index) per candidate id); the far-reach seeds have none (each stands alone). Candidates
+    of one lineage share a search distribution and so mostly its fate: seen on the panel at the honest
+    budget, the top of the ladder was one or two generations whose 12 images all sat at retention
+    1.14-1.30 (or 0.68-0.92) while their shared lucky first measurements made them look in the band; the
+    in-band ones came from earlier generations below."""
+    def lineage(cid: int) -> Hashable:
+        band = confirmation.family_of(cid)
+        if band == SEED:  # each of the reference's transforms stands alone
+            return None
+        return ("band", band) if band >= 0 else ("generation", int(where[cid][0]))
+    return lineage
+
+
+def doubling_looks(pass_after: int) -> tuple[int, ...]:
+    """Showings after which a candidate is judged: pass_after/16, /8, /4, /2 and pass_after (8 ... 128)."""
+    first = max(int(pass_after) // 16, 2)
+    max_shows = int(pass_after)
     out = []
     n = first
     while n < max_shows:
