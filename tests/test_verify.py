@@ -57,6 +57,34 @@ def test_a_band_whose_candidates_do_not_pass_is_skipped_after_two_strikes():
     assert v.chosen.cid < 30 and v.chosen.verdict != "passed"
 
 
+def test_lineages_are_bands_and_main_search_generations_and_seeds_stand_alone():
+    from server.engine.confirm import SEED, FrontConfirmation
+    from server.engine.verify import lineages
+
+    conf = FrontConfirmation("invariance")
+    conf.add_reference(np.array([50.0, 52.0]))
+    where = []
+    for gen, groups in enumerate([[(-1, 3), (0, 2), (SEED, 2)], [(-1, 3), (1, 2)]]):
+        for family, n in groups:
+            conf.add(np.zeros((n, 4)), np.ones(n), np.full(n, 50.0), family=family)
+        where += [(gen, i) for i in range(sum(n for _, n in groups))]
+    lineage = lineages(conf, where)
+    assert [lineage(c) for c in range(len(where))] == [("generation", 0)] * 3 + [("band", 0)] * 2 + [None] * 2 \
+        + [("generation", 1)] * 3 + [("band", 1)] * 2
+
+
+def test_a_floor_that_did_not_pass_strikes_its_lineage_and_is_not_raced_again():
+    # floors 0 and 1 (generation "a", at 1.25x: they fail), racers 0-9 of "a" and 10-19 of "b" (in the band)
+    ladder = list(range(20))
+    rates = {i: (1.25 if i < 10 else 1.0) * REF for i in ladder}
+    measure, calls = measurer(rates)
+    v = race().run([0, 1], lambda floor: ladder, measure, budget=768, looks=(8, 16, 32, 64, 128), pass_after=128,
+                   lineage=lambda cid: "a" if cid < 10 else "b")
+    assert [r.role for r in v.rungs][:2] == ["floor", "floor"] and v.rungs[2].cid == 10
+    assert v.chosen.cid == 10 and v.chosen.verdict == "passed" and v.chosen.shows == 128
+    assert len({c for c, _, _ in calls}) == 3  # each candidate measured under one role only
+
+
 def test_invariance_picks_the_farthest_candidate_that_truly_keeps_the_response():
     # ladder best (farthest) first: two far impostors (60% and 140% of the reference), then in-band ones
     rates = {0: 0.6 * REF, 1: 1.4 * REF, 2: 1.0 * REF, 3: 0.98 * REF, 4: 1.01 * REF}
