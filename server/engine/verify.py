@@ -143,10 +143,11 @@ class Race:
             left -= self.test(rung, measure, looks, left, pass_after)
             return rung
 
-        struck: dict[Hashable, int] = {}
+        lineage_of = lineage or (lambda cid: None)
+        struck: dict[Hashable, int] = {}  # non-passes per lineage (None: no lineage, never struck)
 
         def strike(rung: Rung) -> None:
-            fam = lineage(rung.cid) if lineage is not None else None
+            fam = lineage_of(rung.cid)
             if fam is not None and rung.verdict != "passed":
                 struck[fam] = struck.get(fam, 0) + 1
 
@@ -154,26 +155,27 @@ class Race:
         for cid in floors[:max_floors]:
             if left <= 0:
                 break
-            strike(test(cid, "floor"))
-            if out.rungs[-1].verdict == "passed":
-                floor = out.rungs[-1]
+            rung = test(cid, "floor")
+            strike(rung)
+            if rung.verdict == "passed":
+                floor = rung
                 break
         ladder = racers(None if floor is None else floor.cid)
         seen = {r.cid for r in out.rungs}
         tested, skip, gap = 0, 0, 1
         for rank, cid in enumerate(ladder):
-            fam = lineage(cid) if lineage is not None else None
-            if cid in seen or (fam is not None and struck.get(fam, 0) >= strikes):
+            if cid in seen or struck.get(lineage_of(cid), 0) >= strikes:
                 continue  # measured as a floor already, or what proposed it sits where its candidates do not pass
             if skip > 0:  # galloping: a long run of impostors is crossed in a few tests
                 skip -= 1
                 continue
             if left <= 0:
                 break
-            if test(cid, f"race {rank + 1}/{len(ladder)}").verdict == "passed":
-                out.chosen = out.rungs[-1]
+            rung = test(cid, f"race {rank + 1}/{len(ladder)}")
+            if rung.verdict == "passed":
+                out.chosen = rung
                 return out
-            strike(out.rungs[-1])
+            strike(rung)
             tested += 1
             if tested >= consecutive:
                 skip, gap = gap - 1, gap * 2
